@@ -1,0 +1,311 @@
+"""The Bland API over httpx: authentication, timeouts, retries, paging, typed errors.
+
+:class:`BlandClient` knows HTTP and nothing of SQL. Each request is retried on what is
+transient (429, 500/502/503/504, connection errors, timeouts) with capped exponential
+backoff and jitter, honouring ``Retry-After``; 401/403 raise :class:`AuthError` at once,
+404 raises :class:`BatchNotFound`. Bodies are parsed with orjson and handed to
+:mod:`batchsync.payload`.
+
+A source of batches is anything with ``iter_batches`` and ``fetch_batch``
+(:class:`BatchSource`): the v1 API here; a v2 source, which lists batches and their
+calls separately, would produce the same :class:`~batchsync.payload.ParsedBatch`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NamedTuple, Protocol
+
+import httpx
+import orjson
+import tenacity
+
+from batchsync import __version__
+from batchsync.config import ApiSettings
+from batchsync.errors import (
+    ApiError,
+    AuthError,
+    BatchNotFound,
+    ConfigError,
+    HttpStatusError,
+    PayloadError,
+    TransientApiError,
+)
+from batchsync.payload import BatchSummary, ParsedBatch, parse_batch, parse_batch_list
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Which parts of a batch to request (the API's include_* flags)."""
+
+    calls: bool = True
+    transcripts: bool = True
+    analysis: bool = True
+
+    @property
+    def tag(self) -> str:
+        """A short, stable name of the combination, stored with the batch."""
+        names = [n for n, on in (("calls", self.calls), ("transcripts", self.transcripts),
+                                 ("analysis", self.analysis)) if on]  # fmt: skip
+        return ",".join(names) or "none"
+
+    def covers(self, tag: str | None) -> bool:
+        """Whether a batch stored with ``tag`` holds at least these parts."""
+        return tag is not None and set(self.tag.split(",")) <= set(tag.split(","))
+
+
+class FetchedBatch(NamedTuple):
+    parsed: ParsedBatch
+    content_sha256: str
+    size: int
+
+
+class BatchSource(Protocol):
+    """Where batches come from; the storage layer sees only what this yields."""
+
+    def iter_batches(self, *, campaign_id: str | None = None) -> Iterator[BatchSummary]: ...
+
+    def fetch_batch(self, batch_id: str, parts: Parts) -> FetchedBatch: ...
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How transient failures are retried: ``attempts`` in all, waits capped at ``max_wait``."""
+
+    attempts: int = 5
+    initial_wait: float = 1.0
+    max_wait: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ConfigError("--retries must allow at least one attempt")
+        if self.initial_wait < 0 or self.max_wait < 0:
+            raise ConfigError("retry waits cannot be negative")
+
+
+@dataclass
+class ClientStats:
+    requests: int = 0
+    retries: int = 0
+    bytes_received: int = 0
+
+
+@dataclass
+class BlandClient:
+    """The Bland v1 batches API."""
+
+    settings: ApiSettings
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    page_size: int = 1000
+    transport: httpx.BaseTransport | None = None
+    sleep: Callable[[float], None] = time.sleep
+    stats: ClientStats = field(default_factory=ClientStats)
+
+    def __post_init__(self) -> None:
+        if self.settings.api_key is None:
+            raise ConfigError("no API key: set BLAND_API_KEY or pass --api-key")
+        if self.page_size < 1:
+            raise ConfigError("the page size must be at least 1")
+        self._http = httpx.Client(
+            base_url=self.settings.base_url,
+            headers={
+                "authorization": self.settings.api_key.reveal(),
+                "user-agent": f"batchsync/{__version__}",
+                "accept": "application/json",
+            },
+            timeout=httpx.Timeout(self.settings.timeout, connect=min(10.0, self.settings.timeout)),
+            transport=self.transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> BlandClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def iter_batches(self, *, campaign_id: str | None = None) -> Iterator[BatchSummary]:
+        """Every batch, oldest first: offset pages of ``page_size``, until a short page."""
+        start = 0
+        while True:
+            params: dict[str, Any] = {
+                "from": start,
+                "to": start + self.page_size,
+                "limit": self.page_size,
+                "ascending": "true",
+            }
+            if campaign_id:
+                params["campaign_id"] = campaign_id
+            response = self._get("/v1/batches", params, what="the batch list")
+            page = parse_batch_list(_json(response, batch_id=None))
+            yield from page
+            if len(page) < self.page_size:
+                return
+            start += self.page_size
+
+    def fetch_batch(self, batch_id: str, parts: Parts) -> FetchedBatch:
+        """One batch with the requested parts, parsed; raises ApiError or PayloadError."""
+        if not batch_id or "/" in batch_id:
+            raise PayloadError("not a valid batch id", batch_id=repr(batch_id))
+        response = self._get(
+            f"/v1/batches/{batch_id}",
+            {
+                "include_calls": _flag(parts.calls),
+                "include_transcripts": _flag(parts.transcripts),
+                "include_analysis": _flag(parts.analysis),
+            },
+            what=f"batch {batch_id}",
+        )
+        raw = _json(response, batch_id=batch_id)
+        parsed = parse_batch(
+            raw, batch_id=batch_id, transcripts_requested=parts.calls and parts.transcripts
+        )
+        digest = hashlib.sha256(parts.tag.encode())
+        digest.update(response.content)
+        return FetchedBatch(parsed, digest.hexdigest(), len(response.content))
+
+    def _get(self, path: str, params: dict[str, Any], *, what: str) -> httpx.Response:
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.retry.attempts),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception_type(TransientApiError),
+            before_sleep=lambda state: self._log_retry(state, what),
+            sleep=self.sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(self._get_once, path, params, what)
+        except TransientApiError as exc:
+            if self.retry.attempts > 1:
+                raise TransientApiError(
+                    f"{exc} (gave up after {self.retry.attempts} attempts)",
+                    status_code=exc.status_code,
+                ) from None
+            raise
+
+    def _get_once(self, path: str, params: dict[str, Any], what: str) -> httpx.Response:
+        self.stats.requests += 1
+        try:
+            response = self._http.get(path, params=params)
+        except httpx.TimeoutException as exc:
+            raise TransientApiError(
+                f"{what}: timed out ({type(exc).__name__}) at {self.settings.base_url}"
+            ) from None
+        except httpx.TransportError as exc:
+            raise TransientApiError(
+                f"{what}: cannot reach {self.settings.base_url} ({type(exc).__name__}: {exc})"
+            ) from None
+        self.stats.bytes_received += len(response.content)
+        status = response.status_code
+        if status < 300:
+            return response
+        message = _error_message(response)
+        if status in (401, 403):
+            raise AuthError(
+                f"the Bland API rejected the API key (HTTP {status}: {message}); "
+                "check BLAND_API_KEY",
+                status_code=status,
+            )
+        if status == 404:
+            raise BatchNotFound(f"{what}: not found (HTTP 404: {message})", status_code=404)
+        if status in TRANSIENT_STATUSES:
+            reason = "rate limited" if status == 429 else f"server error HTTP {status}"
+            raise TransientApiError(
+                f"{what}: {reason} ({message})",
+                status_code=status,
+                retry_after=_retry_after(response.headers.get("retry-after")),
+            )
+        raise HttpStatusError(f"{what}: unexpected HTTP {status} ({message})", status_code=status)
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, TransientApiError) and exc.retry_after is not None:
+            return min(exc.retry_after, self.retry.max_wait)
+        backoff = tenacity.wait_exponential_jitter(
+            initial=self.retry.initial_wait, max=self.retry.max_wait, jitter=self.retry.initial_wait
+        )
+        return min(backoff(state), self.retry.max_wait)
+
+    def _log_retry(self, state: tenacity.RetryCallState, what: str) -> None:
+        self.stats.retries += 1
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.warning(
+            "%s; retrying in %.1fs (attempt %d of %d)",
+            exc,
+            wait,
+            state.attempt_number + 1,
+            self.retry.attempts,
+            extra={"batch": what, "status": getattr(exc, "status_code", None), "wait": wait},
+        )
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _json(response: httpx.Response, *, batch_id: str | None) -> Any:
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError as exc:
+        kind = response.headers.get("content-type", "unknown content type")
+        raise PayloadError(
+            f"the response is not valid JSON ({kind}, {len(response.content)} bytes: {exc})",
+            batch_id=batch_id,
+            field="(body)",
+        ) from None
+
+
+def _error_message(response: httpx.Response) -> str:
+    """The API's own error message, from either of its error envelopes."""
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return response.reason_phrase or "no message"
+    if isinstance(body, dict):
+        if isinstance(body.get("message"), str):
+            return str(body["message"])
+        errors = body.get("errors")
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            return str(errors[0].get("message") or errors[0].get("error") or "no message")
+    return response.reason_phrase or "no message"
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+__all__ = [
+    "ApiError",
+    "BatchSource",
+    "BlandClient",
+    "ClientStats",
+    "FetchedBatch",
+    "Parts",
+    "RetryPolicy",
+]

@@ -1,0 +1,139 @@
+"""Settings from options and the environment, validated once, with secrets kept out of sight.
+
+This is the one module that reads ``os.environ``; the CLI's options name the same variables
+(click's ``envvar=``) so ``--help`` shows them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Final
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from batchsync.errors import ConfigError
+
+ENV_API_KEY: Final = "BLAND_API_KEY"
+ENV_BASE_URL: Final = "BLAND_BASE_URL"
+ENV_DATABASE_URL: Final = "BATCHSYNC_DATABASE_URL"
+ENV_PHONE_HASH_KEY: Final = "BATCHSYNC_PHONE_HASH_KEY"
+
+DEFAULT_BASE_URL: Final = "https://api.bland.ai"
+DEFAULT_DATABASE_URL: Final = "sqlite:///batchsync.db"
+
+
+class Secret:
+    """A string that never shows itself in ``repr``, ``str`` or a traceback's locals."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: URL = field(repr=False)
+
+    @property
+    def display_url(self) -> str:
+        """The URL with its password hidden, fit for printing."""
+        return redact_url(self.url)
+
+    def __repr__(self) -> str:
+        return f"DatabaseSettings(url={self.display_url!r})"
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    base_url: str
+    api_key: Secret | None
+    timeout: float = 30.0
+
+
+def env(name: str) -> str | None:
+    """Read one environment variable; empty counts as unset."""
+    return os.environ.get(name) or None
+
+
+def load_database(url: str | None) -> DatabaseSettings:
+    """Validate a SQLAlchemy database URL (default: a SQLite file in the working directory)."""
+    text = url or env(ENV_DATABASE_URL) or DEFAULT_DATABASE_URL
+    try:
+        parsed = make_url(text)
+    except ArgumentError:
+        raise ConfigError(
+            f"{ENV_DATABASE_URL} is not a database URL; expected e.g. sqlite:///batchsync.db "
+            "or postgresql+psycopg://user@host/dbname"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            f"unsupported database {backend!r} in {redact_url(parsed)}: "
+            "batchsync writes to PostgreSQL or SQLite"
+        )
+    if parsed.password:
+        register_secret(str(parsed.password))
+    if backend == "postgresql" and parsed.drivername in ("postgresql", "postgres"):
+        # Plain postgresql:// would pick psycopg2, which is not a dependency.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return DatabaseSettings(url=parsed)
+
+
+def load_api(base_url: str | None, api_key: str | None, timeout: float = 30.0) -> ApiSettings:
+    """Validate the API settings: an http(s) base URL, and the key when one is given."""
+    base = (base_url or env(ENV_BASE_URL) or DEFAULT_BASE_URL).rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise ConfigError(f"{ENV_BASE_URL} must start with http:// or https://, got {base!r}")
+    key = api_key or env(ENV_API_KEY)
+    register_secret(key)
+    if timeout <= 0:
+        raise ConfigError("the request timeout must be positive")
+    return ApiSettings(base_url=base, api_key=Secret(key) if key else None, timeout=timeout)
+
+
+def redact_url(url: URL | str) -> str:
+    """Render a database URL with its password replaced by ***."""
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except ArgumentError:
+        return "<unparseable database URL>"
+    return parsed.render_as_string(hide_password=True)
+
+
+_KNOWN_SECRETS: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret so :func:`redact` can strip it from any text about to be shown."""
+    if value and len(value) >= 4:
+        _KNOWN_SECRETS.add(value)
+
+
+def redact(text: str) -> str:
+    """Replace every registered secret in ``text`` with ***."""
+    for secret in sorted(_KNOWN_SECRETS, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+def forget_secrets() -> None:
+    """Drop every registered secret (for tests)."""
+    _KNOWN_SECRETS.clear()

@@ -1,0 +1,153 @@
+"""Connecting to the database and bringing its schema to the version this code expects.
+
+Alembic owns the schema. ``upgrade`` runs the migrations shipped inside the package;
+``check_schema`` refuses to write to a database whose schema is missing or behind.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import orjson
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.pool import NullPool
+
+from batchsync.config import DatabaseSettings, redact_url
+from batchsync.errors import DatabaseUnavailable, SchemaOutdatedError
+
+# Seconds a SQLite writer waits for another writer's lock before giving up.
+SQLITE_BUSY_TIMEOUT = 60.0
+
+
+def json_dumps(value: Any) -> str:
+    """Serialise JSON columns with sorted keys, so equal values are equal text on SQLite."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode()
+
+
+def create_db_engine(settings: DatabaseSettings) -> Engine:
+    """Create an engine for PostgreSQL (psycopg 3) or SQLite (WAL, foreign keys, busy timeout)."""
+    url = settings.url
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            json_serializer=json_dumps,
+            json_deserializer=orjson.loads,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT},
+            poolclass=NullPool,
+        )
+        event.listen(engine, "connect", _configure_sqlite)
+        # pysqlite's own transaction handling defers BEGIN; take it over so each batch's
+        # transaction starts when we say and the write lock is taken up front.
+        event.listen(engine, "begin", _begin_immediate)
+        return engine
+    return create_engine(
+        url,
+        json_serializer=json_dumps,
+        json_deserializer=orjson.loads,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": 10, "application_name": "batchsync"},
+    )
+
+
+def _configure_sqlite(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
+    cursor.close()
+
+
+def _begin_immediate(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def migrations_dir() -> Path:
+    """Where the Alembic scripts are: inside the installed package, or the repository's."""
+    return Path(str(files("batchsync.migrations")))
+
+
+def alembic_config(engine: Engine | None = None) -> Config:
+    """An Alembic config for the packaged migrations, bound to ``engine`` if given."""
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    if engine is not None:
+        config.attributes["engine"] = engine
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision the database is at; None for an empty database."""
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    except (OperationalError, DBAPIError) as exc:
+        raise unavailable(engine, exc) from None
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate the database to ``revision`` (default: the newest)."""
+    try:
+        command.upgrade(alembic_config(engine), revision)
+    except (OperationalError, DBAPIError) as exc:
+        raise unavailable(engine, exc) from None
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Migrate the database down to ``revision`` ("base" removes every table)."""
+    try:
+        command.downgrade(alembic_config(engine), revision)
+    except (OperationalError, DBAPIError) as exc:
+        raise unavailable(engine, exc) from None
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise SchemaOutdatedError unless the database is at the head revision."""
+    current = current_revision(engine)
+    head = head_revision()
+    if current == head:
+        return
+    where = redact_url(engine.url)
+    if current is None:
+        raise SchemaOutdatedError(
+            f"the database at {where} has no batchsync schema; "
+            "run `batchsync db upgrade` first (or pass --migrate)"
+        )
+    script = ScriptDirectory.from_config(alembic_config())
+    known = {rev.revision for rev in script.walk_revisions()}
+    if current not in known:
+        raise SchemaOutdatedError(
+            f"the database at {where} is at schema revision {current}, which this version of "
+            "batchsync does not know (it was written by a newer version); upgrade batchsync"
+        )
+    raise SchemaOutdatedError(
+        f"the database at {where} is at schema revision {current}, behind {head}; "
+        "run `batchsync db upgrade` (or pass --migrate)"
+    )
+
+
+def unavailable(engine: Engine, exc: BaseException) -> DatabaseUnavailable:
+    """Describe a connection failure without the password (drivers may echo the DSN)."""
+    reason = str(getattr(exc, "orig", exc)).strip().splitlines()
+    first = reason[0] if reason else type(exc).__name__
+    password = engine.url.password
+    if password:
+        first = first.replace(str(password), "***")
+    return DatabaseUnavailable(f"cannot use the database at {redact_url(engine.url)}: {first}")

@@ -1,0 +1,86 @@
+"""Every error batchsync raises on purpose, as one tree.
+
+    BatchsyncError                  base; its message is safe to print (never holds a secret)
+    ├── ConfigError                 bad option or environment value            -> exit 3
+    ├── ApiError                    the Bland API answered badly or not at all
+    │   ├── AuthError               401/403: the API key is wrong; stops the run -> exit 3
+    │   ├── BatchNotFound           404 for one batch; fails that batch only
+    │   ├── TransientApiError       429, 5xx, timeouts, connection errors: retried, then raised
+    │   └── HttpStatusError         any other unexpected status
+    ├── PayloadError                a response that cannot be understood (not JSON, wrong shape);
+    │                               names the batch and the field; fails that batch only
+    └── DatabaseError               the database cannot be used
+        ├── SchemaOutdatedError     schema missing or behind: run `batchsync db upgrade` -> exit 4
+        └── DatabaseUnavailable     cannot connect, or the connection dropped        -> exit 4
+
+A failure of one batch (BatchNotFound, PayloadError, a per-batch TransientApiError or
+database error while writing it) is recorded against that batch; the run goes on and ends
+with exit code 1. AuthError, ConfigError and DatabaseError stop the run.
+"""
+
+from __future__ import annotations
+
+
+class BatchsyncError(Exception):
+    """Base of every error batchsync raises on purpose."""
+
+
+class ConfigError(BatchsyncError):
+    """A configuration value (option or environment variable) is missing or invalid."""
+
+
+class ApiError(BatchsyncError):
+    """The Bland API could not be used as expected."""
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class AuthError(ApiError):
+    """The API rejected the key (401/403). Never carries the key itself."""
+
+
+class BatchNotFound(ApiError):
+    """The API answered 404 for a batch."""
+
+
+class TransientApiError(ApiError):
+    """A failure worth retrying: rate limit, server error, timeout, dropped connection."""
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status_code=status_code)
+        self.retry_after = retry_after
+
+
+class HttpStatusError(ApiError):
+    """An HTTP status the client has no rule for."""
+
+
+class PayloadError(BatchsyncError):
+    """A response body that cannot be understood; names the batch and the field."""
+
+    def __init__(self, message: str, *, batch_id: str | None = None, field: str | None = None):
+        where = []
+        if batch_id is not None:
+            where.append(f"batch {batch_id}")
+        if field is not None:
+            where.append(f"field {field}")
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+        self.batch_id = batch_id
+        self.field = field
+        self.reason = message
+
+
+class DatabaseError(BatchsyncError):
+    """The database cannot be used."""
+
+
+class SchemaOutdatedError(DatabaseError):
+    """The database schema is missing or older than this version of batchsync."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database cannot be reached, or the connection dropped."""

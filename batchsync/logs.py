@@ -1,0 +1,58 @@
+"""Logging on stderr, as text for people or JSON lines for log shippers, secrets redacted."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import orjson
+
+from batchsync.config import redact
+
+# Attributes every LogRecord has; anything else was passed with extra= and is context.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+class RedactingFilter(logging.Filter):
+    """Strip registered secrets from the final message, whatever formatted it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        record.msg, record.args = redact(message), None
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(f"batchsync: {record.levelname.lower()}: {record.getMessage()}")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        if record.exc_info and record.exc_info[1] is not None:
+            entry["error"] = f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+        return redact(orjson.dumps(entry, default=str).decode())
+
+
+def configure(level: int, fmt: str = "text", stream: TextIO | None = None) -> None:
+    """Send batchsync's logs to stderr at ``level`` in ``fmt`` ("text" or "json")."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger("batchsync")
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+    # httpx logs every request at INFO; keep it for -vv.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if level < logging.DEBUG else logging.WARNING)

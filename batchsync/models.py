@@ -1,0 +1,303 @@
+"""The database schema: SQLAlchemy 2.x tables, the analysts' contract.
+
+Alembic (``migrations/``) owns the schema on disk; these models describe it, and a test
+checks that the migrations and the models agree. Every table and column carries a
+comment, stored in PostgreSQL and rendered into ``docs/schema.md``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps stored in UTC: timestamptz on PostgreSQL, ISO text on SQLite; read back aware."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        # SQLite stores the wall-clock text; make it the UTC wall clock and drop the offset.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# none_as_null: Python None is SQL NULL, never the JSON text "null".
+JsonColumn = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+RunId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime()}
+
+
+def _synced_at() -> Mapped[datetime]:
+    return mapped_column(
+        UTCDateTime(), comment="When this row's current values were written (UTC)."
+    )
+
+
+def _sync_run_id() -> Mapped[int]:
+    return mapped_column(RunId, comment="The sync_runs.id of the run that wrote this row.")
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+    __table_args__ = {"comment": "One row per Bland batch: its settings and aggregate analysis."}
+
+    batch_id: Mapped[str] = mapped_column(Text, primary_key=True, comment="Bland's batch id.")
+    status: Mapped[str | None] = mapped_column(
+        Text,
+        comment="'in-progress' or 'completed'; NULL when the API did not say (before mid-2024).",
+    )
+    label: Mapped[str | None] = mapped_column(Text, comment="The batch's label or description.")
+    base_prompt: Mapped[str | None] = mapped_column(
+        Text, comment="Base prompt of the batch's calls."
+    )
+    endpoint_code: Mapped[str | None] = mapped_column(
+        Text, comment="Endpoint code (API integrations)."
+    )
+    campaign_id: Mapped[str | None] = mapped_column(Text, comment="Campaign the batch belongs to.")
+    created_at: Mapped[datetime | None] = mapped_column(comment="When the batch was created (UTC).")
+    call_params: Mapped[Any | None] = mapped_column(
+        JsonColumn, comment="Parameters of the batch's calls (JSON)."
+    )
+    total_calls: Mapped[int | None] = mapped_column(
+        Integer, comment="analysis.total_calls: all calls, completed and in progress."
+    )
+    completed_calls: Mapped[int | None] = mapped_column(
+        Integer, comment="analysis.completed_calls."
+    )
+    in_progress_calls: Mapped[int | None] = mapped_column(
+        Integer, comment="analysis.in_progress_calls."
+    )
+    call_length_average: Mapped[float | None] = mapped_column(
+        Float, comment="Average call length in minutes."
+    )
+    call_length_average_nonzero: Mapped[float | None] = mapped_column(
+        Float, comment="Average call length in minutes, excluding calls under one second."
+    )
+    call_length_summary: Mapped[Any | None] = mapped_column(
+        JsonColumn, comment="Number of calls per length range, as the API groups them (JSON)."
+    )
+    endpoints: Mapped[Any | None] = mapped_column(
+        JsonColumn, comment="Number of calls sent to each endpoint (JSON, counts as numbers)."
+    )
+    extra: Mapped[Any | None] = mapped_column(
+        JsonColumn,
+        comment="Fields of the response that batchsync does not model, kept as sent (JSON).",
+    )
+    content_sha256: Mapped[str | None] = mapped_column(
+        Text, comment="Hash of the batch's normalized content, to skip unchanged re-syncs."
+    )
+    fetched_parts: Mapped[str | None] = mapped_column(
+        Text, comment="Parts of the batch the last write included: calls, transcripts, analysis."
+    )
+    synced_at: Mapped[datetime] = _synced_at()
+    sync_run_id: Mapped[int] = _sync_run_id()
+
+
+class Call(Base):
+    __tablename__ = "calls"
+    __table_args__ = (
+        Index(None, "batch_id"),
+        Index(None, "created_at"),
+        Index(None, "answered_by"),
+        {"comment": "One row per call of a batch."},
+    )
+
+    call_id: Mapped[str] = mapped_column(
+        Text, primary_key=True, comment="Bland's call id (call_id, or c_id before Feb 2024)."
+    )
+    batch_id: Mapped[str] = mapped_column(
+        Text,
+        ForeignKey("batches.batch_id", ondelete="CASCADE"),
+        comment="The batch the call belongs to.",
+    )
+    created_at: Mapped[datetime | None] = mapped_column(comment="When the call was created (UTC).")
+    to_number: Mapped[str | None] = mapped_column(Text, comment="Phone number called.")
+    from_number: Mapped[str | None] = mapped_column(Text, comment="Phone number called from.")
+    completed: Mapped[bool | None] = mapped_column(Boolean, comment="Whether the call completed.")
+    call_length: Mapped[float | None] = mapped_column(Float, comment="Duration in minutes.")
+    answered_by: Mapped[str | None] = mapped_column(
+        Text, comment="human, voicemail, unknown, no-answer, or NULL (needs answered_by_enabled)."
+    )
+    status: Mapped[str | None] = mapped_column(Text, comment="The call's status.")
+    queue_status: Mapped[str | None] = mapped_column(
+        Text, comment="Queue status; 'completed' is stored as the documented 'complete'."
+    )
+    error_message: Mapped[str | None] = mapped_column(
+        Text, comment="Why the call failed, if it did."
+    )
+    corrected_duration: Mapped[int | None] = mapped_column(
+        Integer, comment="Duration in whole seconds."
+    )
+    end_at: Mapped[datetime | None] = mapped_column(comment="When the call ended (UTC).")
+    endpoint_url: Mapped[str | None] = mapped_column(
+        Text, comment="Endpoint the call was made through."
+    )
+    max_duration: Mapped[float | None] = mapped_column(
+        Float, comment="Maximum allowed duration in minutes."
+    )
+    request_data: Mapped[Any | None] = mapped_column(
+        JsonColumn, comment="Request data sent with the call (JSON)."
+    )
+    extra: Mapped[Any | None] = mapped_column(
+        JsonColumn, comment="Fields of the call that batchsync does not model, kept as sent (JSON)."
+    )
+    synced_at: Mapped[datetime] = _synced_at()
+    sync_run_id: Mapped[int] = _sync_run_id()
+
+
+class CallTranscript(Base):
+    __tablename__ = "call_transcripts"
+    __table_args__ = (
+        Index(None, "batch_id"),
+        {"comment": "One row per transcript line of a call, when transcripts were fetched."},
+    )
+
+    call_id: Mapped[str] = mapped_column(
+        Text,
+        ForeignKey("calls.call_id", ondelete="CASCADE"),
+        primary_key=True,
+        comment="The call the line belongs to.",
+    )
+    line_id: Mapped[int] = mapped_column(
+        BigInteger, primary_key=True, comment="The transcript line's id in Bland."
+    )
+    batch_id: Mapped[str] = mapped_column(Text, comment="The call's batch (for per-batch queries).")
+    created_at: Mapped[datetime | None] = mapped_column(comment="When the line was spoken (UTC).")
+    speaker: Mapped[str | None] = mapped_column(
+        Text, comment="Who spoke: user, assistant, robot or agent-action."
+    )
+    text: Mapped[str | None] = mapped_column(Text, comment="What was said.")
+    synced_at: Mapped[datetime] = _synced_at()
+    sync_run_id: Mapped[int] = _sync_run_id()
+
+
+class QueueStatusCount(Base):
+    __tablename__ = "queue_status_counts"
+    __table_args__ = {"comment": "Number of calls of a batch in each queue status (analysis)."}
+
+    batch_id: Mapped[str] = mapped_column(
+        Text,
+        ForeignKey("batches.batch_id", ondelete="CASCADE"),
+        primary_key=True,
+        comment="The batch.",
+    )
+    queue_status: Mapped[str] = mapped_column(
+        Text, primary_key=True, comment="Queue status ('completed' folded into 'complete')."
+    )
+    count: Mapped[int] = mapped_column(Integer, comment="Number of calls in that status.")
+    synced_at: Mapped[datetime] = _synced_at()
+    sync_run_id: Mapped[int] = _sync_run_id()
+
+
+class BatchError(Base):
+    __tablename__ = "errors"
+    __table_args__ = {"comment": "Error messages of a batch's calls (analysis.error_messages)."}
+
+    batch_id: Mapped[str] = mapped_column(
+        Text,
+        ForeignKey("batches.batch_id", ondelete="CASCADE"),
+        primary_key=True,
+        comment="The batch.",
+    )
+    position: Mapped[int] = mapped_column(
+        Integer, primary_key=True, comment="Position of the message in the API's list (from 0)."
+    )
+    call_id: Mapped[str | None] = mapped_column(
+        Text, comment="The call that failed; NULL when the API sent a bare message."
+    )
+    error_message: Mapped[str] = mapped_column(Text, comment="The error message.")
+    synced_at: Mapped[datetime] = _synced_at()
+    sync_run_id: Mapped[int] = _sync_run_id()
+
+
+class SyncRun(Base):
+    __tablename__ = "sync_runs"
+    __table_args__ = {"comment": "One row per `batchsync sync` run."}
+
+    id: Mapped[int] = mapped_column(RunId, primary_key=True, autoincrement=True, comment="Run id.")
+    started_at: Mapped[datetime] = mapped_column(comment="When the run started (UTC).")
+    finished_at: Mapped[datetime | None] = mapped_column(
+        comment="When the run ended (UTC); NULL while running or if the process died."
+    )
+    status: Mapped[str] = mapped_column(
+        Text,
+        comment="running, succeeded, partial (some batches failed), failed or interrupted.",
+    )
+    options: Mapped[Any] = mapped_column(
+        JsonColumn, comment="The run's options (JSON; never the API key)."
+    )
+    batches_synced: Mapped[int] = mapped_column(
+        Integer, default=0, comment="Batches written (changed or new)."
+    )
+    batches_unchanged: Mapped[int] = mapped_column(
+        Integer, default=0, comment="Batches fetched whose content had not changed."
+    )
+    batches_skipped: Mapped[int] = mapped_column(
+        Integer, default=0, comment="Batches not fetched (completed and already synced)."
+    )
+    batches_failed: Mapped[int] = mapped_column(Integer, default=0, comment="Batches that failed.")
+    error: Mapped[str | None] = mapped_column(Text, comment="Why the run failed, if it did.")
+    batchsync_version: Mapped[str] = mapped_column(Text, comment="Version of batchsync.")
+
+
+class SyncRunBatch(Base):
+    __tablename__ = "sync_run_batches"
+    __table_args__ = (
+        Index(None, "batch_id"),
+        {"comment": "The outcome of each batch in each run."},
+    )
+
+    run_id: Mapped[int] = mapped_column(
+        RunId,
+        ForeignKey("sync_runs.id", ondelete="CASCADE"),
+        primary_key=True,
+        comment="The run.",
+    )
+    batch_id: Mapped[str] = mapped_column(Text, primary_key=True, comment="The batch.")
+    status: Mapped[str] = mapped_column(Text, comment="synced, unchanged, skipped or failed.")
+    error: Mapped[str | None] = mapped_column(Text, comment="Why the batch failed, if it did.")
+    calls: Mapped[int | None] = mapped_column(Integer, comment="Calls in the response.")
+    row_changes: Mapped[Any | None] = mapped_column(
+        JsonColumn, comment="Rows inserted, updated and deleted per table (JSON)."
+    )
+    finished_at: Mapped[datetime] = mapped_column(comment="When the batch's outcome was recorded.")

@@ -1,0 +1,393 @@
+"""Writing one parsed batch into the database, inside the caller's transaction.
+
+Contract: :func:`write_batch` runs inside one transaction that the caller opens and commits
+(``with engine.begin() as connection``), so a batch lands whole or not at all. It is
+idempotent: rows are upserted by primary key and rewritten only when a value differs, and
+the child rows of the batch that vanished from the response are deleted, so a re-sync
+converges to exactly what the API returned. Parts the response did not include at all
+(``None`` in :class:`~batchsync.payload.ParsedBatch`) are left as they are.
+
+Two write paths share that contract. PostgreSQL streams rows with binary ``COPY`` into a
+temporary staging table, then applies one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE
+... WHERE <row differs>`` and one ``DELETE ... WHERE NOT EXISTS`` per table. SQLite runs
+``executemany`` upserts through the driver, which is as fast as SQLite goes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, Connection, Table, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.types import JSON, DateTime
+
+from batchsync.db import json_dumps
+from batchsync.models import (
+    Batch,
+    BatchError,
+    Call,
+    CallTranscript,
+    QueueStatusCount,
+)
+from batchsync.payload import (
+    AnalysisRecord,
+    CallRecord,
+    ErrorRecord,
+    ParsedBatch,
+    QueueStatusCountRecord,
+    TranscriptLineRecord,
+)
+
+# Columns every data table carries after the record's own fields.
+_BOOKKEEPING = ("synced_at", "sync_run_id")
+_ANALYSIS_COLUMNS = AnalysisRecord._fields
+
+
+@dataclass
+class TableChanges:
+    """Rows a write inserted, updated (a value differed) and deleted in one table."""
+
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+
+    def __iadd__(self, other: TableChanges) -> TableChanges:
+        self.inserted += other.inserted
+        self.updated += other.updated
+        self.deleted += other.deleted
+        return self
+
+    @property
+    def total(self) -> int:
+        return self.inserted + self.updated + self.deleted
+
+
+BatchChanges = dict[str, TableChanges]
+
+
+@dataclass(frozen=True)
+class _ChildTable:
+    """A table whose rows belong to one batch and are replaced as a set."""
+
+    table: Table
+    keys: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.table.name
+
+    @property
+    def columns(self) -> list[Column[Any]]:
+        return list(self.table.columns)
+
+    @property
+    def compared(self) -> list[str]:
+        """Columns whose change makes an update; bookkeeping alone does not."""
+        return [c.name for c in self.table.columns if c.name not in (*self.keys, *_BOOKKEEPING)]
+
+
+def _child(model: Any, record: type[tuple[Any, ...]], keys: tuple[str, ...]) -> _ChildTable:
+    table: Table = model.__table__
+    names = tuple(c.name for c in table.columns)
+    fields: tuple[str, ...] = record._fields  # type: ignore[attr-defined]
+    # Records are written positionally: their fields must be the table's columns, in order.
+    assert names == (*fields, *_BOOKKEEPING), f"{record.__name__} does not match {table.name}"
+    return _ChildTable(table, keys)
+
+
+CALLS = _child(Call, CallRecord, ("call_id",))
+TRANSCRIPTS = _child(CallTranscript, TranscriptLineRecord, ("call_id", "line_id"))
+QUEUE_STATUS_COUNTS = _child(QueueStatusCount, QueueStatusCountRecord, ("batch_id", "queue_status"))
+ERRORS = _child(BatchError, ErrorRecord, ("batch_id", "position"))
+BATCHES: Table = Batch.__table__  # type: ignore[assignment]
+
+
+def lock_batch(connection: Connection, batch_id: str) -> None:
+    """Serialise writers of the same batch until the transaction ends (PostgreSQL only).
+
+    SQLite needs nothing more: a write transaction there holds the whole database.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 0))",
+            {"key": f"batchsync:batch:{batch_id}"},
+        )
+
+
+def stored_content_hash(connection: Connection, batch_id: str) -> str | None:
+    """The content hash recorded when the batch was last written, if it was."""
+    return connection.execute(
+        select(BATCHES.c.content_sha256).where(BATCHES.c.batch_id == batch_id)
+    ).scalar_one_or_none()
+
+
+def completed_batches(connection: Connection) -> dict[str, str | None]:
+    """Stored batches whose status is 'completed', with the parts their last write included."""
+    rows = connection.execute(
+        select(BATCHES.c.batch_id, BATCHES.c.fetched_parts).where(BATCHES.c.status == "completed")
+    )
+    return {str(batch_id): parts for batch_id, parts in rows}
+
+
+def write_batch(
+    connection: Connection,
+    parsed: ParsedBatch,
+    *,
+    run_id: int,
+    synced_at: datetime,
+    content_sha256: str | None = None,
+    fetched_parts: str | None = None,
+) -> BatchChanges:
+    """Upsert one batch and replace its child rows; returns the row changes per table.
+
+    Runs in the caller's transaction; call :func:`lock_batch` first in the same transaction.
+    """
+    batch_id = parsed.batch.batch_id
+    rows = _RowWriter.for_connection(connection, run_id=run_id, synced_at=synced_at)
+    changes: BatchChanges = {
+        "batches": _upsert_batch(connection, parsed, rows.stamp, content_sha256, fetched_parts)
+    }
+    for child, records in (
+        (QUEUE_STATUS_COUNTS, parsed.queue_status_counts),
+        (ERRORS, parsed.errors),
+    ):
+        if records is not None:
+            changes[child.name] = rows.upsert(child, records, batch_id)
+            changes[child.name].deleted = rows.delete_missing(child, batch_id)
+    if parsed.calls is None:
+        return changes
+    # Parents before children on the way in, children before parents on the way out.
+    calls = changes[CALLS.name] = rows.upsert(CALLS, parsed.calls, batch_id)
+    if parsed.transcripts is not None:
+        lines = changes[TRANSCRIPTS.name] = rows.upsert(TRANSCRIPTS, parsed.transcripts, batch_id)
+        lines.deleted = rows.delete_missing(TRANSCRIPTS, batch_id)
+    else:
+        # Transcripts were not fetched: keep them, but not those of calls that vanished.
+        changes[TRANSCRIPTS.name] = TableChanges(
+            deleted=rows.delete_missing(TRANSCRIPTS, batch_id, present=CALLS)
+        )
+    calls.deleted = rows.delete_missing(CALLS, batch_id)
+    return changes
+
+
+def _upsert_batch(
+    connection: Connection,
+    parsed: ParsedBatch,
+    stamp: tuple[datetime, int],
+    content_sha256: str | None,
+    fetched_parts: str | None,
+) -> TableChanges:
+    values: dict[str, Any] = parsed.batch._asdict()
+    if parsed.analysis is not None:
+        values.update(parsed.analysis._asdict())
+    values["content_sha256"] = content_sha256
+    values["fetched_parts"] = fetched_parts
+    compared = [name for name in values if name != "batch_id"]
+    values["synced_at"], values["sync_run_id"] = stamp
+    exists = connection.execute(
+        select(BATCHES.c.batch_id).where(BATCHES.c.batch_id == parsed.batch.batch_id)
+    ).first()
+    insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    statement = insert(BATCHES).values(values)
+    differs = _differs([BATCHES.c[name] for name in compared], statement.excluded)
+    statement = statement.on_conflict_do_update(
+        index_elements=[BATCHES.c.batch_id],
+        set_={name: statement.excluded[name] for name in values if name != "batch_id"},
+        where=differs,
+    )
+    result = connection.execute(statement)
+    if exists is None:
+        return TableChanges(inserted=1)
+    return TableChanges(updated=1 if result.rowcount else 0)
+
+
+def _differs(columns: Sequence[Column[Any]], excluded: Any) -> Any:
+    return or_(*(column.is_distinct_from(excluded[column.name]) for column in columns))
+
+
+class _RowWriter:
+    """Writes the child rows of one batch; one subclass per dialect.
+
+    ``upsert`` writes a table's rows and remembers their keys; ``delete_missing`` then
+    deletes the batch's rows whose key was not among them.
+    """
+
+    def __init__(self, connection: Connection, *, run_id: int, synced_at: datetime) -> None:
+        self.connection = connection
+        self.stamp = (synced_at, run_id)
+
+    @staticmethod
+    def for_connection(connection: Connection, *, run_id: int, synced_at: datetime) -> _RowWriter:
+        if connection.dialect.name == "postgresql":
+            return _PostgresRowWriter(connection, run_id=run_id, synced_at=synced_at)
+        return _SqliteRowWriter(connection, run_id=run_id, synced_at=synced_at)
+
+    def upsert(
+        self, child: _ChildTable, records: Sequence[tuple[Any, ...]], batch_id: str
+    ) -> TableChanges:
+        """Insert new rows and update rows where a value differs."""
+        raise NotImplementedError
+
+    def delete_missing(
+        self, child: _ChildTable, batch_id: str, *, present: _ChildTable | None = None
+    ) -> int:
+        """Delete the batch's rows of ``child`` whose key ``present`` (default: ``child``)'s
+        last upsert did not write; the key is ``present``'s primary key."""
+        raise NotImplementedError
+
+
+_COPY_TYPES = {
+    "TEXT": "text",
+    "INTEGER": "int4",
+    "BIGINT": "int8",
+    "FLOAT": "float8",
+    "BOOLEAN": "bool",
+    "TIMESTAMP WITH TIME ZONE": "timestamptz",
+    "JSONB": "jsonb",
+}
+
+
+def _copy_type(column: Column[Any], dialect: Any) -> str:
+    return _COPY_TYPES[column.type.compile(dialect=dialect)]
+
+
+class _PostgresRowWriter(_RowWriter):
+    @staticmethod
+    def _stage_name(child: _ChildTable) -> str:
+        return f"batchsync_stage_{child.name}"
+
+    def upsert(
+        self, child: _ChildTable, records: Sequence[tuple[Any, ...]], batch_id: str
+    ) -> TableChanges:
+        stage = self._stage_name(child)
+        names = [c.name for c in child.columns]
+        cols = ", ".join(names)
+        # A session temp table, created once per connection and emptied at every commit.
+        self.connection.exec_driver_sql(
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS"
+            f" AS SELECT {cols} FROM {child.name} WITH NO DATA"
+        )
+        self.connection.exec_driver_sql(f"TRUNCATE {stage}")
+        driver = self.connection.connection.driver_connection
+        assert driver is not None
+        types = [_copy_type(c, self.connection.dialect) for c in child.columns]
+        stamp = self.stamp
+        with (
+            driver.cursor() as cursor,
+            cursor.copy(f"COPY {stage} ({cols}) FROM STDIN (FORMAT BINARY)") as copy,
+        ):
+            copy.set_types(types)
+            for record in records:
+                copy.write_row(record + stamp)
+
+        keys = ", ".join(child.keys)
+        updates = ", ".join(f"{n} = EXCLUDED.{n}" for n in names if n not in child.keys)
+        target = ", ".join(f"t.{n}" for n in child.compared)
+        excluded = ", ".join(f"EXCLUDED.{n}" for n in child.compared)
+        inserted, updated = self.connection.exec_driver_sql(
+            f"WITH written AS ("
+            f" INSERT INTO {child.name} AS t ({cols}) SELECT {cols} FROM {stage}"
+            f" ON CONFLICT ({keys}) DO UPDATE SET {updates}"
+            f" WHERE ({target}) IS DISTINCT FROM ({excluded})"
+            f" RETURNING (xmax = 0) AS inserted)"
+            f" SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted)"
+            f" FROM written"
+        ).one()
+        return TableChanges(inserted=inserted, updated=updated)
+
+    def delete_missing(
+        self, child: _ChildTable, batch_id: str, *, present: _ChildTable | None = None
+    ) -> int:
+        present = present or child
+        match = " AND ".join(f"s.{k} = t.{k}" for k in present.keys)
+        result = self.connection.exec_driver_sql(
+            f"DELETE FROM {child.name} AS t WHERE t.batch_id = %(batch_id)s"
+            f" AND NOT EXISTS (SELECT 1 FROM {self._stage_name(present)} AS s WHERE {match})",
+            {"batch_id": batch_id},
+        )
+        return result.rowcount
+
+
+class _SqliteRowWriter(_RowWriter):
+    def __init__(self, connection: Connection, *, run_id: int, synced_at: datetime) -> None:
+        super().__init__(connection, run_id=run_id, synced_at=synced_at)
+        self._written: dict[str, set[tuple[Any, ...]]] = {}
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        self._cursor = driver.cursor()
+
+    def upsert(
+        self, child: _ChildTable, records: Sequence[tuple[Any, ...]], batch_id: str
+    ) -> TableChanges:
+        positions = [[c.name for c in child.columns].index(k) for k in child.keys]
+        wanted = {tuple(record[p] for p in positions) for record in records}
+        self._written[child.name] = wanted
+        if not records:
+            return TableChanges()
+        existing = self._keys_of(child, batch_id)
+        names = [c.name for c in child.columns]
+        updates = ", ".join(f"{n} = excluded.{n}" for n in names if n not in child.keys)
+        differs = " OR ".join(f"{n} IS NOT excluded.{n}" for n in child.compared)
+        self._cursor.executemany(
+            f"INSERT INTO {child.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+            f" ON CONFLICT ({', '.join(child.keys)}) DO UPDATE SET {updates} WHERE {differs}",
+            self._rows(child, records),
+        )
+        # sqlite3 counts inserted rows and the rows an upsert really updated, nothing else.
+        inserted = len(wanted - existing)
+        return TableChanges(inserted=inserted, updated=max(self._cursor.rowcount, 0) - inserted)
+
+    def delete_missing(
+        self, child: _ChildTable, batch_id: str, *, present: _ChildTable | None = None
+    ) -> int:
+        present = present or child
+        vanished = list(self._keys_of(child, batch_id, present.keys) - self._written[present.name])
+        if not vanished:
+            return 0
+        match = " AND ".join(f"{k} = ?" for k in present.keys)
+        self._cursor.executemany(f"DELETE FROM {child.name} WHERE {match}", vanished)
+        return max(int(self._cursor.rowcount), 0)
+
+    def _keys_of(
+        self, child: _ChildTable, batch_id: str, keys: tuple[str, ...] | None = None
+    ) -> set[tuple[Any, ...]]:
+        columns = ", ".join(keys or child.keys)
+        self._cursor.execute(
+            f"SELECT DISTINCT {columns} FROM {child.name} WHERE batch_id = ?", (batch_id,)
+        )
+        return set(self._cursor.fetchall())
+
+    def _rows(
+        self, child: _ChildTable, records: Sequence[tuple[Any, ...]]
+    ) -> list[tuple[Any, ...]]:
+        """Records as driver rows: timestamps and JSON as the text SQLAlchemy reads back."""
+        stamp = (_sqlite_timestamp(self.stamp[0]), self.stamp[1])
+        converters = [
+            (index, _sqlite_timestamp if _is_datetime(column) else json_dumps)
+            for index, column in enumerate(child.columns[: -len(stamp)])
+            if _is_datetime(column) or isinstance(column.type, JSON)
+        ]
+        if not converters:
+            return [record + stamp for record in records]
+        rows = []
+        for record in records:
+            row = list(record)
+            for index, convert in converters:
+                value = row[index]
+                if value is not None:
+                    row[index] = convert(value)
+            rows.append((*row, *stamp))
+        return rows
+
+
+def _is_datetime(column: Column[Any]) -> bool:
+    return isinstance(getattr(column.type, "impl", column.type), DateTime)
+
+
+def _sqlite_timestamp(value: datetime) -> str:
+    """The text SQLAlchemy's SQLite DateTime reads back; values are UTC already."""
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f")

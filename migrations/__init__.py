@@ -1,0 +1,1 @@
+"""Alembic migrations of the batchsync schema (shipped as batchsync.migrations)."""
