@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -145,9 +146,31 @@ def check_schema(engine: Engine) -> None:
 
 def unavailable(engine: Engine, exc: BaseException) -> DatabaseUnavailable:
     """Describe a connection failure without the password (drivers may echo the DSN)."""
-    reason = str(getattr(exc, "orig", exc)).strip().splitlines()
-    first = reason[0] if reason else type(exc).__name__
+    first = describe(exc)
     password = engine.url.password
     if password:
         first = first.replace(str(password), "***")
     return DatabaseUnavailable(f"cannot use the database at {redact_url(engine.url)}: {first}")
+
+
+# Errors the drivers raise themselves, where batchsync writes through the driver's cursor
+# (COPY, executemany) rather than through SQLAlchemy, which would have wrapped them.
+DRIVER_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error, DBAPIError)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether a database error means the database cannot be used (connection, lock, disk),
+    as opposed to a refusal of this batch's data (a constraint, a value out of range)."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig if exc.orig is not None else exc
+    return isinstance(exc, sqlite3.OperationalError | psycopg.OperationalError | OperationalError)
+
+
+def describe(exc: BaseException) -> str:
+    """The first line of a database error, without SQL or parameters."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

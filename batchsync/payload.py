@@ -370,7 +370,7 @@ def _parse_transcript_line(
 ) -> TranscriptLineRecord:
     if not isinstance(raw, Mapping):
         raise where.error(f"expected an object, got {_type_name(raw)}")
-    line_id = _integer(raw.get("id"), where.sub("id"))
+    line_id = _integer(raw.get("id"), where.sub("id"), limit=_INT64)
     if line_id is None:
         raise where.sub("id").error("missing")
     return TranscriptLineRecord(
@@ -404,7 +404,19 @@ def _text(value: Any, where: _Field) -> str | None:
     raise where.error(f"expected a string, got {_type_name(value)}")
 
 
-def _integer(value: Any, where: _Field) -> int | None:
+_INT32 = 2**31
+_INT64 = 2**63
+
+
+def _integer(value: Any, where: _Field, *, limit: int = _INT32) -> int | None:
+    """A whole number from a number or a numeric string, within the column's range."""
+    number = _whole(value, where)
+    if number is not None and not -limit <= number < limit:
+        raise where.error(f"{number} is out of range")
+    return number
+
+
+def _whole(value: Any, where: _Field) -> int | None:
     if value is None or value == "":
         return None
     if isinstance(value, bool):
@@ -434,7 +446,10 @@ def _number(value: Any, where: _Field) -> float | None:
     if isinstance(value, bool):
         raise where.error("expected a number, got a boolean")
     if isinstance(value, int | float):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise where.error(f"{value} is out of range") from None
     if isinstance(value, str):
         try:
             number = float(value)

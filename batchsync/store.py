@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Connection, Table, or_, select
+from sqlalchemy import Column, Connection, Table, and_, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.types import JSON, DateTime
@@ -126,9 +126,16 @@ def stored_content_hash(connection: Connection, batch_id: str) -> str | None:
 
 
 def completed_batches(connection: Connection) -> dict[str, str | None]:
-    """Stored batches whose status is 'completed', with the parts their last write included."""
+    """Stored batches that are complete, with the parts their last write included.
+
+    Complete means status 'completed', or, for old responses without a status, no call
+    left in progress.
+    """
+    c = BATCHES.c
     rows = connection.execute(
-        select(BATCHES.c.batch_id, BATCHES.c.fetched_parts).where(BATCHES.c.status == "completed")
+        select(c.batch_id, c.fetched_parts).where(
+            or_(c.status == "completed", and_(c.status.is_(None), c.in_progress_calls == 0))
+        )
     )
     return {str(batch_id): parts for batch_id, parts in rows}
 
@@ -199,10 +206,11 @@ def _upsert_batch(
         set_={name: statement.excluded[name] for name in values if name != "batch_id"},
         where=differs,
     )
-    result = connection.execute(statement)
+    # RETURNING yields a row only when the row was inserted or really updated.
+    written = connection.execute(statement.returning(BATCHES.c.batch_id)).first()
     if exists is None:
         return TableChanges(inserted=1)
-    return TableChanges(updated=1 if result.rowcount else 0)
+    return TableChanges(updated=0 if written is None else 1)
 
 
 def _differs(columns: Sequence[Column[Any]], excluded: Any) -> Any:

@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from batchsync import runs
 from batchsync.client import BatchSource, Parts
-from batchsync.db import unavailable
+from batchsync.db import DRIVER_ERRORS, describe, is_unavailable, unavailable
 from batchsync.errors import ApiError, AuthError, DatabaseError, PayloadError
 from batchsync.payload import BatchSummary
 from batchsync.runs import BatchOutcome
@@ -159,13 +159,16 @@ def sync_batch(
                 )
                 outcome = BatchOutcome(batch_id, runs.SYNCED, calls=calls, changes=changes)
             runs.record_outcome(connection, run_id, outcome, clock())
-    except OperationalError as exc:
-        raise unavailable(engine, exc) from None
-    except DBAPIError as exc:
-        # The database refused a value (out of range, constraint): this batch only.
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+    except DRIVER_ERRORS as exc:
+        if is_unavailable(exc):
+            raise unavailable(engine, exc) from None
+        # The database refused this batch's data (a constraint, a value): this batch only.
         return _record_failure(
-            engine, run_id, batch_id, f"batch {batch_id}: the database rejected it: {reason}", clock
+            engine,
+            run_id,
+            batch_id,
+            f"batch {batch_id}: the database rejected it: {describe(exc)}",
+            clock,
         )
     log.info("batch %s: %s", batch_id, outcome.status, extra={"batch": batch_id})
     return outcome

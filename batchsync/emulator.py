@@ -1,0 +1,1014 @@
+"""A local Bland AI batches API: deterministic, messy data and failures on request.
+
+The emulator answers the two v1 endpoints batchsync reads, with the real API's envelopes and
+warts, so the client, the sync and the benchmarks can run with no network at all:
+
+- ``GET /v1/batches`` (``campaign_id``, ``from``, ``to``, ``limit``, ``ascending``)
+- ``GET /v1/batches/{batch_id}`` (``include_calls``, ``include_transcripts``, ``include_analysis``)
+
+Two ways to talk to it, both going through :meth:`Emulator.handle`, so they behave the same::
+
+    emu = Emulator(seed=1, batches=3, calls_per_batch=50)
+    headers = {"authorization": emu.api_key}
+
+    # in-process, as an httpx transport (sync or async client)
+    with httpx.Client(transport=emu.transport(), base_url="http://bland.test",
+                      headers=headers) as client:
+        batches = client.get("/v1/batches", params={"ascending": "true"}).json()["batches"]
+
+    # a real HTTP server on a loopback port, for subprocesses and the CLI
+    with emu.serve() as server:
+        httpx.get(f"{server.url}/v1/batches", headers=headers)
+
+Failures are queued per batch id, for every batch (``"*"``) or for the list endpoint
+(``"*list*"``), and consumed one per matching request::
+
+    emu.inject(*parse_fault("*:rate_limit x2:retry_after=1"))
+    emu.inject("*list*", Fault("server_error", status=502))
+
+Data. Batch ``i`` (ascending by ``created_at``) and its calls are a pure function of ``seed`` and
+``i``, rebuilt on every request so that 100 batches of 10,000 calls cost no memory. Every quirk of
+the real payloads shows up in a default ``Emulator()`` at fixed positions:
+
+- the oldest third of the batches (batch 0 at least) name the call id ``c_id`` and carry no
+  top-level ``status``; the newest batch is ``in-progress`` with its last fifth of calls
+  ``queued`` or ``started``; the others are ``completed``;
+- ``answered_by`` rotates over ``"human"``, ``"voicemail"``, ``"unknown"``, ``"no-answer"``,
+  ``["human"]``, ``null`` and a missing key;
+- timestamps rotate over microseconds with ``+00:00``, five fractional digits, milliseconds with
+  ``Z``, and microseconds at ``-05:00``;
+- every tenth call fails (``call_error`` / ``complete_error``, an ``error_message``);
+  ``queue_status`` of finished calls is ``complete`` or ``completed``;
+- ``corrected_duration`` is a string of seconds, sometimes an int, sometimes missing;
+- analysis counts are ints in even batches and numeric strings in odd ones; ``endpoints`` values
+  are strings in batches 1, 4, 7, ...; ``error_messages`` are plain strings in batches 2, 5, 8, ...
+  and ``{"call_id", "error_message"}`` objects elsewhere;
+- unknown fields: ``price`` / ``summary`` / ``variables`` on some calls, ``voice`` in the
+  ``batch_params`` of even batches, a top-level ``meta`` in batches 3, 7, 11, ...
+
+``analysis`` is always computed from ``call_data``, so the two agree. ``call_lengths`` holds
+minutes throughout, its ``summary`` buckets included.
+
+Revisions. Setting ``emu.revision = r`` (r > 0) changes the data as a pure function of
+(seed, batch, r), not cumulatively: in every batch with calls, about ``changed_fraction`` of the
+calls change (``call_length``, ``answered_by``, ``queue_status``, a failed call may succeed) and
+lose the last line of their transcript, one call vanishes, one new call appears, and the newest
+batch has finished. Going from revision 1 to 2 therefore also brings back the call that revision 1
+removed and drops the one it added.
+
+Batches stored with :meth:`Emulator.put_batch` are served exactly as given, at every revision.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import ipaddress
+import random
+import socket
+import sys
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socketserver import TCPServer
+from typing import Any, Final, Literal, cast, get_args
+
+import httpx
+import orjson
+
+__all__ = ["FAULT_KINDS", "Emulator", "EmulatorServer", "Fault", "FaultKind", "parse_fault"]
+
+FaultKind = Literal[
+    "rate_limit", "server_error", "slow", "truncated", "invalid_json", "wrong_shape", "not_found"
+]
+FAULT_KINDS: Final[tuple[FaultKind, ...]] = get_args(FaultKind)
+
+_JSON: Final = "application/json"
+_AUTH_FAILURE: Final = {
+    "data": None,
+    "errors": [{"error": "AUTH_FAILURE", "message": "Unauthorized"}],
+}
+_WRONG_SHAPE_LIST: Final = {"status": "success", "batches": {"x": 1}}
+_WRONG_SHAPE_DETAIL: Final = {
+    "status": "success",
+    "batch_params": "oops",
+    "call_data": {"not": "a list"},
+}
+_BAD_GATEWAY_HTML: Final = b"<html>502 Bad Gateway</html>"
+
+# Generated batches are spread over this window, oldest first.
+_FIRST_BATCH_AT: Final = datetime(2024, 1, 1, tzinfo=UTC)
+_LAST_BATCH_AT: Final = datetime(2025, 6, 30, tzinfo=UTC)
+_EASTERN: Final = timezone(timedelta(hours=-5))
+_TRANSCRIPT_ID_BASE: Final = 1_000_000
+_MAX_TRANSCRIPT_LINES: Final = 8
+# Multiples of the golden ratio spread the calls that carry a transcript evenly over a batch.
+_GOLDEN: Final = 0.6180339887498949
+
+_UNFINISHED: Final = frozenset({"new", "queued", "allocated", "started"})
+_BUCKET_BOUNDS: Final = (5, 10, 15, 20, 30, 45, 60, 90, 120)
+_BUCKET_LABELS: Final = (
+    "0-5", "5-10", "10-15", "15-20", "20-30", "30-45", "45-60", "60-90", "90-120", "120+",
+)  # fmt: skip
+_MISSING: Final = object()
+_ANSWERED_BY_ROTATION: Final = 7
+
+_LABELS: Final = (
+    "Customer Satisfaction Follow-up",
+    "Subscription Renewal Reminders",
+    "Appointment Confirmations",
+    "Payment Reminders",
+    "Lead Qualification",
+    "Delivery Window Check",
+)
+_PROMPTS: Final = (
+    "You are calling {{name}} to ask about their recent purchase.",
+    "You are calling {{business}} to remind them about their subscription.",
+    "You are confirming {{name}}'s appointment on {{date}}.",
+    "You are calling {{name}} about an unpaid invoice. Be polite and brief.",
+)
+_ERRORS: Final = (
+    "Cannot transfer to {to} - Call is no longer active",
+    "Invalid phone number: {to}",
+    "Call failed: the carrier rejected the call to {to}",
+)
+_ASSISTANT_LINES: Final = (
+    " Hi, this is a message for Alex.",
+    " Hello, I'm calling about your recent order.",
+    " Could you confirm the best time to reach you?",
+    " Thanks for your time, have a great day.",
+    " I can help with that right away.",
+)
+_USER_LINES: Final = (
+    " Hello?",
+    " Yes, speaking.",
+    " Tomorrow morning works for me.",
+    " I'm not interested, thank you.",
+    " Can you call back later?",
+)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One injected failure for requests to one batch (or to the list endpoint)."""
+
+    kind: FaultKind
+    times: int = 1
+    status: int = 503
+    retry_after: str | None = None
+    delay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; expected one of {FAULT_KINDS}")
+        if self.times != -1 and self.times < 1:
+            raise ValueError(f"times must be a positive count or -1 (forever), not {self.times}")
+        if not 500 <= self.status <= 599:
+            raise ValueError(f"status must be a 5xx code, not {self.status}")
+        if not 0.0 <= self.delay < float("inf"):
+            raise ValueError(f"delay must be a non-negative number of seconds, not {self.delay}")
+        if self.retry_after is not None and not self.retry_after.strip():
+            raise ValueError("retry_after must be None or a non-empty header value")
+
+
+_FAULT_KEYS: Final[dict[str, str | None]] = {
+    "times": None,
+    "status": "server_error",
+    "retry_after": "rate_limit",
+    "delay": "slow",
+}
+
+
+def parse_fault(spec: str) -> tuple[str, Fault]:
+    """Parse 'TARGET:KIND[xN][:key=value...]', e.g. 'b-123:rate_limit x3:retry_after=1'.
+
+    TARGET is a batch id, ``*`` (every batch) or ``*list*`` (the list endpoint). Keys are
+    ``times``, ``status`` (server_error), ``retry_after`` (rate_limit; an HTTP date may contain
+    colons) and ``delay`` (slow). Raise ValueError on a bad spec.
+    """
+    target, _, rest = spec.partition(":")
+    target = target.strip()
+    if not target or not rest.strip():
+        raise ValueError(f"bad fault spec {spec!r}: expected TARGET:KIND[xN][:key=value...]")
+    kind_part, *option_parts = rest.split(":")
+    kind, times = _parse_fault_kind(kind_part.strip(), spec)
+
+    options: dict[str, str] = {}
+    key = ""
+    for part in option_parts:
+        name, sep, value = part.partition("=")
+        if sep:
+            key = name.strip()
+            if key not in _FAULT_KEYS:
+                raise ValueError(f"bad fault spec {spec!r}: unknown key {key!r}")
+            if key in options:
+                raise ValueError(f"bad fault spec {spec!r}: {key} given twice")
+            options[key] = value.strip()
+        elif key == "retry_after":
+            # An HTTP date ("Wed, 21 Oct 2015 07:28:00 GMT") was split at its colons.
+            options[key] += ":" + part
+        else:
+            raise ValueError(f"bad fault spec {spec!r}: expected key=value, got {part!r}")
+
+    for name in options:
+        applies_to = _FAULT_KEYS[name]
+        if applies_to is not None and applies_to != kind:
+            raise ValueError(f"bad fault spec {spec!r}: {name} only applies to {applies_to}")
+    if "times" in options:
+        if times is not None:
+            raise ValueError(f"bad fault spec {spec!r}: count given both as xN and times=")
+        times = _parse_int(options["times"], "times", spec)
+    try:
+        fault = Fault(
+            kind=kind,
+            times=1 if times is None else times,
+            status=_parse_int(options.get("status", "503"), "status", spec),
+            retry_after=options.get("retry_after") or None,
+            delay=_parse_float(options.get("delay", "0"), "delay", spec),
+        )
+    except ValueError as exc:
+        raise ValueError(f"bad fault spec {spec!r}: {exc}") from None
+    return target, fault
+
+
+def _parse_fault_kind(text: str, spec: str) -> tuple[FaultKind, int | None]:
+    """Split 'rate_limit', 'rate_limitx3' or 'rate_limit x3' into the kind and its count."""
+    for kind in FAULT_KINDS:
+        if not text.startswith(kind):
+            continue
+        suffix = text[len(kind) :].strip()
+        if not suffix:
+            return kind, None
+        if suffix.startswith("x"):
+            return kind, _parse_int(suffix[1:].strip(), "count", spec)
+    raise ValueError(
+        f"bad fault spec {spec!r}: unknown fault kind {text!r}; expected one of {FAULT_KINDS}"
+    )
+
+
+def _parse_int(text: str, name: str, spec: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(
+            f"bad fault spec {spec!r}: {name} must be an integer, not {text!r}"
+        ) from None
+
+
+def _parse_float(text: str, name: str, spec: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(
+            f"bad fault spec {spec!r}: {name} must be a number, not {text!r}"
+        ) from None
+
+
+class _BadRequest(Exception):
+    """A query parameter the real API would answer with 400."""
+
+
+@dataclass
+class _ArmedFault:
+    fault: Fault
+    remaining: int  # -1: never spent
+
+
+@dataclass(frozen=True)
+class _BatchMeta:
+    """What a generated batch is before its calls: enough for the list endpoint."""
+
+    index: int
+    batch_id: str
+    created: datetime
+    params: dict[str, Any]  # batch_params exactly as served
+    max_duration: int  # minutes, as in call_params
+    from_number: str
+
+
+class Emulator:
+    """The Bland v1 batches API as a function of (seed, revision), with faults on request."""
+
+    LIST_TARGET = "*list*"
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        batches: int = 5,
+        calls_per_batch: int = 20,
+        api_key: str = "emulator-key",
+        transcript_ratio: float = 0.5,
+        revision: int = 0,
+        changed_fraction: float = 0.1,
+    ) -> None:
+        if batches < 0 or calls_per_batch < 0 or revision < 0:
+            raise ValueError("batches, calls_per_batch and revision must not be negative")
+        if not 0.0 <= transcript_ratio <= 1.0 or not 0.0 <= changed_fraction <= 1.0:
+            raise ValueError("transcript_ratio and changed_fraction must lie in [0, 1]")
+        self.api_key = api_key
+        self.revision = revision
+        self.requests: list[httpx.Request] = []
+        self._seed = seed
+        self._batches = batches
+        self._calls_per_batch = calls_per_batch
+        self._transcript_ratio = transcript_ratio
+        self._changed_fraction = changed_fraction
+        # Batch 0 at least is old-style, but never the newest, which must show "in-progress".
+        self._old_batches = max(1, round(batches / 3))
+        if batches > 1:
+            self._old_batches = min(self._old_batches, batches - 1)
+        self._campaigns = (_campaign_id(seed, 0), _campaign_id(seed, 1))
+        self._lock = threading.Lock()
+        self._faults: dict[str, deque[_ArmedFault]] = {}
+        self._overrides: dict[str, dict[str, Any]] = {}
+        self._removed: set[str] = set()
+        self._generated: list[tuple[datetime, str]] = []
+        for index in range(batches):
+            meta = self._meta(index)
+            self._generated.append((meta.created, meta.batch_id))
+        self._index_of = {batch_id: i for i, (_, batch_id) in enumerate(self._generated)}
+
+    def __repr__(self) -> str:
+        return (
+            f"Emulator(seed={self._seed}, batches={self._batches}, "
+            f"calls_per_batch={self._calls_per_batch}, revision={self.revision})"
+        )
+
+    # -- the data ---------------------------------------------------------------------------
+
+    def batch_ids(self) -> list[str]:
+        """Return every batch id, ascending by created_at."""
+        return [batch_id for _, batch_id, _ in self._visible()]
+
+    def raw_batch(self, batch_id: str) -> dict[str, Any]:
+        """Return a fresh copy of a batch's full detail payload; KeyError if there is none."""
+        with self._lock:
+            override = self._overrides.get(batch_id)
+            removed = batch_id in self._removed
+        if override is not None:
+            copy: dict[str, Any] = orjson.loads(orjson.dumps(override))
+            return copy
+        index = self._index_of.get(batch_id)
+        if removed or index is None:
+            raise KeyError(batch_id)
+        return self._generate(index, self.revision)
+
+    def put_batch(self, raw: dict[str, Any]) -> None:
+        """Add or replace a batch's full detail payload, keyed by raw["batch_params"]["id"]."""
+        params = raw.get("batch_params")
+        batch_id = params.get("id") if isinstance(params, dict) else None
+        if not isinstance(batch_id, str) or not batch_id:
+            raise ValueError('put_batch needs a payload with a string raw["batch_params"]["id"]')
+        stored: dict[str, Any] = orjson.loads(orjson.dumps(raw))  # our own copy, JSON-clean
+        with self._lock:
+            self._overrides[batch_id] = stored
+            self._removed.discard(batch_id)
+
+    def remove_batch(self, batch_id: str) -> None:
+        """Make a batch vanish from the list and answer 404 for its detail; idempotent."""
+        with self._lock:
+            self._overrides.pop(batch_id, None)
+            self._removed.add(batch_id)
+
+    # -- faults and bookkeeping -------------------------------------------------------------
+
+    def inject(self, target: str, fault: Fault) -> None:
+        """Queue a fault for a batch id, "*" (every batch) or "*list*"; each applies in turn."""
+        with self._lock:
+            self._faults.setdefault(target, deque()).append(_ArmedFault(fault, fault.times))
+
+    def request_count(self, path: str | None = None) -> int:
+        """Count the requests seen, all of them or those to exactly this URL path."""
+        with self._lock:
+            if path is None:
+                return len(self.requests)
+            return sum(1 for request in self.requests if request.url.path == path)
+
+    def _take_fault(self, targets: tuple[str, ...]) -> Fault | None:
+        with self._lock:
+            for target in targets:
+                queue = self._faults.get(target)
+                if not queue:
+                    continue
+                armed = queue[0]
+                if armed.remaining > 0:
+                    armed.remaining -= 1
+                    if armed.remaining == 0:
+                        queue.popleft()
+                return armed.fault
+        return None
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        """Answer one request as the Bland API would: auth, then faults, then the route."""
+        with self._lock:
+            self.requests.append(request)
+        if request.headers.get("authorization") != self.api_key:
+            return _json_response(401, _AUTH_FAILURE)
+        if request.method != "GET":
+            return _json_response(405, _error("Method not allowed"), {"allow": "GET"})
+        path = request.url.path.rstrip("/")
+        prefix = "/v1/batches"
+        if path == prefix:
+            batch_id = None
+            targets: tuple[str, ...] = (self.LIST_TARGET,)
+        elif path.startswith(prefix + "/") and "/" not in path[len(prefix) + 1 :]:
+            batch_id = path[len(prefix) + 1 :]
+            targets = (batch_id, "*")
+        else:
+            return _json_response(404, _error("Not found"))
+
+        fault = self._take_fault(targets)
+        if fault is not None and fault.kind != "truncated":
+            if fault.kind == "slow":
+                time.sleep(fault.delay)
+            else:
+                return _fault_response(fault, is_list=batch_id is None)
+        try:
+            if batch_id is None:
+                response = self._list_response(request.url.params)
+            else:
+                response = self._detail_response(batch_id, request.url.params)
+        except _BadRequest as exc:
+            return _json_response(400, _error(str(exc)))
+        if fault is not None and fault.kind == "truncated":
+            half = response.content[: len(response.content) // 2]
+            return httpx.Response(200, content=half, headers={"content-type": _JSON})
+        return response
+
+    def transport(self) -> httpx.MockTransport:
+        """Mount the emulator in-process, for httpx.Client or httpx.AsyncClient."""
+        return httpx.MockTransport(self.handle)
+
+    def serve(self, host: str = "127.0.0.1", port: int = 0) -> EmulatorServer:
+        """Serve over HTTP on a loopback address in a daemon thread; port 0 picks a free port."""
+        return EmulatorServer(self, host, port)
+
+    def _list_response(self, params: httpx.QueryParams) -> httpx.Response:
+        start = _int_param(params, "from") or 0
+        stop = _int_param(params, "to")
+        limit = _int_param(params, "limit")
+        ascending = _bool_param(params, "ascending", default=False)
+        campaign = params.get("campaign_id")
+
+        ordered = self._visible()
+        if not ascending:
+            ordered.reverse()
+        if campaign is not None:
+            ordered = [row for row in ordered if row[2] == campaign]
+        page = ordered[start:stop][: 1000 if limit is None else limit]
+        batches = [self._list_entry(batch_id) for _, batch_id, _ in page]
+        return _json_response(200, {"status": "success", "batches": batches})
+
+    def _detail_response(self, batch_id: str, params: httpx.QueryParams) -> httpx.Response:
+        include_calls = _bool_param(params, "include_calls", default=True)
+        include_transcripts = _bool_param(params, "include_transcripts", default=True)
+        include_analysis = _bool_param(params, "include_analysis", default=True)
+        with self._lock:
+            override = self._overrides.get(batch_id)
+            removed = batch_id in self._removed
+        index = self._index_of.get(batch_id)
+        if override is not None:
+            raw = override
+        elif removed or index is None:
+            return _json_response(404, _error("Batch not found"))
+        else:
+            raw = self._generate(index, self.revision)
+
+        body = {key: value for key, value in raw.items() if key not in ("call_data", "analysis")}
+        if include_calls and "call_data" in raw:
+            calls = raw["call_data"]
+            if not include_transcripts and isinstance(calls, list):
+                calls = [
+                    _without(call, "transcripts") if isinstance(call, dict) else call
+                    for call in calls
+                ]
+            body["call_data"] = calls
+        if include_analysis and "analysis" in raw:
+            body["analysis"] = raw["analysis"]
+        return _json_response(200, body)
+
+    # -- generation -------------------------------------------------------------------------
+
+    def _visible(self) -> list[tuple[datetime, str, str | None]]:
+        """(created_at, batch_id, campaign_id) of every listed batch, ascending."""
+        with self._lock:
+            overrides = dict(self._overrides)
+            hidden = self._removed | overrides.keys()
+        rows = [
+            (created, batch_id, self._campaign_for(index))
+            for index, (created, batch_id) in enumerate(self._generated)
+            if batch_id not in hidden
+        ]
+        for batch_id, raw in overrides.items():
+            params = raw["batch_params"]
+            created = _parse_timestamp(params.get("created_at"))
+            rows.append((created, batch_id, params.get("campaign_id")))
+        rows.sort(key=lambda row: (row[0], row[1]))
+        return rows
+
+    def _list_entry(self, batch_id: str) -> dict[str, Any]:
+        with self._lock:
+            override = self._overrides.get(batch_id)
+        if override is not None:
+            params = override["batch_params"]
+        else:
+            params = self._meta(self._index_of[batch_id]).params
+        keys = ("campaign_id", "created_at", "label", "base_prompt", "endpoint_code", "call_params")
+        return {"batch_id": batch_id} | {key: params.get(key) for key in keys}
+
+    def _rng(self, index: int, stream: str) -> random.Random:
+        # A string seed is hashed with SHA-512: stable across runs and PYTHONHASHSEED.
+        return random.Random(f"{self._seed}:{index}:{stream}")
+
+    def _campaign_for(self, index: int) -> str | None:
+        return None if index % 3 == 0 else self._campaigns[index % 2]
+
+    def _meta(self, index: int) -> _BatchMeta:
+        rng = self._rng(index, "batch")
+        batch_id = _uuid(rng)
+        # Each batch falls in its own slice of the window, so index order is created_at order.
+        position = (index + 0.1 + 0.8 * rng.random()) / self._batches
+        created = _FIRST_BATCH_AT + (_LAST_BATCH_AT - _FIRST_BATCH_AT) * position
+        max_duration = rng.choice((5, 10, 15, 30))
+        call_params: dict[str, Any] = {
+            "reduce_latency": rng.random() < 0.5,
+            "voice_id": rng.randrange(4),
+            "language": "eng",
+            "max_duration": max_duration,
+            "wait_for_greeting": rng.random() < 0.3,
+        }
+        if index % 2 == 1:
+            call_params["request_data"] = {"your name": rng.choice(("Janessa", "Omar", "Lee"))}
+        params: dict[str, Any] = {
+            "id": batch_id,
+            "campaign_id": self._campaign_for(index),
+            "created_at": _format_timestamp(created, index),
+            "label": rng.choice(_LABELS),
+            "base_prompt": rng.choice(_PROMPTS),
+            "endpoint_code": rng.choice(("api", "api", "web")),
+            "call_params": call_params,
+        }
+        if index % 2 == 0:
+            params["voice"] = rng.choice(("maya", "josh", "nat"))
+        return _BatchMeta(index, batch_id, created, params, max_duration, _phone(rng))
+
+    def _generate(self, index: int, revision: int) -> dict[str, Any]:
+        """Build batch ``index``'s full detail payload at ``revision``."""
+        meta = self._meta(index)
+        old = index < self._old_batches
+        newest = index == self._batches - 1
+        rng = self._rng(index, "calls")
+        n = self._calls_per_batch
+        pending_from = n - max(1, n // 5) if newest and revision == 0 else n
+        calls = [self._call(meta, rng, slot, pending=slot >= pending_from) for slot in range(n)]
+        if revision > 0 and calls and self._changed_fraction > 0:
+            self._revise(meta, calls, revision)
+
+        raw: dict[str, Any] = {}
+        if not old:
+            unfinished = any(call["queue_status"] in _UNFINISHED for call in calls)
+            raw["status"] = "in-progress" if unfinished else "completed"
+        raw["batch_params"] = meta.params
+        raw["call_data"] = calls
+        raw["analysis"] = _analysis(
+            calls,
+            "c_id" if old else "call_id",
+            counts_as_strings=index % 2 == 1,
+            endpoints_as_strings=index % 3 == 1,
+            errors_as_strings=index % 3 == 2,
+        )
+        if index % 4 == 3:
+            raw["meta"] = {"region": "us-east-1", "api_version": "1.4.2"}
+        return raw
+
+    def _call(
+        self, meta: _BatchMeta, rng: random.Random, slot: int, *, pending: bool = False
+    ) -> dict[str, Any]:
+        """Build call ``slot`` of a batch; its quirks depend on the slot, its values on ``rng``."""
+        call_id = _uuid(rng)
+        to = _phone(rng)
+        created = meta.created + timedelta(seconds=120 + slot * 2.5 + 2 * rng.random())
+        length = round(meta.max_duration * rng.random() ** 2, 2)
+        errored = slot % 10 == 3
+        queue_status = "completed" if slot % 3 == 2 else "complete"
+        error: str | None = None
+        if errored:
+            queue_status = "call_error" if slot % 20 == 3 else "complete_error"
+            error = rng.choice(_ERRORS).format(to=to)
+            length = 0.0
+        transcripts: list[dict[str, Any]] = []
+        if not errored and (slot * _GOLDEN) % 1.0 < self._transcript_ratio:
+            transcripts = self._transcript(meta, rng, slot, call_id, created)
+
+        call: dict[str, Any] = {
+            "status": "failed" if errored else "completed",
+            "corrected_duration": str(round(length * 60)),
+            "end_at": None if errored else _end_at(created, length, slot),
+            ("c_id" if meta.index < self._old_batches else "call_id"): call_id,
+            "to": to,
+            "from": meta.from_number,
+            "completed": not errored,
+            "created_at": _format_timestamp(created, slot),
+            "queue_status": queue_status,
+            "endpoint_url": "https://api.bland.ai" if slot % 9 == 4 else "api.bland.ai",
+            "max_duration": meta.max_duration,
+            "error_message": error,
+            "answered_by": None,
+            "request_data": {"phone_number": to, "wait": False, "language": "ENG"},
+            "transcripts": transcripts,
+            "call_length": length,
+        }
+        answered_by = _answered_by(slot + meta.index)
+        if answered_by is _MISSING:
+            del call["answered_by"]
+        else:
+            call["answered_by"] = answered_by
+        if slot % 11 == 10:
+            del call["corrected_duration"]
+        elif slot % 7 == 6:
+            call["corrected_duration"] = round(length * 60)
+        if slot % 5 == 1:
+            call["price"] = round(0.09 * length, 4)
+        elif slot % 5 == 2:
+            call["summary"] = "The customer asked to be called back next week."
+        elif slot % 5 == 4:
+            call["variables"] = {"to": to, "language": "ENG", "timezone": "America/New_York"}
+        if pending:
+            started = slot % 2 == 1
+            call.update(
+                status="in-progress" if started else "queued",
+                queue_status="started" if started else "queued",
+                completed=False,
+                end_at=None,
+                error_message=None,
+                transcripts=[],
+                call_length=0.0,
+            )
+            if "answered_by" in call:
+                call["answered_by"] = None
+            if "corrected_duration" in call:
+                is_text = isinstance(call["corrected_duration"], str)
+                call["corrected_duration"] = "0" if is_text else 0
+        return call
+
+    def _transcript(
+        self, meta: _BatchMeta, rng: random.Random, slot: int, call_id: str, created: datetime
+    ) -> list[dict[str, Any]]:
+        count = 2 + int(rng.random() * (_MAX_TRANSCRIPT_LINES - 1))
+        first_id = _TRANSCRIPT_ID_BASE + _pair(meta.index, slot) * _MAX_TRANSCRIPT_LINES
+        lines = []
+        for line in range(count):
+            if line == 0 and slot % 5 == 0:
+                user, text = "robot", " Please hold while we connect your call."
+            elif line == count - 1 and slot % 4 == 2:
+                user, text = "agent-action", "Ended the call"
+            elif line % 2 == 0:
+                user, text = "assistant", rng.choice(_ASSISTANT_LINES)
+            else:
+                user, text = "user", rng.choice(_USER_LINES)
+            at = created + timedelta(seconds=5 + 6 * line + rng.random())
+            lines.append(
+                {
+                    "id": first_id + line,
+                    "created_at": _format_timestamp(at, slot + line),
+                    "text": text,
+                    "user": user,
+                    "c_id": call_id,
+                }
+            )
+        return lines
+
+    def _revise(self, meta: _BatchMeta, calls: list[dict[str, Any]], revision: int) -> None:
+        """Apply revision ``revision``'s changes to a batch's base calls, in place."""
+        rng = self._rng(meta.index, f"rev:{revision}")
+        n = len(calls)
+        vanished = rng.randrange(n)
+        count = min(n - 1, max(1, round(self._changed_fraction * n)))
+        for pick in rng.sample(range(n - 1), count):
+            _change_call(calls[pick if pick < vanished else pick + 1], rng, meta.max_duration)
+        del calls[vanished]
+        # The new call takes a slot no base call uses, so its transcript ids stay unique.
+        slot = self._calls_per_batch + revision - 1
+        calls.append(self._call(meta, self._rng(meta.index, f"new:{revision}"), slot))
+
+
+def _change_call(call: dict[str, Any], rng: random.Random, max_duration: int) -> None:
+    """Give one call different values, as a later look at the same call would."""
+    was_human = call.get("answered_by") in ("human", ["human"])
+    call["answered_by"] = "voicemail" if was_human else "human"
+    if call["transcripts"]:
+        call["transcripts"].pop()
+    if call["error_message"] is not None and rng.random() < 0.5:
+        call.update(status="completed", completed=True, error_message=None, queue_status="complete")
+    if call["error_message"] is None:
+        call["call_length"] = round(min(max_duration, call["call_length"] + 0.01 + rng.random()), 2)
+        if call["queue_status"] in ("complete", "completed"):
+            call["queue_status"] = "completed" if call["queue_status"] == "complete" else "complete"
+        created = datetime.fromisoformat(call["created_at"]).astimezone(UTC)
+        call["end_at"] = _end_at(created, call["call_length"], rng.randrange(4))
+    else:
+        call["error_message"] += " (retried)"
+    if "corrected_duration" in call:
+        seconds = round(call["call_length"] * 60)
+        is_text = isinstance(call["corrected_duration"], str)
+        call["corrected_duration"] = str(seconds) if is_text else seconds
+
+
+def _analysis(
+    calls: list[dict[str, Any]],
+    id_key: str,
+    *,
+    counts_as_strings: bool,
+    endpoints_as_strings: bool,
+    errors_as_strings: bool,
+) -> dict[str, Any]:
+    """Summarise calls the way the API's analysis block does, in one of its dialects."""
+    count: type[int] | type[str] = str if counts_as_strings else int
+    queue_statuses = Counter(call["queue_status"] for call in calls)
+    in_progress = sum(queue_statuses[status] for status in _UNFINISHED)
+    lengths = [call["call_length"] for call in calls]
+    nonzero = [length for length in lengths if length >= 1 / 60]
+    summary = dict.fromkeys(_BUCKET_LABELS, 0)
+    for length in lengths:
+        summary[_BUCKET_LABELS[bisect.bisect_right(_BUCKET_BOUNDS, length)]] += 1
+    endpoints = Counter(call["endpoint_url"] for call in calls)
+    errors: list[Any] = [
+        call["error_message"]
+        if errors_as_strings
+        else {"call_id": call[id_key], "error_message": call["error_message"]}
+        for call in calls
+        if call["error_message"] is not None
+    ]
+    return {
+        "total_calls": count(len(calls)),
+        "completed_calls": count(len(calls) - in_progress),
+        "in_progress_calls": count(in_progress),
+        "queue_statuses": dict(queue_statuses),
+        "call_lengths": {
+            "average": round(sum(lengths) / len(lengths), 2) if lengths else 0,
+            "average_nonzero": round(sum(nonzero) / len(nonzero), 2) if nonzero else 0,
+            "summary": summary,
+            "all": lengths,
+        },
+        "call_ids": [call[id_key] for call in calls],
+        "error_messages": errors,
+        "endpoints": {url: str(n) if endpoints_as_strings else n for url, n in endpoints.items()},
+    }
+
+
+def _answered_by(position: int) -> object:
+    choice = position % _ANSWERED_BY_ROTATION
+    if choice < 4:
+        return ("human", "voicemail", "unknown", "no-answer")[choice]
+    return (["human"], None, _MISSING)[choice - 4]
+
+
+def _format_timestamp(moment: datetime, style: int) -> str:
+    """Render a UTC datetime in one of the four shapes the API has been seen to send."""
+    style %= 4
+    if style == 3:
+        return moment.astimezone(_EASTERN).isoformat(timespec="microseconds")
+    text = moment.isoformat(timespec="microseconds")
+    if style == 0:
+        return text  # 2023-12-16T00:17:22.383682+00:00
+    if style == 1:
+        return text[:25] + text[26:]  # 2023-12-16T00:17:22.38368+00:00
+    return text[:23] + "Z"  # 2023-12-16T00:17:22.383Z
+
+
+def _end_at(created: datetime, length_minutes: float, style: int) -> str:
+    return _format_timestamp(created + timedelta(minutes=length_minutes, seconds=8), style + 1)
+
+
+def _parse_timestamp(value: object) -> datetime:
+    """Order key for a stored batch's created_at; what cannot be read sorts first."""
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _uuid(rng: random.Random) -> str:
+    h = f"{rng.getrandbits(128):032x}"
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _campaign_id(seed: int, which: int) -> str:
+    rng = random.Random(f"{seed}:campaign:{which}")
+    return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(24))
+
+
+def _phone(rng: random.Random) -> str:
+    return f"+1555{rng.randrange(10_000_000):07d}"
+
+
+def _pair(a: int, b: int) -> int:
+    """Cantor's pairing: a distinct natural number for every pair of naturals."""
+    return (a + b) * (a + b + 1) // 2 + b
+
+
+def _without(mapping: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in mapping.items() if k != key}
+
+
+def _error(message: str) -> dict[str, Any]:
+    return {"status": "error", "message": message}
+
+
+def _json_response(
+    status: int, payload: object, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    return httpx.Response(
+        status, content=orjson.dumps(payload), headers={"content-type": _JSON, **(headers or {})}
+    )
+
+
+def _fault_response(fault: Fault, *, is_list: bool) -> httpx.Response:
+    if fault.kind == "rate_limit":
+        headers = {} if fault.retry_after is None else {"retry-after": fault.retry_after}
+        return _json_response(429, _error("Rate limit exceeded"), headers)
+    if fault.kind == "server_error":
+        return _json_response(fault.status, _error("Internal server error"))
+    if fault.kind == "invalid_json":
+        return httpx.Response(200, content=_BAD_GATEWAY_HTML, headers={"content-type": "text/html"})
+    if fault.kind == "wrong_shape":
+        return _json_response(200, _WRONG_SHAPE_LIST if is_list else _WRONG_SHAPE_DETAIL)
+    if fault.kind == "not_found":
+        return _json_response(404, _error("Not found" if is_list else "Batch not found"))
+    raise AssertionError(f"{fault.kind} faults change the normal answer, they do not replace it")
+
+
+def _int_param(params: httpx.QueryParams, name: str) -> int | None:
+    text = params.get(name)
+    if text is None:
+        return None
+    if not (text.isascii() and text.isdigit()):
+        raise _BadRequest(f"{name} must be a non-negative integer, got {text!r}")
+    return int(text)
+
+
+def _bool_param(params: httpx.QueryParams, name: str, *, default: bool) -> bool:
+    text = params.get(name)
+    if text is None:
+        return default
+    if text.lower() in ("true", "1"):
+        return True
+    if text.lower() in ("false", "0"):
+        return False
+    raise _BadRequest(f"{name} must be true or false, got {text!r}")
+
+
+# -- the HTTP server ------------------------------------------------------------------------
+
+
+def _loopback(host: str) -> tuple[str, socket.AddressFamily]:
+    """Return the address to bind for a loopback host; ValueError for anything else."""
+    if host == "localhost":
+        return "127.0.0.1", socket.AF_INET
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is None or not address.is_loopback:
+        raise ValueError(
+            f"refusing to serve the emulator on {host!r}: only loopback addresses "
+            "(127.0.0.0/8, ::1, localhost) are allowed"
+        )
+    return str(address), socket.AF_INET6 if address.version == 6 else socket.AF_INET
+
+
+class _Server(ThreadingHTTPServer):
+    block_on_close = False  # close() must not wait out a handler asleep in a slow fault
+
+    def __init__(
+        self, address: tuple[str, int], family: socket.AddressFamily, emulator: Emulator
+    ) -> None:
+        self.address_family = family
+        self.emulator = emulator
+        self.base_url = ""
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves our own name (getfqdn), which can stall offline.
+        TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Hang up on kept-alive clients, so a closed server answers nobody."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):  # the client may have hung up first
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # a client that went away mid-answer is no error of ours
+        super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Relay each HTTP request to Emulator.handle and write its answer back."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive; every answer carries Content-Length
+    disable_nagle_algorithm = True  # headers and body go out as two writes
+
+    def _relay(self) -> None:
+        server = cast(_Server, self.server)
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if not self.path.startswith("/"):
+            self.send_error(400, "Bad request target")
+            return
+        request = httpx.Request(
+            self.command,
+            server.base_url + self.path,
+            headers=list(self.headers.items()),
+            content=body,
+        )
+        response = server.emulator.handle(request)
+        content = response.content
+        self.send_response(response.status_code)
+        for name, value in response.headers.multi_items():
+            if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(content)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _relay
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Stay quiet: a benchmark makes thousands of requests."""
+
+
+class EmulatorServer:
+    """An Emulator served over HTTP on a loopback port, in a daemon thread; a context manager."""
+
+    def __init__(self, emulator: Emulator, host: str = "127.0.0.1", port: int = 0) -> None:
+        bind_host, family = _loopback(host)
+        self._server = _Server((bind_host, port), family, emulator)
+        bound_port = self._server.server_address[1]
+        url_host = f"[{bind_host}]" if family == socket.AF_INET6 else bind_host
+        self.url = f"http://{url_host}:{bound_port}"
+        self._server.base_url = self.url
+        self._close_lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"bland-emulator-{bound_port}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"EmulatorServer(url={self.url!r})"
+
+    def close(self) -> None:
+        """Stop serving, drop open connections and free the port; safe to call twice."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._server.shutdown()
+        self._server.close_connections()
+        self._server.server_close()
+        self._thread.join()
+
+    def serve_forever(self) -> None:
+        """Block until close() is called elsewhere or KeyboardInterrupt arrives, then close."""
+        try:
+            while self._thread.is_alive():
+                self._thread.join(0.2)
+        except KeyboardInterrupt:
+            pass  # Ctrl-C is how a person stops `batchsync emulator serve`
+        finally:
+            self.close()
+
+    def __enter__(self) -> EmulatorServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,423 @@
+"""Whole runs through the emulator into real databases: rows, idempotence, convergence."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select, text
+
+from batchsync import runs
+from batchsync.client import BlandClient, Parts
+from batchsync.config import load_database
+from batchsync.db import create_db_engine, upgrade
+from batchsync.emulator import Emulator, Fault
+from batchsync.errors import AuthError
+from batchsync.models import Base
+from batchsync.sync import SyncOptions, run_sync
+
+DATA_TABLES = ["batches", "calls", "call_transcripts", "queue_status_counts", "errors"]
+BOOKKEEPING = {"synced_at", "sync_run_id"}
+
+
+def snapshot(engine: Engine, *, bookkeeping: bool = True) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every data table, sorted, for comparing whole databases."""
+    tables = {t.name: t for t in Base.metadata.sorted_tables}
+    result = {}
+    with engine.connect() as connection:
+        for name in DATA_TABLES:
+            table = tables[name]
+            columns = [c for c in table.columns if bookkeeping or c.name not in BOOKKEEPING]
+            if not bookkeeping:
+                columns = [c for c in columns if c.name != "content_sha256"]
+            rows = connection.execute(select(*columns)).all()
+            result[name] = sorted((tuple(r) for r in rows), key=repr)
+    return result
+
+
+def call_id_of(raw_call: dict[str, Any]) -> str:
+    return str(raw_call.get("call_id") or raw_call.get("c_id"))
+
+
+def sync_all(engine: Engine, client: BlandClient, **options: Any) -> runs.BatchOutcome | Any:
+    return run_sync(engine, client, SyncOptions(discover=True, **options))
+
+
+def test_full_sync_stores_every_batch_call_and_line(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """A first sync stores exactly the emulator's batches, calls, lines, counts and errors."""
+    result = sync_all(engine, client)
+
+    assert result.status == runs.SUCCEEDED
+    assert result.count(runs.SYNCED) == len(emulator.batch_ids())
+    with engine.connect() as connection:
+        for batch_id in emulator.batch_ids():
+            raw = emulator.raw_batch(batch_id)
+            calls = {call_id_of(c) for c in raw["call_data"]}
+            stored_calls = set(
+                connection.execute(
+                    text("select call_id from calls where batch_id = :b"), {"b": batch_id}
+                ).scalars()
+            )
+            assert stored_calls == calls
+            lines = sum(len(c.get("transcripts") or []) for c in raw["call_data"])
+            stored_lines = connection.execute(
+                text("select count(*) from call_transcripts where batch_id = :b"), {"b": batch_id}
+            ).scalar_one()
+            assert stored_lines == lines
+            statuses = connection.execute(
+                text("select queue_status, count from queue_status_counts where batch_id = :b"),
+                {"b": batch_id},
+            ).all()
+            expected: dict[str, int] = {}
+            for key, value in raw["analysis"]["queue_statuses"].items():
+                name = "complete" if key == "completed" else key
+                expected[name] = expected.get(name, 0) + int(value)
+            assert dict(statuses) == expected
+            errors = connection.execute(
+                text("select count(*) from errors where batch_id = :b"), {"b": batch_id}
+            ).scalar_one()
+            assert errors == len(raw["analysis"]["error_messages"])
+            total = connection.execute(
+                text("select total_calls from batches where batch_id = :b"), {"b": batch_id}
+            ).scalar_one()
+            assert total == int(raw["analysis"]["total_calls"])
+
+
+def test_resync_of_unchanged_api_changes_nothing(engine: Engine, client: BlandClient) -> None:
+    """Running the same sync twice leaves every row and value as it was."""
+    sync_all(engine, client)
+    before = snapshot(engine)
+
+    second = sync_all(engine, client)
+    refreshed = sync_all(engine, client, refresh=True)
+
+    assert snapshot(engine) == before
+    assert second.count(runs.SYNCED) == 0
+    assert refreshed.count(runs.SYNCED) == len(before["batches"])
+    for outcome in refreshed.outcomes:
+        assert all(c.inserted == c.updated == c.deleted == 0 for c in outcome.changes.values())
+
+
+def test_resync_converges_to_changed_api(
+    engine: Engine, client: BlandClient, emulator: Emulator, database_url: str, tmp_path: Any
+) -> None:
+    """After the API changes, a refreshing re-sync gives the rows a first sync of it would."""
+    sync_all(engine, client)
+    emulator.revision = 1
+    result = sync_all(engine, client, refresh=True)
+    assert result.status == runs.SUCCEEDED
+    changed = {t for o in result.outcomes for t, c in o.changes.items() if c.total}
+    assert {"calls", "call_transcripts"} <= changed
+
+    fresh = create_db_engine(load_database(f"sqlite:///{tmp_path / 'fresh.db'}"))
+    upgrade(fresh)
+    sync_all(fresh, client)
+
+    assert snapshot(engine, bookkeeping=False) == snapshot(fresh, bookkeeping=False)
+
+
+def test_incremental_resync_picks_up_the_batch_in_progress(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """Without --refresh, the batch still in progress is fetched again and converges."""
+    newest = emulator.batch_ids()[-1]
+    sync_all(engine, client)
+    emulator.revision = 1
+
+    result = sync_all(engine, client)
+
+    [synced] = [o for o in result.outcomes if o.status == runs.SYNCED]
+    assert synced.batch_id == newest
+    with engine.connect() as connection:
+        status = connection.execute(
+            text("select status from batches where batch_id = :b"), {"b": newest}
+        ).scalar_one()
+        calls = set(
+            connection.execute(
+                text("select call_id from calls where batch_id = :b"), {"b": newest}
+            ).scalars()
+        )
+    assert status == "completed"
+    assert calls == {call_id_of(c) for c in emulator.raw_batch(newest)["call_data"]}
+
+
+def test_resync_removes_vanished_children(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """A queue status, an error, a transcript line and a call gone from the API are deleted."""
+    batch_id = emulator.batch_ids()[1]
+    sync_all(engine, client)
+    raw = emulator.raw_batch(batch_id)
+    gone_call = raw["call_data"].pop(0)
+    with_lines = next(c for c in raw["call_data"] if c.get("transcripts"))
+    gone_line = with_lines["transcripts"].pop()
+    gone_status = next(iter(raw["analysis"]["queue_statuses"]))
+    del raw["analysis"]["queue_statuses"][gone_status]
+    raw["analysis"]["error_messages"] = raw["analysis"]["error_messages"][:-1]
+    emulator.put_batch(raw)
+
+    result = run_sync(engine, client, SyncOptions(batch_ids=(batch_id,)))
+
+    assert result.status == runs.SUCCEEDED
+    with engine.connect() as connection:
+        q = connection.execute
+        assert (
+            q(
+                text("select count(*) from calls where call_id = :c"), {"c": call_id_of(gone_call)}
+            ).scalar_one()
+            == 0
+        )
+        assert (
+            q(
+                text("select count(*) from call_transcripts where call_id = :c"),
+                {"c": call_id_of(gone_call)},
+            ).scalar_one()
+            == 0
+        )
+        assert (
+            q(
+                text("select count(*) from call_transcripts where line_id = :l"),
+                {"l": gone_line["id"]},
+            ).scalar_one()
+            == 0
+        )
+        statuses = (
+            q(
+                text("select queue_status from queue_status_counts where batch_id = :b"),
+                {"b": batch_id},
+            )
+            .scalars()
+            .all()
+        )
+        assert ("complete" if gone_status == "completed" else gone_status) not in statuses or (
+            gone_status in ("complete", "completed")
+        )
+        assert q(
+            text("select count(*) from errors where batch_id = :b"), {"b": batch_id}
+        ).scalar_one() == len(raw["analysis"]["error_messages"])
+
+
+def test_no_transcripts_keeps_stored_lines_but_drops_lines_of_vanished_calls(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """--no-transcripts leaves stored lines alone, except those of calls that vanished."""
+    batch_id = emulator.batch_ids()[0]
+    sync_all(engine, client)
+    before = _count(engine, "call_transcripts", batch_id)
+    raw = emulator.raw_batch(batch_id)
+    gone = next(c for c in raw["call_data"] if c.get("transcripts"))
+    raw["call_data"].remove(gone)
+    emulator.put_batch(raw)
+
+    run_sync(engine, client, SyncOptions(batch_ids=(batch_id,), parts=Parts(transcripts=False)))
+
+    assert _count(engine, "call_transcripts", batch_id) == before - len(gone["transcripts"])
+
+
+def test_no_analysis_keeps_stored_analysis(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """Without the analysis, stored counts, errors and queue statuses stay as they were."""
+    batch_id = emulator.batch_ids()[0]
+    sync_all(engine, client)
+    before = snapshot(engine)
+
+    result = run_sync(
+        engine, client, SyncOptions(batch_ids=(batch_id,), parts=Parts(analysis=False))
+    )
+
+    assert result.status == runs.SUCCEEDED
+    after = snapshot(engine)
+    for table in ("queue_status_counts", "errors", "calls", "call_transcripts"):
+        assert after[table] == before[table]
+    with engine.connect() as connection:
+        total = connection.execute(
+            text("select total_calls from batches where batch_id = :b"), {"b": batch_id}
+        ).scalar_one()
+    assert total is not None
+
+
+def test_bad_payload_fails_that_batch_only(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """A batch whose payload cannot be understood fails alone; nothing of it is written."""
+    bad, *good = emulator.batch_ids()
+    raw = emulator.raw_batch(bad)
+    del raw["call_data"][3]["call_id" if "call_id" in raw["call_data"][3] else "c_id"]
+    emulator.put_batch(raw)
+
+    result = sync_all(engine, client)
+
+    assert result.status == runs.PARTIAL
+    [failure] = result.failed
+    assert failure.batch_id == bad
+    assert f"batch {bad}" in (failure.error or "")
+    assert "call_data[3].call_id" in (failure.error or "")
+    assert _count(engine, "batches", bad) == 0
+    assert _count(engine, "calls", bad) == 0
+    assert all(_count(engine, "calls", b) > 0 for b in good)
+    with engine.connect() as connection:
+        recorded = connection.execute(
+            text("select status, error from sync_run_batches where batch_id = :b"), {"b": bad}
+        ).one()
+        run = connection.execute(
+            text("select status, batches_failed from sync_runs where id = :r"),
+            {"r": result.run_id},
+        ).one()
+    assert recorded[0] == "failed"
+    assert "call_data[3].call_id" in recorded[1]
+    assert tuple(run) == ("partial", 1)
+
+
+def test_database_rejection_rolls_back_the_whole_batch(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """When the database refuses a row late in a batch, none of the batch is kept."""
+    victim = emulator.batch_ids()[2]
+    raw = emulator.raw_batch(victim)
+    with_lines = [c for c in raw["call_data"] if c.get("transcripts")]
+    with_lines[-1]["transcripts"][-1]["text"] = "REFUSE-ME"
+    emulator.put_batch(raw)
+    _refuse_text(engine, "REFUSE-ME")
+
+    result = sync_all(engine, client)
+
+    assert [o.batch_id for o in result.failed] == [victim]
+    assert "the database rejected it" in (result.failed[0].error or "")
+    for table in ("batches", "calls", "call_transcripts", "errors", "queue_status_counts"):
+        assert _count(engine, table, victim) == 0
+    assert result.count(runs.SYNCED) == len(emulator.batch_ids()) - 1
+
+
+def _refuse_text(engine: Engine, word: str) -> None:
+    """A trigger that makes the database reject a transcript line with ``word``."""
+    with engine.begin() as connection:
+        if engine.dialect.name == "sqlite":
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse BEFORE INSERT ON call_transcripts "
+                f"WHEN NEW.text = '{word}' BEGIN SELECT RAISE(ABORT, 'refused by test'); END"
+            )
+        else:
+            connection.exec_driver_sql(
+                "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN "
+                "RAISE EXCEPTION 'refused by test'; END $$ LANGUAGE plpgsql"
+            )
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse BEFORE INSERT ON call_transcripts FOR EACH ROW "
+                f"WHEN (NEW.text = '{word}') EXECUTE FUNCTION refuse()"
+            )
+
+
+def test_missing_batch_fails_alone(engine: Engine, client: BlandClient, emulator: Emulator) -> None:
+    """A 404 for one named batch fails that batch; the others sync."""
+    ids = emulator.batch_ids()[:2]
+    result = run_sync(engine, client, SyncOptions(batch_ids=(ids[0], "no-such-batch", ids[1])))
+
+    assert result.status == runs.PARTIAL
+    assert [o.batch_id for o in result.failed] == ["no-such-batch"]
+    assert "not found" in (result.failed[0].error or "")
+    assert result.count(runs.SYNCED) == 2
+
+
+def test_rejected_key_stops_the_run_and_records_it(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """A 401 stops the run at once; the run is recorded as failed, with no key in it."""
+    emulator.api_key = "another-key"
+    with pytest.raises(AuthError, match="rejected the API key"):
+        sync_all(engine, client)
+    with engine.connect() as connection:
+        status, error = connection.execute(text("select status, error from sync_runs")).one()
+    assert status == "failed"
+    assert "emulator-key" not in error
+
+
+def test_completed_batches_are_skipped_unless_refreshed(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """With --all, completed batches already stored are not fetched again; --refresh does."""
+    sync_all(engine, client)
+    detail_requests = _detail_requests(emulator)
+
+    second = sync_all(engine, client)
+
+    fetched = _detail_requests(emulator) - detail_requests
+    assert second.count(runs.SKIPPED) >= 1
+    assert fetched == len(emulator.batch_ids()) - second.count(runs.SKIPPED)
+    third = sync_all(engine, client, refresh=True)
+    assert third.count(runs.SKIPPED) == 0
+
+
+def test_wider_parts_refetch_completed_batches(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """A batch stored without transcripts is fetched again when transcripts are wanted."""
+    sync_all(engine, client, parts=Parts(transcripts=False))
+    assert _count(engine, "call_transcripts") == 0
+
+    result = sync_all(engine, client)
+
+    assert result.count(runs.SKIPPED) == 0
+    assert _count(engine, "call_transcripts") > 0
+
+
+def test_since_and_until_bound_discovery(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """--since/--until select batches by created_at."""
+    ids = emulator.batch_ids()
+    created = [emulator.raw_batch(b)["batch_params"]["created_at"] for b in ids]
+    from batchsync.payload import parse_batch
+
+    first = parse_batch(emulator.raw_batch(ids[1]), batch_id=ids[1]).batch.created_at
+    last = parse_batch(emulator.raw_batch(ids[2]), batch_id=ids[2]).batch.created_at
+    assert created and first and last
+
+    result = run_sync(engine, client, SyncOptions(discover=True, since=first, until=last))
+
+    assert [o.batch_id for o in result.outcomes] == [ids[1]]
+
+
+def _detail_requests(emulator: Emulator) -> int:
+    return sum(emulator.request_count(f"/v1/batches/{b}") for b in emulator.batch_ids())
+
+
+def _count(engine: Engine, table: str, batch_id: str | None = None) -> int:
+    with engine.connect() as connection:
+        if batch_id is None:
+            return int(connection.execute(text(f"select count(*) from {table}")).scalar_one())
+        return int(
+            connection.execute(
+                text(f"select count(*) from {table} where batch_id = :b"), {"b": batch_id}
+            ).scalar_one()
+        )
+
+
+def test_transient_faults_are_retried_to_success(
+    engine: Engine, client: BlandClient, emulator: Emulator, sleeps: list[float]
+) -> None:
+    """429s with Retry-After and 5xx answers are retried; the batch then syncs."""
+    first, second = emulator.batch_ids()[:2]
+    emulator.inject(first, Fault("rate_limit", times=2, retry_after="3"))
+    emulator.inject(second, Fault("server_error", times=1, status=502))
+
+    result = run_sync(engine, client, SyncOptions(batch_ids=(first, second)))
+
+    assert result.status == runs.SUCCEEDED
+    assert emulator.request_count(f"/v1/batches/{first}") == 3
+    assert emulator.request_count(f"/v1/batches/{second}") == 2
+    assert sleeps[:2] == [3.0, 3.0]
+
+
+def test_copy_of_payload_is_untouched_by_parsing(emulator: Emulator) -> None:
+    """Parsing never mutates the payload it reads."""
+    from batchsync.payload import parse_batch
+
+    batch_id = emulator.batch_ids()[0]
+    raw = emulator.raw_batch(batch_id)
+    pristine = copy.deepcopy(raw)
+    parse_batch(raw, batch_id=batch_id)
+    assert raw == pristine
