@@ -481,7 +481,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 # -- runs -------------------------------------------------------------------------------------
 
 
-@cli.group(invoke_without_command=True)
+@cli.group("runs", invoke_without_command=True)
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @database_url_option
@@ -512,9 +512,6 @@ def runs_(ctx: click.Context, limit: int, as_json: bool, database_url: str | Non
             f"{run['batches_synced']:>6} {run['batches_unchanged']:>9} "
             f"{run['batches_skipped']:>7} {run['batches_failed']:>6}"
         )
-
-
-runs_.name = "runs"
 
 
 @runs_.command("show")

@@ -78,7 +78,7 @@ class _ChildTable:
 
     @property
     def name(self) -> str:
-        return self.table.name
+        return str(self.table.name)  # a plain str: Table.name is a str subclass
 
     @property
     def columns(self) -> list[Column[Any]]:

@@ -15,6 +15,7 @@ from batchsync.db import create_db_engine, upgrade
 from batchsync.emulator import Emulator, Fault
 from batchsync.errors import AuthError
 from batchsync.models import Base
+from batchsync.payload import parse_batch
 from batchsync.sync import SyncOptions, run_sync
 
 DATA_TABLES = ["batches", "calls", "call_transcripts", "queue_status_counts", "errors"]
@@ -369,12 +370,10 @@ def test_since_and_until_bound_discovery(
 ) -> None:
     """--since/--until select batches by created_at."""
     ids = emulator.batch_ids()
-    created = [emulator.raw_batch(b)["batch_params"]["created_at"] for b in ids]
-    from batchsync.payload import parse_batch
-
     first = parse_batch(emulator.raw_batch(ids[1]), batch_id=ids[1]).batch.created_at
     last = parse_batch(emulator.raw_batch(ids[2]), batch_id=ids[2]).batch.created_at
-    assert created and first and last
+    assert first is not None
+    assert last is not None
 
     result = run_sync(engine, client, SyncOptions(discover=True, since=first, until=last))
 
@@ -414,8 +413,6 @@ def test_transient_faults_are_retried_to_success(
 
 def test_copy_of_payload_is_untouched_by_parsing(emulator: Emulator) -> None:
     """Parsing never mutates the payload it reads."""
-    from batchsync.payload import parse_batch
-
     batch_id = emulator.batch_ids()[0]
     raw = emulator.raw_batch(batch_id)
     pristine = copy.deepcopy(raw)

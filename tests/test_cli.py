@@ -1,0 +1,230 @@
+"""The command line, through click's runner and as a real process: codes, messages, output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from batchsync.cli import (
+    EXIT_CONFIG,
+    EXIT_DATABASE,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_USAGE,
+    cli,
+)
+from batchsync.emulator import Emulator, EmulatorServer
+
+KEY = "sk-test-5f2c9e0b7a"
+
+
+@pytest.fixture
+def emulator() -> Emulator:
+    return Emulator(seed=3, batches=3, calls_per_batch=6, api_key=KEY)
+
+
+@pytest.fixture
+def server(emulator: Emulator) -> Iterator[EmulatorServer]:
+    with emulator.serve() as server:
+        yield server
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+
+def api_env(server: EmulatorServer, database_url: str, key: str = KEY) -> dict[str, str]:
+    return {
+        "BLAND_BASE_URL": server.url,
+        "BLAND_API_KEY": key,
+        "BATCHSYNC_DATABASE_URL": database_url,
+    }
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    """`--help` of each command describes it and shows an example."""
+    for args in (["db", "upgrade"], ["sync"], ["demo"], ["emulator"], ["runs"], ["runs", "show"]):
+        result = run(*args, "--help")
+        assert result.exit_code == 0
+        assert "Example" in result.output, args
+
+
+def test_help_shows_environment_variables_but_never_their_values() -> None:
+    """`sync --help` names the variables and never prints a configured key or password."""
+    env = {"BLAND_API_KEY": KEY, "BATCHSYNC_DATABASE_URL": "postgresql://u:hunter22@h/db"}
+    result = run("sync", "--help", env=env)
+    assert "BLAND_API_KEY" in result.output
+    assert "BATCHSYNC_DATABASE_URL" in result.output
+    assert KEY not in result.output
+    assert "hunter22" not in result.output
+
+
+def test_db_upgrade_then_sync_all(server: EmulatorServer, database_url: str) -> None:
+    """The documented path: db upgrade, then sync --all, exits 0 and reports what it wrote."""
+    env = api_env(server, database_url)
+    upgraded = run("db", "upgrade", env=env)
+    assert upgraded.exit_code == EXIT_OK, upgraded.output
+    assert "upgraded from nothing to" in upgraded.output
+
+    result = run("sync", "--all", env=env)
+
+    assert result.exit_code == EXIT_OK, result.output
+    assert "3 batches synced" in result.output
+    assert KEY not in result.output
+    again = run("sync", "--all", env=env)
+    assert again.exit_code == EXIT_OK
+    assert "0 batches synced" in again.output
+
+
+def test_sync_json_summary_is_machine_readable(server: EmulatorServer, database_url: str) -> None:
+    """`--json` prints one JSON object with the run, batch counts, tables and HTTP figures."""
+    env = api_env(server, database_url)
+    result = run("sync", "--all", "--migrate", "--json", env=env)
+    assert result.exit_code == EXIT_OK, result.output
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "succeeded"
+    assert summary["batches"]["synced"] == 3
+    assert summary["tables"]["calls"]["inserted"] == 18
+    assert summary["http"]["requests"] == 4
+    assert "run_id" in summary
+
+
+def test_sync_without_schema_says_to_upgrade(server: EmulatorServer, database_url: str) -> None:
+    """Syncing into a database with no schema exits 4 and names `batchsync db upgrade`."""
+    result = run("sync", "--all", env=api_env(server, database_url))
+    assert result.exit_code == EXIT_DATABASE
+    assert "batchsync db upgrade" in result.output
+
+
+def test_some_batches_failing_exits_1_naming_them(
+    server: EmulatorServer, database_url: str, emulator: Emulator
+) -> None:
+    """A batch that fails makes exit code 1; the summary names it and why."""
+    env = api_env(server, database_url)
+    first = emulator.batch_ids()[0]
+    result = run("sync", "--migrate", first, "missing-batch", env=env)
+    assert result.exit_code == EXIT_PARTIAL
+    assert "missing-batch" in result.output
+    assert "not found" in result.output
+
+
+def test_rejected_key_exits_3_without_the_key(server: EmulatorServer, database_url: str) -> None:
+    """A key the API rejects gives exit 3 and a message about the key, never the key."""
+    wrong = "sk-wrong-0000000000"
+    result = run("sync", "--all", "--migrate", env=api_env(server, database_url, key=wrong))
+    assert result.exit_code == EXIT_CONFIG
+    assert "API key" in result.output
+    assert wrong not in result.output
+
+
+def test_missing_key_exits_3(server: EmulatorServer, database_url: str) -> None:
+    """No API key at all is a configuration error, exit 3."""
+    env = api_env(server, database_url)
+    env["BLAND_API_KEY"] = ""
+    result = run("sync", "--all", "--migrate", env=env)
+    assert result.exit_code == EXIT_CONFIG
+    assert "BLAND_API_KEY" in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sync"],
+        ["sync", "--all", "some-batch"],
+        ["sync", "b1", "--since", "2025-01-01"],
+        ["sync", "--all", "--since", "yesterday"],
+        ["sync", "--all", "--retries", "0"],
+    ],
+)
+def test_bad_usage_exits_2(args: list[str], sqlite_url: str) -> None:
+    """Contradictory or malformed options exit 2 with click's usage message."""
+    result = run(*args, env={"BATCHSYNC_DATABASE_URL": sqlite_url, "BLAND_API_KEY": KEY})
+    assert result.exit_code == EXIT_USAGE
+    assert "Usage:" in result.output or "Error" in result.output
+
+
+def test_unsupported_database_url_exits_3() -> None:
+    """A URL for a database batchsync does not write to is a configuration error."""
+    result = run("db", "upgrade", "--database-url", "mysql://root@localhost/x")
+    assert result.exit_code == EXIT_CONFIG
+    assert "PostgreSQL or SQLite" in result.output
+
+
+def test_unreachable_database_exits_4_with_password_hidden() -> None:
+    """A database that cannot be reached exits 4; the password never shows."""
+    url = "postgresql+psycopg://batch:s3cr3t-pw@127.0.0.1:1/nothing"
+    result = run("db", "upgrade", "--database-url", url)
+    assert result.exit_code == EXIT_DATABASE
+    assert "cannot use the database" in result.output
+    assert "s3cr3t-pw" not in result.output
+    assert "***" in result.output
+
+
+def test_demo_syncs_the_emulator_into_a_sqlite_file(tmp_path: Path) -> None:
+    """`batchsync demo` needs nothing configured and leaves a queryable SQLite file."""
+    target = tmp_path / "demo.db"
+    result = run("demo", "--database", str(target), "--batches", "3", "--calls", "5")
+    assert result.exit_code == EXIT_OK, result.output
+    assert target.exists()
+    assert "calls" in result.output
+    rerun = run("demo", "--database", str(target), "--batches", "3", "--calls", "5")
+    assert rerun.exit_code == EXIT_OK
+    assert "0 batches synced" in rerun.output
+
+
+def test_runs_lists_and_shows_runs(server: EmulatorServer, database_url: str) -> None:
+    """`runs` lists recent runs; `runs show ID` details each batch's outcome."""
+    env = api_env(server, database_url)
+    run("sync", "--all", "--migrate", env=env)
+    listing = run("runs", env=env)
+    assert listing.exit_code == EXIT_OK
+    assert "succeeded" in listing.output
+    shown = run("runs", "show", "1", "--json", env=env)
+    assert shown.exit_code == EXIT_OK
+    detail = json.loads(shown.output)
+    assert len(detail["batches"]) == 3
+    missing = run("runs", "show", "999", env=env)
+    assert missing.exit_code == EXIT_USAGE
+
+
+def test_db_current_reports_missing_schema(sqlite_url: str) -> None:
+    """`db current` exits 4 on a database without the schema, 0 once upgraded."""
+    assert run("db", "current", "--database-url", sqlite_url).exit_code == EXIT_DATABASE
+    run("db", "upgrade", "--database-url", sqlite_url)
+    assert run("db", "current", "--database-url", sqlite_url).exit_code == EXIT_OK
+
+
+def test_emulator_command_serves_on_loopback(tmp_path: Path) -> None:
+    """`batchsync emulator` serves the API on 127.0.0.1 until stopped."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "batchsync", "emulator", "--port", "0", "--batches", "2"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert "http://127.0.0.1:" in first
+        url = first.split()[4]
+        import httpx
+
+        response = httpx.get(f"{url}/v1/batches", headers={"authorization": "emulator-key"})
+        assert response.status_code == 200
+        assert len(response.json()["batches"]) == 2
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_emulator_refuses_a_non_loopback_host() -> None:
+    """The emulator never listens beyond loopback."""
+    result = run("emulator", "--host", "0.0.0.0")  # noqa: S104 - the refusal is the point
+    assert result.exit_code == EXIT_USAGE
