@@ -125,20 +125,25 @@ _CALL_KEYS = frozenset(
 _QUEUE_STATUS_ALIASES = {"completed": "complete"}
 
 
-class _Field:
-    """Where a value sits in the payload, for error messages; cheap until an error occurs."""
+class _Invalid(Exception):
+    """A value that cannot be understood, at ``key`` relative to the record being parsed.
 
-    __slots__ = ("batch_id", "path")
+    Raised by the coercions below and turned into a PayloadError with the full path by
+    the loop that knows where the record sits: the happy path builds no path strings.
+    """
 
-    def __init__(self, batch_id: str | None, path: str) -> None:
-        self.batch_id = batch_id
-        self.path = path
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
 
-    def sub(self, key: str) -> _Field:
-        return _Field(self.batch_id, f"{self.path}.{key}")
+    def within(self, prefix: str) -> _Invalid:
+        return _Invalid(f"{prefix}.{self.key}" if self.key else prefix, self.message)
 
-    def error(self, message: str) -> PayloadError:
-        return PayloadError(message, batch_id=self.batch_id, field=self.path)
+
+def _payload_error(exc: _Invalid, batch_id: str | None, prefix: str = "") -> PayloadError:
+    field = f"{prefix}.{exc.key}" if prefix and exc.key else (prefix or exc.key)
+    return PayloadError(exc.message, batch_id=batch_id, field=field)
 
 
 def parse_batch(raw: Any, *, batch_id: str, transcripts_requested: bool = True) -> ParsedBatch:
@@ -151,37 +156,28 @@ def parse_batch(raw: Any, *, batch_id: str, transcripts_requested: bool = True) 
         raise PayloadError(
             f"expected a JSON object, got {_type_name(raw)}", batch_id=batch_id, field="(body)"
         )
-    params = raw.get("batch_params")
-    if not isinstance(params, Mapping):
-        raise _Field(batch_id, "batch_params").error(
-            f"expected an object, got {_type_name(params)}"
-        )
-    found_id = params.get("id", params.get("batch_id"))
-    if found_id is not None and str(found_id) != batch_id:
-        raise _Field(batch_id, "batch_params.id").error(
-            f"the response is for batch {found_id!r}, not the one requested"
-        )
-    batch = _parse_batch_record(raw, params, batch_id)
-
-    analysis = queue_counts = errors = None
-    raw_analysis = raw.get("analysis")
-    if raw_analysis is not None:
-        if not isinstance(raw_analysis, Mapping):
-            raise _Field(batch_id, "analysis").error(
-                f"expected an object, got {_type_name(raw_analysis)}"
+    try:
+        params = _object(raw.get("batch_params"), "batch_params")
+        found_id = params.get("id") or params.get("batch_id")
+        if found_id is not None and str(found_id) != batch_id:
+            raise _Invalid(
+                "batch_params.id", f"the response is for batch {found_id!r}, not the one requested"
             )
-        analysis, queue_counts, errors = _parse_analysis(raw_analysis, batch_id)
-        extra_analysis = {k: v for k, v in raw_analysis.items() if k not in _ANALYSIS_KEYS}
-        if extra_analysis:
-            batch = batch._replace(extra={**(batch.extra or {}), "analysis": extra_analysis})
-
+        batch = _parse_batch_record(raw, params, batch_id)
+        analysis = queue_counts = errors = None
+        raw_analysis = _optional_object(raw.get("analysis"), "analysis")
+        if raw_analysis is not None:
+            analysis, queue_counts, errors = _parse_analysis(raw_analysis, batch_id)
+            extra_analysis = {k: v for k, v in raw_analysis.items() if k not in _ANALYSIS_KEYS}
+            if extra_analysis:
+                batch = batch._replace(extra={**(batch.extra or {}), "analysis": extra_analysis})
+        raw_calls = raw.get("call_data")
+        if raw_calls is not None and not isinstance(raw_calls, list):
+            raise _Invalid("call_data", f"expected a list, got {_type_name(raw_calls)}")
+    except _Invalid as exc:
+        raise _payload_error(exc, batch_id) from None
     calls = transcripts = None
-    raw_calls = raw.get("call_data")
     if raw_calls is not None:
-        if not isinstance(raw_calls, list):
-            raise _Field(batch_id, "call_data").error(
-                f"expected a list, got {_type_name(raw_calls)}"
-            )
         calls, transcripts = _parse_calls(raw_calls, batch_id, transcripts_requested)
     return ParsedBatch(batch, analysis, queue_counts, errors, calls, transcripts)
 
@@ -195,43 +191,43 @@ def parse_batch_list(raw: Any) -> list[BatchSummary]:
         raise PayloadError(f"expected a list, got {_type_name(items)}", field="batches")
     summaries = []
     for index, item in enumerate(items):
-        where = _Field(None, f"batches[{index}]")
-        if not isinstance(item, Mapping):
-            raise where.error(f"expected an object, got {_type_name(item)}")
-        raw_id = item.get("batch_id", item.get("id"))
-        if raw_id is None or raw_id == "":
-            raise _Field(None, f"batches[{index}].batch_id").error("missing")
-        batch_id = _text(raw_id, _Field(None, f"batches[{index}].batch_id"))
-        assert batch_id is not None
-        summaries.append(
-            BatchSummary(
-                batch_id=batch_id,
-                created_at=_timestamp(item.get("created_at"), where),
-                campaign_id=_text(item.get("campaign_id"), where),
-                label=_text(item.get("label"), where),
+        try:
+            entry = _object(item, "")
+            raw_id = entry.get("batch_id") or entry.get("id")
+            if raw_id is None or raw_id == "":
+                raise _Invalid("batch_id", "missing")
+            summaries.append(
+                BatchSummary(
+                    batch_id=_text(raw_id, "batch_id") or "",
+                    created_at=_timestamp(entry.get("created_at"), "created_at"),
+                    campaign_id=_text(entry.get("campaign_id"), "campaign_id"),
+                    label=_text(entry.get("label"), "label"),
+                )
             )
-        )
+        except _Invalid as exc:
+            raise _payload_error(exc, None, f"batches[{index}]") from None
     return summaries
 
 
 def _parse_batch_record(
     raw: Mapping[str, Any], params: Mapping[str, Any], batch_id: str
 ) -> BatchRecord:
-    def at(key: str) -> _Field:
-        return _Field(batch_id, f"batch_params.{key}")
-
-    extra: JsonObject = {k: v for k, v in params.items() if k not in _BATCH_PARAM_KEYS}
+    # Unknown fields, grouped by where they came from so no two can collide.
+    extra: JsonObject = {}
+    params_extra = {k: v for k, v in params.items() if k not in _BATCH_PARAM_KEYS}
+    if params_extra:
+        extra["batch_params"] = params_extra
     top_extra = {k: v for k, v in raw.items() if k not in _TOP_KEYS}
     if top_extra:
         extra["response"] = top_extra
     return BatchRecord(
         batch_id=batch_id,
-        status=_text(raw.get("status"), _Field(batch_id, "status")),
-        label=_text(params.get("label"), at("label")),
-        base_prompt=_text(params.get("base_prompt"), at("base_prompt")),
-        endpoint_code=_text(params.get("endpoint_code"), at("endpoint_code")),
-        campaign_id=_text(params.get("campaign_id"), at("campaign_id")),
-        created_at=_timestamp(params.get("created_at"), at("created_at")),
+        status=_text(raw.get("status"), "status"),
+        label=_text(params.get("label"), "batch_params.label"),
+        base_prompt=_text(params.get("base_prompt"), "batch_params.base_prompt"),
+        endpoint_code=_text(params.get("endpoint_code"), "batch_params.endpoint_code"),
+        campaign_id=_text(params.get("campaign_id"), "batch_params.campaign_id"),
+        created_at=_timestamp(params.get("created_at"), "batch_params.created_at"),
         call_params=params.get("call_params"),
         extra=extra or None,
     )
@@ -239,64 +235,58 @@ def _parse_batch_record(
 
 def _parse_analysis(
     raw: Mapping[str, Any], batch_id: str
-) -> tuple[AnalysisRecord, list[QueueStatusCountRecord], list[ErrorRecord]]:
-    def at(key: str) -> _Field:
-        return _Field(batch_id, f"analysis.{key}")
-
-    lengths = raw.get("call_lengths")
-    if lengths is None:
-        lengths = {}
-    elif not isinstance(lengths, Mapping):
-        raise at("call_lengths").error(f"expected an object, got {_type_name(lengths)}")
+) -> tuple[AnalysisRecord, list[QueueStatusCountRecord] | None, list[ErrorRecord] | None]:
+    lengths = _optional_object(raw.get("call_lengths"), "analysis.call_lengths") or {}
     endpoints = raw.get("endpoints")
     if isinstance(endpoints, Mapping):
         endpoints = {str(k): _count_or_value(v) for k, v in endpoints.items()}
     analysis = AnalysisRecord(
-        total_calls=_integer(raw.get("total_calls"), at("total_calls")),
-        completed_calls=_integer(raw.get("completed_calls"), at("completed_calls")),
-        in_progress_calls=_integer(raw.get("in_progress_calls"), at("in_progress_calls")),
-        call_length_average=_number(lengths.get("average"), at("call_lengths.average")),
+        total_calls=_integer(raw.get("total_calls"), "analysis.total_calls"),
+        completed_calls=_integer(raw.get("completed_calls"), "analysis.completed_calls"),
+        in_progress_calls=_integer(raw.get("in_progress_calls"), "analysis.in_progress_calls"),
+        call_length_average=_number(lengths.get("average"), "analysis.call_lengths.average"),
         call_length_average_nonzero=_number(
-            lengths.get("average_nonzero"), at("call_lengths.average_nonzero")
+            lengths.get("average_nonzero"), "analysis.call_lengths.average_nonzero"
         ),
         call_length_summary=lengths.get("summary"),
         endpoints=endpoints,
     )
 
-    statuses = raw.get("queue_statuses")
-    counts: dict[str, int] = {}
+    # A list the analysis does not carry at all is None: "leave the stored rows alone".
+    statuses = _optional_object(raw.get("queue_statuses"), "analysis.queue_statuses")
+    queue_counts = None
     if statuses is not None:
-        if not isinstance(statuses, Mapping):
-            raise at("queue_statuses").error(f"expected an object, got {_type_name(statuses)}")
+        counts: dict[str, int] = {}
         for key, value in statuses.items():
-            count = _integer(value, at(f"queue_statuses.{key}"))
+            count = _integer(value, f"analysis.queue_statuses.{key}")
             if count is None:
                 continue
             name = _QUEUE_STATUS_ALIASES.get(str(key), str(key))
             counts[name] = counts.get(name, 0) + count
-    queue_counts = [QueueStatusCountRecord(batch_id, k, v) for k, v in counts.items()]
+        queue_counts = [QueueStatusCountRecord(batch_id, k, v) for k, v in counts.items()]
 
     raw_errors = raw.get("error_messages")
+    if raw_errors is None:
+        return analysis, queue_counts, None
+    if not isinstance(raw_errors, list):
+        raise _Invalid("analysis.error_messages", f"expected a list, got {_type_name(raw_errors)}")
     errors: list[ErrorRecord] = []
-    if raw_errors is not None:
-        if not isinstance(raw_errors, list):
-            raise at("error_messages").error(f"expected a list, got {_type_name(raw_errors)}")
-        for position, item in enumerate(raw_errors):
-            where = at(f"error_messages[{position}]")
-            if isinstance(item, str):
-                errors.append(ErrorRecord(batch_id, position, None, item))
-            elif isinstance(item, Mapping):
-                message = item.get("error_message", item.get("message"))
-                errors.append(
-                    ErrorRecord(
-                        batch_id,
-                        position,
-                        _text(item.get("call_id", item.get("c_id")), where),
-                        _text(message, where) or "",
-                    )
+    for position, item in enumerate(raw_errors):
+        where = f"analysis.error_messages[{position}]"
+        if isinstance(item, str):
+            errors.append(ErrorRecord(batch_id, position, None, item))
+        elif isinstance(item, Mapping):
+            message = item.get("error_message", item.get("message"))
+            errors.append(
+                ErrorRecord(
+                    batch_id,
+                    position,
+                    _text(item.get("call_id") or item.get("c_id"), f"{where}.call_id"),
+                    _text(message, f"{where}.error_message") or "",
                 )
-            else:
-                raise where.error(f"expected an object or a string, got {_type_name(item)}")
+            )
+        else:
+            raise _Invalid(where, f"expected an object or a string, got {_type_name(item)}")
     return analysis, queue_counts, errors
 
 
@@ -304,161 +294,173 @@ def _parse_calls(
     raw_calls: list[Any], batch_id: str, transcripts_requested: bool
 ) -> tuple[list[CallRecord], list[TranscriptLineRecord] | None]:
     calls: dict[str, CallRecord] = {}
-    lines: dict[tuple[str, int], TranscriptLineRecord] | None = (
-        {} if transcripts_requested else None
-    )
+    # A repeated call id is the same call sent twice: the later copy wins, lines included.
+    lines: dict[str, dict[int, TranscriptLineRecord]] = {}
     for index, item in enumerate(raw_calls):
-        where = _Field(batch_id, f"call_data[{index}]")
-        if not isinstance(item, Mapping):
-            raise where.error(f"expected an object, got {_type_name(item)}")
-        call = _parse_call(item, batch_id, where)
-        # A repeated call id is the same call sent twice; the later copy wins.
-        calls[call.call_id] = call
-        raw_lines = item.get("transcripts")
-        if lines is not None and raw_lines is not None:
-            if not isinstance(raw_lines, list):
-                raise _Field(batch_id, f"{where.path}.transcripts").error(
-                    f"expected a list, got {_type_name(raw_lines)}"
-                )
-            for line_index, raw_line in enumerate(raw_lines):
-                line = _parse_transcript_line(
-                    raw_line, call.call_id, batch_id,
-                    _Field(batch_id, f"{where.path}.transcripts[{line_index}]"),
-                )  # fmt: skip
-                lines[(line.call_id, line.line_id)] = line
-    return list(calls.values()), None if lines is None else list(lines.values())
+        try:
+            if not isinstance(item, Mapping):
+                raise _Invalid("", f"expected an object, got {_type_name(item)}")
+            call = _parse_call(item, batch_id)
+            calls[call.call_id] = call
+            if not transcripts_requested:
+                continue
+            raw_lines = item.get("transcripts")
+            if raw_lines is not None and not isinstance(raw_lines, list):
+                raise _Invalid("transcripts", f"expected a list, got {_type_name(raw_lines)}")
+            call_lines = lines[call.call_id] = {}
+            for line_index, raw_line in enumerate(raw_lines or ()):
+                try:
+                    line = _parse_transcript_line(raw_line, call.call_id, batch_id)
+                except _Invalid as exc:
+                    raise exc.within(f"transcripts[{line_index}]") from None
+                call_lines[line.line_id] = line
+        except _Invalid as exc:
+            raise _payload_error(exc, batch_id, f"call_data[{index}]") from None
+    if not transcripts_requested:
+        return list(calls.values()), None
+    return list(calls.values()), [line for by_id in lines.values() for line in by_id.values()]
 
 
-def _parse_call(item: Mapping[str, Any], batch_id: str, where: _Field) -> CallRecord:
-    raw_id = item.get("call_id")
+def _parse_call(item: Mapping[str, Any], batch_id: str) -> CallRecord:
+    get = item.get
+    raw_id = get("call_id")
     if raw_id is None or raw_id == "":
-        raw_id = item.get("c_id")
+        raw_id = get("c_id")
     if raw_id is None or raw_id == "":
-        raise _Field(batch_id, f"{where.path}.call_id").error("missing (neither call_id nor c_id)")
-    call_id = _text(raw_id, _Field(batch_id, f"{where.path}.call_id"))
-    assert call_id is not None
+        raise _Invalid("call_id", "missing (neither call_id nor c_id)")
+    call_id = _text(raw_id, "call_id") or ""
     extra = {k: v for k, v in item.items() if k not in _CALL_KEYS}
-    queue_status = _text(item.get("queue_status"), where)
+    queue_status = _text(get("queue_status"), "queue_status")
     if queue_status is not None:
         queue_status = _QUEUE_STATUS_ALIASES.get(queue_status, queue_status)
-    request_data = item.get("request_data")
     return CallRecord(
-        call_id=call_id,
-        batch_id=batch_id,
-        created_at=_timestamp(item.get("created_at"), where.sub("created_at")),
-        to_number=_text(item.get("to"), where.sub("to")),
-        from_number=_text(item.get("from"), where.sub("from")),
-        completed=_boolean(item.get("completed"), where.sub("completed")),
-        call_length=_number(item.get("call_length"), where.sub("call_length")),
-        answered_by=_answered_by(item.get("answered_by"), where.sub("answered_by")),
-        status=_text(item.get("status"), where.sub("status")),
-        queue_status=queue_status,
-        error_message=_text(item.get("error_message"), where.sub("error_message")),
-        corrected_duration=_integer(
-            item.get("corrected_duration"), where.sub("corrected_duration")
-        ),
-        end_at=_timestamp(item.get("end_at"), where.sub("end_at")),
-        endpoint_url=_text(item.get("endpoint_url"), where.sub("endpoint_url")),
-        max_duration=_number(item.get("max_duration"), where.sub("max_duration")),
-        request_data=request_data,
-        extra=extra or None,
+        call_id,
+        batch_id,
+        _timestamp(get("created_at"), "created_at"),
+        _text(get("to"), "to"),
+        _text(get("from"), "from"),
+        _boolean(get("completed"), "completed"),
+        _number(get("call_length"), "call_length"),
+        _answered_by(get("answered_by"), "answered_by"),
+        _text(get("status"), "status"),
+        queue_status,
+        _text(get("error_message"), "error_message"),
+        _integer(get("corrected_duration"), "corrected_duration"),
+        _timestamp(get("end_at"), "end_at"),
+        _text(get("endpoint_url"), "endpoint_url"),
+        _number(get("max_duration"), "max_duration"),
+        get("request_data"),
+        extra or None,
     )
 
 
-def _parse_transcript_line(
-    raw: Any, call_id: str, batch_id: str, where: _Field
-) -> TranscriptLineRecord:
+def _parse_transcript_line(raw: Any, call_id: str, batch_id: str) -> TranscriptLineRecord:
     if not isinstance(raw, Mapping):
-        raise where.error(f"expected an object, got {_type_name(raw)}")
-    line_id = _integer(raw.get("id"), where.sub("id"), limit=_INT64)
+        raise _Invalid("", f"expected an object, got {_type_name(raw)}")
+    line_id = _integer(raw.get("id"), "id", limit=_INT64)
     if line_id is None:
-        raise where.sub("id").error("missing")
+        raise _Invalid("id", "missing")
     return TranscriptLineRecord(
-        call_id=call_id,
-        line_id=line_id,
-        batch_id=batch_id,
-        created_at=_timestamp(raw.get("created_at"), where.sub("created_at")),
-        speaker=_text(raw.get("user"), where.sub("user")),
-        text=_text(raw.get("text"), where.sub("text")),
+        call_id,
+        line_id,
+        batch_id,
+        _timestamp(raw.get("created_at"), "created_at"),
+        _text(raw.get("user"), "user"),
+        _text(raw.get("text"), "text"),
     )
 
 
-# -- scalar coercions -------------------------------------------------------------------------
+# -- scalar coercions: each takes the value and its key, for the error ------------------------
 
 
 def _type_name(value: object) -> str:
     if value is None:
         return "null"
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
-        type(value), f"a {type(value).__name__}"
-    )
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+             int: "a number", float: "a number"}  # fmt: skip
+    return names.get(type(value), f"a {type(value).__name__}")
 
 
-def _text(value: Any, where: _Field) -> str | None:
-    if value is None or isinstance(value, str):
+def _object(value: Any, key: str) -> Mapping[str, Any]:
+    if isinstance(value, Mapping):
         return value
+    raise _Invalid(key, f"expected an object, got {_type_name(value)}")
+
+
+def _optional_object(value: Any, key: str) -> Mapping[str, Any] | None:
+    return None if value is None else _object(value, key)
+
+
+def _text(value: Any, key: str) -> str | None:
+    if value is None or type(value) is str:
+        return value
+    if isinstance(value, str):
+        return str(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return str(value)
-    raise where.error(f"expected a string, got {_type_name(value)}")
+    raise _Invalid(key, f"expected a string, got {_type_name(value)}")
 
 
 _INT32 = 2**31
 _INT64 = 2**63
 
 
-def _integer(value: Any, where: _Field, *, limit: int = _INT32) -> int | None:
+def _integer(value: Any, key: str, *, limit: int = _INT32) -> int | None:
     """A whole number from a number or a numeric string, within the column's range."""
-    number = _whole(value, where)
-    if number is not None and not -limit <= number < limit:
-        raise where.error(f"{number} is out of range")
+    if value is None or value == "":
+        return None
+    if type(value) is int:
+        number: int = value
+    elif isinstance(value, bool):
+        raise _Invalid(key, "expected a number, got a boolean")
+    elif isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        number = int(value)
+    elif isinstance(value, str):
+        number = _whole_from_text(value, key)
+    else:
+        raise _Invalid(key, f"expected a whole number, got {_type_name(value)}")
+    if not -limit <= number < limit:
+        raise _Invalid(key, f"{number} is out of range")
     return number
 
 
-def _whole(value: Any, where: _Field) -> int | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        raise where.error("expected a number, got a boolean")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
+def _whole_from_text(value: str, key: str) -> int:
+    try:
         return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-            else:
-                if number.is_integer():
-                    return int(number)
-        raise where.error(f"expected a whole number, got {value!r}")
-    raise where.error(f"expected a whole number, got {_type_name(value)}")
+    except ValueError:
+        pass
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if number.is_integer():
+        return int(number)
+    raise _Invalid(key, f"expected a whole number, got {value!r}")
 
 
-def _number(value: Any, where: _Field) -> float | None:
+def _number(value: Any, key: str) -> float | None:
     if value is None or value == "":
         return None
+    if type(value) is float:
+        return value
     if isinstance(value, bool):
-        raise where.error("expected a number, got a boolean")
+        raise _Invalid(key, "expected a number, got a boolean")
     if isinstance(value, int | float):
         try:
             return float(value)
         except OverflowError:
-            raise where.error(f"{value} is out of range") from None
+            raise _Invalid(key, f"{value} is out of range") from None
     if isinstance(value, str):
         try:
             number = float(value)
         except ValueError:
-            raise where.error(f"expected a number, got {value!r}") from None
+            raise _Invalid(key, f"expected a number, got {value!r}") from None
         if number != number or number in (float("inf"), float("-inf")):
-            raise where.error(f"expected a finite number, got {value!r}")
+            raise _Invalid(key, f"expected a finite number, got {value!r}")
         return number
-    raise where.error(f"expected a number, got {_type_name(value)}")
+    raise _Invalid(key, f"expected a number, got {_type_name(value)}")
 
 
 def _count_or_value(value: Any) -> Any:
@@ -471,51 +473,57 @@ def _count_or_value(value: Any) -> Any:
     return value
 
 
-_TRUE = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
-def _boolean(value: Any, where: _Field) -> bool | None:
+def _boolean(value: Any, key: str) -> bool | None:
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE:
-        return _TRUE[value.strip().lower()]
-    raise where.error(f"expected a boolean, got {value!r}")
+    if isinstance(value, str) and value.strip().lower() in _BOOLEANS:
+        return _BOOLEANS[value.strip().lower()]
+    raise _Invalid(key, f"expected a boolean, got {value!r}")
 
 
-def _answered_by(value: Any, where: _Field) -> str | None:
+def _answered_by(value: Any, key: str) -> str | None:
     """Documented as an array of one string, sent as a plain string: accept both."""
     if isinstance(value, list):
         if not value:
             return None
         if len(value) > 1:
-            raise where.error(f"expected at most one value, got {len(value)}")
+            raise _Invalid(key, f"expected at most one value, got {len(value)}")
         value = value[0]
-    return _text(value, where)
+    return _text(value, key)
 
 
-def _timestamp(value: Any, where: _Field) -> datetime | None:
+def _timestamp(value: Any, key: str) -> datetime | None:
     """Parse the ISO 8601 variants the API sends; naive times are UTC. Always returns UTC."""
     if value is None or value == "":
         return None
     if isinstance(value, str):
         try:
-            parsed = datetime.fromisoformat(value.strip())
+            parsed = datetime.fromisoformat(value)
         except ValueError:
-            raise where.error(f"expected an ISO 8601 timestamp, got {value!r}") from None
+            try:
+                parsed = datetime.fromisoformat(value.strip())
+            except ValueError:
+                raise _Invalid(key, f"expected an ISO 8601 timestamp, got {value!r}") from None
     elif isinstance(value, int | float) and not isinstance(value, bool):
         # Epoch seconds, or milliseconds when the number is too large to be seconds.
-        seconds = value / 1000 if abs(value) > 1e11 else value
         try:
+            seconds = value / 1000 if abs(value) > 1e11 else value
             parsed = datetime.fromtimestamp(seconds, tz=UTC)
         except (OverflowError, OSError, ValueError):
-            raise where.error(f"timestamp {value!r} is out of range") from None
+            raise _Invalid(key, f"timestamp {value!r} is out of range") from None
     else:
-        raise where.error(f"expected a timestamp, got {_type_name(value)}")
-    if parsed.tzinfo is None:
+        raise _Invalid(key, f"expected a timestamp, got {_type_name(value)}")
+    tz = parsed.tzinfo
+    if tz is UTC:
+        return parsed
+    if tz is None:
         return parsed.replace(tzinfo=UTC)
     try:
         return parsed.astimezone(UTC)
     except OverflowError:
-        raise where.error(f"timestamp {value!r} is out of range") from None
+        raise _Invalid(key, f"timestamp {value!r} is out of range") from None
