@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -54,10 +55,11 @@ from batchsync.errors import (
     BatchsyncError,
     ConfigError,
     DatabaseError,
+    Interrupted,
     PayloadError,
 )
 from batchsync.models import Base
-from batchsync.sync import RunResult, SyncEvents, SyncOptions, run_sync
+from batchsync.sync import RunResult, Shard, SyncEvents, SyncOptions, run_sync
 
 EXIT_OK = 0
 EXIT_PARTIAL = 1
@@ -78,6 +80,8 @@ def _exit_code(exc: BatchsyncError) -> int:
         return EXIT_DATABASE
     if isinstance(exc, ApiError | PayloadError):
         return EXIT_API
+    if isinstance(exc, Interrupted):
+        return EXIT_INTERRUPTED
     return EXIT_PARTIAL
 
 
@@ -86,12 +90,26 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-class _Interrupted(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C: the batch in hand rolls back, the run is recorded."""
+class _Terminated(KeyboardInterrupt):
+    """A second SIGTERM: stop now; the batch in hand rolls back, the run is recorded."""
 
 
-def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
-    raise _Interrupted
+@contextmanager
+def _stop_on_sigterm() -> Iterator[threading.Event]:
+    """First SIGTERM: finish the batch in hand, then stop. A second one: stop at once."""
+    stop = threading.Event()
+
+    def handle(_signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise _Terminated
+        log.warning("SIGTERM: finishing the batch in hand, then stopping (again to abort it)")
+        stop.set()
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 database_url_option = click.option(
@@ -311,6 +329,28 @@ def _parse_day(
     callback=_parse_day,
     help="With --all: only batches created before this UTC date.",
 )
+@click.option(
+    "--shard",
+    metavar="K/N",
+    envvar="BATCHSYNC_SHARD",
+    show_envvar=True,
+    help="Only the batches of shard K of N (0-based, stable hash of the batch id), "
+    "to spread one backfill over N workers.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1, max=64),
+    default=4,
+    show_default=True,
+    envvar="BATCHSYNC_CONCURRENCY",
+    show_envvar=True,
+    help="Batch requests in flight at once (each batch is still its own transaction).",
+)
+@click.option(
+    "--max-requests-per-second",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Cap on the request rate to the API [default: no cap]",
+)
 @click.option("--migrate", is_flag=True, help="Upgrade the schema first if it is behind.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @_api_options
@@ -325,6 +365,9 @@ def sync(
     campaign_id: str | None,
     since: datetime | None,
     until: datetime | None,
+    shard: str | None,
+    concurrency: int,
+    max_requests_per_second: float | None,
     migrate: bool,
     as_json: bool,
     api_key: str | None,
@@ -361,9 +404,16 @@ def sync(
         campaign_id=campaign_id,
         since=since,
         until=until,
+        shard=Shard.parse(shard) if shard else None,
+        concurrency=concurrency,
     )
     retry = RetryPolicy(attempts=retries, max_wait=max_retry_wait)
-    with BlandClient(api, retry=retry) as client:
+    with BlandClient(
+        api,
+        retry=retry,
+        max_requests_per_second=max_requests_per_second,
+        max_connections=max(concurrency, 1),
+    ) as client:
         result = _run(engine, client, options, as_json=as_json, database=settings.display_url)
     sys.exit(EXIT_PARTIAL if result.failed else EXIT_OK)
 
@@ -377,13 +427,9 @@ def _ensure_schema(engine: Engine, migrate: bool) -> None:
 def _run(
     engine: Engine, client: BlandClient, options: SyncOptions, *, as_json: bool, database: str
 ) -> RunResult:
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     started = time.monotonic()
-    try:
-        with _progress(enabled=not as_json) as events:
-            result = run_sync(engine, client, options, events=events)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with _stop_on_sigterm() as stop, _progress(enabled=not as_json) as events:
+        result = run_sync(engine, client, options, events=events, stop=stop)
     elapsed = time.monotonic() - started
     summary = _summary(result, elapsed, client, database)
     if as_json:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -95,9 +96,38 @@ class RetryPolicy:
 
 @dataclass
 class ClientStats:
+    """Counters of one client's HTTP traffic; safe to update from several threads."""
+
     requests: int = 0
     retries: int = 0
     bytes_received: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, *, requests: int = 0, retries: int = 0, bytes_received: int = 0) -> None:
+        with self._lock:
+            self.requests += requests
+            self.retries += retries
+            self.bytes_received += bytes_received
+
+
+class RateLimiter:
+    """Space request starts at least ``1 / per_second`` apart, across threads."""
+
+    def __init__(self, per_second: float, sleep: Callable[[float], None] = time.sleep) -> None:
+        if per_second <= 0:
+            raise ConfigError("--max-requests-per-second must be positive")
+        self._interval = 1.0 / per_second
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._next = time.monotonic()
+
+    def acquire(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self._interval
+        if start > now:
+            self._sleep(start - now)
 
 
 @dataclass
@@ -109,6 +139,8 @@ class BlandClient:
     page_size: int = 1000
     transport: httpx.BaseTransport | None = None
     sleep: Callable[[float], None] = time.sleep
+    max_requests_per_second: float | None = None
+    max_connections: int = 10
     stats: ClientStats = field(default_factory=ClientStats)
 
     def __post_init__(self) -> None:
@@ -124,7 +156,16 @@ class BlandClient:
                 "accept": "application/json",
             },
             timeout=httpx.Timeout(self.settings.timeout, connect=min(10.0, self.settings.timeout)),
+            limits=httpx.Limits(
+                max_connections=self.max_connections,
+                max_keepalive_connections=self.max_connections,
+            ),
             transport=self.transport,
+        )
+        self._limiter = (
+            RateLimiter(self.max_requests_per_second, self.sleep)
+            if self.max_requests_per_second
+            else None
         )
 
     def close(self) -> None:
@@ -196,7 +237,9 @@ class BlandClient:
             raise
 
     def _get_once(self, path: str, params: dict[str, Any], what: str) -> httpx.Response:
-        self.stats.requests += 1
+        if self._limiter is not None:
+            self._limiter.acquire()
+        self.stats.add(requests=1)
         try:
             response = self._http.get(path, params=params)
         except httpx.TimeoutException as exc:
@@ -207,7 +250,7 @@ class BlandClient:
             raise TransientApiError(
                 f"{what}: cannot reach {self.settings.base_url} ({type(exc).__name__}: {exc})"
             ) from None
-        self.stats.bytes_received += len(response.content)
+        self.stats.add(bytes_received=len(response.content))
         status = response.status_code
         if status < 300:
             return response
@@ -239,7 +282,7 @@ class BlandClient:
         return min(backoff(state), self.retry.max_wait)
 
     def _log_retry(self, state: tenacity.RetryCallState, what: str) -> None:
-        self.stats.retries += 1
+        self.stats.add(retries=1)
         exc = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
         log.warning(

@@ -9,6 +9,7 @@
     │   └── HttpStatusError         any other unexpected status
     ├── PayloadError                a response that cannot be understood (not JSON, wrong shape);
     │                               names the batch and the field; fails that batch only
+    ├── Interrupted                 SIGTERM: the batch in hand was finished, the run stopped -> 130
     └── DatabaseError               the database cannot be used
         ├── SchemaOutdatedError     schema missing or behind: run `batchsync db upgrade` -> exit 4
         └── DatabaseUnavailable     cannot connect, or the connection dropped        -> exit 4
@@ -72,6 +73,10 @@ class PayloadError(BatchsyncError):
         self.batch_id = batch_id
         self.field = field
         self.reason = message
+
+
+class Interrupted(BatchsyncError):
+    """The run was asked to stop (SIGTERM) and stopped after the batch in hand."""
 
 
 class DatabaseError(BatchsyncError):

@@ -10,19 +10,30 @@ content is unchanged since its last write is not rewritten.
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from batchsync import runs
-from batchsync.client import BatchSource, Parts
+from batchsync.client import BatchSource, FetchedBatch, Parts
 from batchsync.db import DRIVER_ERRORS, describe, is_unavailable, unavailable
-from batchsync.errors import ApiError, AuthError, DatabaseError, PayloadError
+from batchsync.errors import (
+    ApiError,
+    AuthError,
+    ConfigError,
+    DatabaseError,
+    Interrupted,
+    PayloadError,
+)
 from batchsync.payload import BatchSummary
 from batchsync.runs import BatchOutcome
 from batchsync.store import completed_batches, lock_batch, stored_content_hash, write_batch
@@ -32,6 +43,38 @@ log = logging.getLogger(__name__)
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` (0-based): the batches whose stable hash falls on it.
+
+    The hash is of the batch id alone, so N workers given 0/N .. N-1/N split any set of
+    batches between them the same way on every run and every machine.
+    """
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ConfigError(
+                f"shard {self.index}/{self.count} does not exist: use K/N with 0 <= K < N"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        index, sep, count = text.partition("/")
+        if not sep or not index.strip().isdigit() or not count.strip().isdigit():
+            raise ConfigError(f"--shard takes K/N, such as 0/4, not {text!r}")
+        return cls(int(index), int(count))
+
+    def owns(self, batch_id: str) -> bool:
+        digest = hashlib.blake2b(batch_id.encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
 
 
 @dataclass(frozen=True)
@@ -45,6 +88,12 @@ class SyncOptions:
     campaign_id: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    shard: Shard | None = None
+    concurrency: int = 1
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ConfigError("--concurrency must be at least 1")
 
     def as_json(self) -> dict[str, Any]:
         """The options as recorded in sync_runs.options."""
@@ -56,6 +105,8 @@ class SyncOptions:
             "campaign_id": self.campaign_id,
             "since": self.since.isoformat() if self.since else None,
             "until": self.until.isoformat() if self.until else None,
+            "shard": str(self.shard) if self.shard else None,
+            "concurrency": self.concurrency,
         }
 
 
@@ -93,11 +144,15 @@ def run_sync(
     *,
     events: SyncEvents | None = None,
     clock: Callable[[], datetime] = utcnow,
+    stop: threading.Event | None = None,
 ) -> RunResult:
     """Sync the batches ``options`` names; record the run; return its result.
 
-    Raises AuthError, ApiError (discovery failed) or DatabaseError after recording the run
-    as failed, and re-raises KeyboardInterrupt after recording it as interrupted.
+    Up to ``options.concurrency`` batches are fetched at once; each is written in its own
+    transaction, one at a time. When ``stop`` is set, the batch in hand is finished and
+    the run ends as interrupted (raises Interrupted). Raises AuthError, ApiError
+    (discovery failed) or DatabaseError after recording the run as failed, and re-raises
+    KeyboardInterrupt after recording it as interrupted.
     """
     events = events or SyncEvents()
     result = RunResult(
@@ -110,12 +165,14 @@ def run_sync(
         runs.record_skipped(engine, result.run_id, skipped, clock())
         result.outcomes.extend(BatchOutcome(b, runs.SKIPPED) for b in skipped)
         events.planned(len(to_fetch), len(skipped))
-        for batch_id in to_fetch:
-            outcome = sync_batch(engine, source, batch_id, options, result.run_id, clock)
+        for batch_id, fetched in _fetch_all(source, to_fetch, options):
+            outcome = _store(engine, batch_id, fetched, options, result.run_id, clock)
             result.outcomes.append(outcome)
             events.batch_done(outcome)
-    except KeyboardInterrupt:
-        _finish(engine, result, runs.INTERRUPTED, clock, "interrupted by a signal")
+            if stop is not None and stop.is_set():
+                raise Interrupted("stopped by SIGTERM after committing the batch in hand")
+    except (KeyboardInterrupt, Interrupted) as exc:
+        _finish(engine, result, runs.INTERRUPTED, clock, str(exc) or "interrupted (SIGINT)")
         raise
     except (AuthError, ApiError, PayloadError, DatabaseError) as exc:
         _finish(engine, result, runs.FAILED, clock, str(exc))
@@ -133,12 +190,58 @@ def sync_batch(
     clock: Callable[[], datetime] = utcnow,
 ) -> BatchOutcome:
     """Fetch one batch and write it in one transaction; a per-batch failure is recorded."""
+    return _store(engine, batch_id, _fetch(source, batch_id, options), options, run_id, clock)
+
+
+def _fetch(source: BatchSource, batch_id: str, options: SyncOptions) -> FetchedBatch | str:
+    """The fetched batch, or why it could not be fetched (AuthError propagates)."""
     try:
-        fetched = source.fetch_batch(batch_id, options.parts)
+        return source.fetch_batch(batch_id, options.parts)
     except AuthError:
         raise
     except (ApiError, PayloadError) as exc:
-        return _record_failure(engine, run_id, batch_id, str(exc), clock)
+        return str(exc)
+
+
+def _fetch_all(
+    source: BatchSource, batch_ids: list[str], options: SyncOptions
+) -> Iterator[tuple[str, FetchedBatch | str]]:
+    """Fetch batches, up to ``options.concurrency`` at once, yielding each as it arrives.
+
+    At most ``concurrency`` fetched batches wait in memory for the writer.
+    """
+    if options.concurrency == 1:
+        for batch_id in batch_ids:
+            yield batch_id, _fetch(source, batch_id, options)
+        return
+    pending_ids = iter(batch_ids)
+    executor = ThreadPoolExecutor(options.concurrency, thread_name_prefix="batchsync-fetch")
+    in_flight: dict[Future[FetchedBatch | str], str] = {}
+    try:
+        for batch_id in islice(pending_ids, options.concurrency):
+            in_flight[executor.submit(_fetch, source, batch_id, options)] = batch_id
+        while in_flight:
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                batch_id = in_flight.pop(future)
+                for next_id in islice(pending_ids, 1):
+                    in_flight[executor.submit(_fetch, source, next_id, options)] = next_id
+                yield batch_id, future.result()
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _store(
+    engine: Engine,
+    batch_id: str,
+    fetched: FetchedBatch | str,
+    options: SyncOptions,
+    run_id: int,
+    clock: Callable[[], datetime],
+) -> BatchOutcome:
+    """Write one fetched batch and its outcome in one transaction; record a failure alone."""
+    if isinstance(fetched, str):
+        return _record_failure(engine, run_id, batch_id, fetched, clock)
     parsed = fetched.parsed
     calls = None if parsed.calls is None else len(parsed.calls)
     try:
@@ -177,8 +280,13 @@ def sync_batch(
 def _plan(engine: Engine, source: BatchSource, options: SyncOptions) -> tuple[list[str], list[str]]:
     """The batches to fetch, and those skipped as completed and already stored."""
     if not options.discover:
-        return list(dict.fromkeys(options.batch_ids)), []
-    listed = _in_window(source.iter_batches(campaign_id=options.campaign_id), options)
+        named = [b for b in dict.fromkeys(options.batch_ids) if _in_shard(b, options)]
+        return named, []
+    listed = [
+        b
+        for b in _in_window(source.iter_batches(campaign_id=options.campaign_id), options)
+        if _in_shard(b, options)
+    ]
     if options.refresh:
         return list(dict.fromkeys(listed)), []
     try:
@@ -193,6 +301,10 @@ def _plan(engine: Engine, source: BatchSource, options: SyncOptions) -> tuple[li
         else:
             to_fetch.append(batch_id)
     return to_fetch, skipped
+
+
+def _in_shard(batch_id: str, options: SyncOptions) -> bool:
+    return options.shard is None or options.shard.owns(batch_id)
 
 
 def _in_window(summaries: Iterable[BatchSummary], options: SyncOptions) -> list[str]:
