@@ -261,7 +261,8 @@ class SyncRun(Base):
     )
     status: Mapped[str] = mapped_column(
         Text,
-        comment="running, succeeded, partial (some batches failed), failed or interrupted.",
+        comment="running, succeeded, partial (some batches failed), failed, interrupted, "
+        "or abandoned (the process died without recording an outcome).",
     )
     options: Mapped[Any] = mapped_column(
         JsonColumn, comment="The run's options (JSON; never the API key)."
@@ -278,6 +279,8 @@ class SyncRun(Base):
     batches_failed: Mapped[int] = mapped_column(Integer, default=0, comment="Batches that failed.")
     error: Mapped[str | None] = mapped_column(Text, comment="Why the run failed, if it did.")
     batchsync_version: Mapped[str] = mapped_column(Text, comment="Version of batchsync.")
+    host: Mapped[str | None] = mapped_column(Text, comment="Host name of the process that ran it.")
+    pid: Mapped[int | None] = mapped_column(Integer, comment="Process id of the run on its host.")
 
 
 class SyncRunBatch(Base):

@@ -7,6 +7,10 @@ batch's data when it succeeds, and in a transaction of its own when it fails.
 
 from __future__ import annotations
 
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -26,6 +30,7 @@ SUCCEEDED = "succeeded"
 PARTIAL = "partial"
 FAILED = "failed"
 INTERRUPTED = "interrupted"
+ABANDONED = "abandoned"
 
 # Batch outcomes.
 SYNCED = "synced"
@@ -53,24 +58,40 @@ class BatchOutcome:
         }
 
 
-def start_run(engine: Engine, options: dict[str, Any], started_at: datetime) -> int:
-    """Record a new run as running and return its id (committed at once)."""
-    with engine.begin() as connection:
-        run_id = connection.execute(
-            insert(RUNS)
-            .values(
-                started_at=started_at,
-                status=RUNNING,
-                options=options,
-                batches_synced=0,
-                batches_unchanged=0,
-                batches_skipped=0,
-                batches_failed=0,
-                batchsync_version=__version__,
+@contextmanager
+def started_run(engine: Engine, options: dict[str, Any], started_at: datetime) -> Iterator[int]:
+    """Record a new run as running (committed at once) and yield its id.
+
+    For as long as the block runs, a sign that the process is alive is held: on PostgreSQL
+    a session advisory lock, taken in the transaction that creates the run so nobody can
+    see the run without it, and released by the server itself if the process dies; on
+    SQLite the host and pid recorded with the run.
+    """
+    with engine.connect() as connection:
+        run_id = int(
+            connection.execute(
+                insert(RUNS)
+                .values(
+                    started_at=started_at,
+                    status=RUNNING,
+                    options=options,
+                    batches_synced=0,
+                    batches_unchanged=0,
+                    batches_skipped=0,
+                    batches_failed=0,
+                    batchsync_version=__version__,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                )
+                .returning(RUNS.c.id)
+            ).scalar_one()
+        )
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(
+                "SELECT pg_advisory_lock(%(key)s)", {"key": _lock_key(connection, run_id)}
             )
-            .returning(RUNS.c.id)
-        ).scalar_one()
-    return int(run_id)
+        connection.commit()  # a session lock outlives the transaction; don't sit idle in one
+        yield run_id
 
 
 def record_outcome(
@@ -152,3 +173,52 @@ def get_run(engine: Engine, run_id: int) -> tuple[dict[str, Any], list[dict[str,
             .order_by(RUN_BATCHES.c.finished_at, RUN_BATCHES.c.batch_id)
         )
         return dict(run._mapping), [dict(row._mapping) for row in batches]
+
+
+def _lock_key(connection: Connection, run_id: int) -> int:
+    """The advisory lock key of a run, distinct per schema (runs are numbered per schema)."""
+    return int(
+        connection.exec_driver_sql(
+            "SELECT hashtextextended('batchsync:run:' || current_schema() || ':' || %(id)s, 0)",
+            {"id": str(run_id)},
+        ).scalar_one()
+    )
+
+
+def mark_abandoned(engine: Engine, finished_at: datetime) -> list[int]:
+    """Close runs still marked running whose process is gone; returns their ids."""
+    abandoned = []
+    with engine.begin() as connection:
+        running = connection.execute(
+            select(RUNS.c.id, RUNS.c.host, RUNS.c.pid).where(RUNS.c.status == RUNNING)
+        ).all()
+        for run_id, host, pid in running:
+            if _is_dead(connection, run_id, host, pid):
+                abandoned.append(run_id)
+    for run_id in abandoned:
+        finish_run(
+            engine,
+            run_id,
+            ABANDONED,
+            finished_at,
+            "the process ended without recording an outcome (killed, or the machine stopped)",
+        )
+    return abandoned
+
+
+def _is_dead(connection: Connection, run_id: int, host: str | None, pid: int | None) -> bool:
+    if connection.dialect.name == "postgresql":
+        key = _lock_key(connection, run_id)
+        taken = connection.exec_driver_sql(
+            "SELECT pg_try_advisory_xact_lock(%(key)s)", {"key": key}
+        ).scalar_one()
+        return bool(taken)
+    if host != socket.gethostname() or pid is None:
+        return False  # another machine's process: nothing here can tell
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return pid == os.getpid()  # our own pid from an earlier, dead process of a reused id

@@ -15,6 +15,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
@@ -155,11 +156,30 @@ def run_sync(
     KeyboardInterrupt after recording it as interrupted.
     """
     events = events or SyncEvents()
-    result = RunResult(
-        run_id=runs.start_run(engine, options.as_json(), clock()),
-        status=runs.RUNNING,
-        started_at=clock(),
-    )
+    with ExitStack() as stack:
+        try:
+            _mark_abandoned(engine, clock)
+            run_id = stack.enter_context(runs.started_run(engine, options.as_json(), clock()))
+        except DRIVER_ERRORS as exc:
+            raise unavailable(engine, exc) from None
+        result = RunResult(run_id=run_id, status=runs.RUNNING, started_at=clock())
+        return _run(engine, source, options, result, events, clock, stop)
+
+
+def _mark_abandoned(engine: Engine, clock: Callable[[], datetime]) -> None:
+    for run_id in runs.mark_abandoned(engine, clock()):
+        log.warning("run %d ended without recording an outcome: marked abandoned", run_id)
+
+
+def _run(
+    engine: Engine,
+    source: BatchSource,
+    options: SyncOptions,
+    result: RunResult,
+    events: SyncEvents,
+    clock: Callable[[], datetime],
+    stop: threading.Event | None,
+) -> RunResult:
     try:
         to_fetch, skipped = _plan(engine, source, options)
         runs.record_skipped(engine, result.run_id, skipped, clock())

@@ -139,7 +139,7 @@ def upgrade() -> None:
             "status",
             sa.Text(),
             nullable=False,
-            comment="running, succeeded, partial (some batches failed), failed or interrupted.",
+            comment="running, succeeded, partial (some batches failed), failed, interrupted, or abandoned (the process died without recording an outcome).",
         ),
         sa.Column(
             "options", JSON, nullable=False, comment="The run's options (JSON; never the API key)."
@@ -165,6 +165,10 @@ def upgrade() -> None:
         sa.Column("batches_failed", sa.Integer(), nullable=False, comment="Batches that failed."),
         sa.Column("error", sa.Text(), nullable=True, comment="Why the run failed, if it did."),
         sa.Column("batchsync_version", sa.Text(), nullable=False, comment="Version of batchsync."),
+        sa.Column(
+            "host", sa.Text(), nullable=True, comment="Host name of the process that ran it."
+        ),
+        sa.Column("pid", sa.Integer(), nullable=True, comment="Process id of the run on its host."),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sync_runs")),
         comment="One row per `batchsync sync` run.",
     )

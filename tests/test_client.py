@@ -1,0 +1,263 @@
+"""The HTTP side: retries and their limits, typed errors, paging, include flags, rate cap."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import httpx
+import pytest
+
+from batchsync.client import BlandClient, Parts, RateLimiter, RetryPolicy, _retry_after
+from batchsync.config import load_api
+from batchsync.emulator import Emulator, Fault
+from batchsync.errors import (
+    AuthError,
+    BatchNotFound,
+    ConfigError,
+    HttpStatusError,
+    PayloadError,
+    TransientApiError,
+)
+from tests.conftest import EMULATOR_URL
+
+
+def make_client(
+    handler: httpx.MockTransport | httpx.BaseTransport,
+    sleeps: list[float],
+    *,
+    attempts: int = 4,
+    key: str = "emulator-key",
+    **kwargs: object,
+) -> BlandClient:
+    return BlandClient(
+        load_api(EMULATOR_URL, key),
+        transport=handler,
+        retry=RetryPolicy(attempts=attempts, initial_wait=1.0, max_wait=8.0),
+        sleep=sleeps.append,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_rate_limit_with_retry_after_is_retried_after_that_wait(
+    emulator: Emulator, sleeps: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 429 with Retry-After waits exactly that long, logs the retry, then succeeds."""
+    batch_id = emulator.batch_ids()[0]
+    emulator.inject(batch_id, Fault("rate_limit", times=2, retry_after="2"))
+    client = make_client(emulator.transport(), sleeps)
+
+    with caplog.at_level(logging.WARNING, logger="batchsync"):
+        fetched = client.fetch_batch(batch_id, Parts())
+
+    assert fetched.parsed.batch.batch_id == batch_id
+    assert emulator.request_count(f"/v1/batches/{batch_id}") == 3
+    assert sleeps == [2.0, 2.0]
+    assert client.stats.retries == 2
+    assert "rate limited" in caplog.text
+    assert "retrying in 2.0s" in caplog.text
+
+
+def test_retry_after_is_capped_by_max_wait(emulator: Emulator, sleeps: list[float]) -> None:
+    """A Retry-After longer than the cap waits only the cap."""
+    batch_id = emulator.batch_ids()[0]
+    emulator.inject(batch_id, Fault("rate_limit", times=1, retry_after="3600"))
+    make_client(emulator.transport(), sleeps).fetch_batch(batch_id, Parts())
+    assert sleeps == [8.0]
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_server_errors_back_off_exponentially_with_jitter(
+    emulator: Emulator, sleeps: list[float], status: int
+) -> None:
+    """5xx answers are retried with growing, capped, jittered waits."""
+    batch_id = emulator.batch_ids()[0]
+    emulator.inject(batch_id, Fault("server_error", times=3, status=status))
+    make_client(emulator.transport(), sleeps).fetch_batch(batch_id, Parts())
+    assert len(sleeps) == 3
+    assert 1.0 <= sleeps[0] <= 2.0
+    assert 2.0 <= sleeps[1] <= 3.0
+    assert all(wait <= 8.0 for wait in sleeps)
+
+
+def test_retries_running_out_say_so(emulator: Emulator, sleeps: list[float]) -> None:
+    """When every attempt is rate limited, the error says how many attempts were made."""
+    batch_id = emulator.batch_ids()[0]
+    emulator.inject(batch_id, Fault("rate_limit", times=-1))
+    client = make_client(emulator.transport(), sleeps, attempts=5)
+    with pytest.raises(TransientApiError, match=r"rate limited.*after 5 attempts"):
+        client.fetch_batch(batch_id, Parts())
+    assert emulator.request_count(f"/v1/batches/{batch_id}") == 5
+
+
+def test_connection_errors_and_timeouts_are_retried(sleeps: list[float]) -> None:
+    """A dropped connection and a read timeout are transient: retried, then succeed."""
+    emulator = Emulator(seed=1, batches=1, calls_per_batch=2)
+    failures = [httpx.ConnectError("refused"), httpx.ReadTimeout("slow")]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if failures:
+            raise failures.pop(0)
+        return emulator.handle(request)
+
+    client = make_client(httpx.MockTransport(handler), sleeps)
+    fetched = client.fetch_batch(emulator.batch_ids()[0], Parts())
+    assert fetched.parsed.calls is not None
+    assert len(sleeps) == 2
+
+
+def test_unreachable_api_fails_with_the_url_and_attempts(sleeps: list[float]) -> None:
+    """An API that never answers gives a clear error naming where and how often it tried."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused")
+
+    client = make_client(httpx.MockTransport(handler), sleeps, attempts=3)
+    with pytest.raises(TransientApiError, match=r"cannot reach .*after 3 attempts"):
+        client.fetch_batch("b1", Parts())
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_auth_failures_are_not_retried_and_never_show_the_key(
+    sleeps: list[float], status: int
+) -> None:
+    """401/403 raise AuthError at once; the message is about the key, not the key."""
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(status, json={"data": None, "errors": [{"message": "Unauthorized"}]})
+
+    client = make_client(httpx.MockTransport(handler), sleeps, key="sk-live-abcdef123456")
+    with pytest.raises(AuthError) as raised:
+        client.fetch_batch("b1", Parts())
+    assert len(calls) == 1
+    assert "sk-live-abcdef123456" not in str(raised.value)
+    assert "BLAND_API_KEY" in str(raised.value)
+    assert calls[0].headers["authorization"] == "sk-live-abcdef123456"
+
+
+def test_not_found_is_not_retried(emulator: Emulator, sleeps: list[float]) -> None:
+    """A 404 raises BatchNotFound naming the batch, without retrying."""
+    client = make_client(emulator.transport(), sleeps)
+    with pytest.raises(BatchNotFound, match="batch nope: not found"):
+        client.fetch_batch("nope", Parts())
+    assert sleeps == []
+
+
+def test_unexpected_status_is_reported(sleeps: list[float]) -> None:
+    """A status with no rule (418) raises HttpStatusError with the API's message."""
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(418, json={"status": "error", "message": "teapot"})
+    )
+    with pytest.raises(HttpStatusError, match="HTTP 418 \\(teapot\\)"):
+        make_client(transport, sleeps).fetch_batch("b1", Parts())
+
+
+@pytest.mark.parametrize("kind", ["truncated", "invalid_json", "wrong_shape"])
+def test_unreadable_bodies_raise_payload_errors_naming_the_batch(
+    emulator: Emulator, sleeps: list[float], kind: str
+) -> None:
+    """A truncated body, HTML instead of JSON, or a wrong shape fail with the batch named."""
+    batch_id = emulator.batch_ids()[0]
+    emulator.inject(batch_id, Fault(kind))  # type: ignore[arg-type]
+    with pytest.raises(PayloadError, match=f"batch {batch_id}"):
+        make_client(emulator.transport(), sleeps).fetch_batch(batch_id, Parts())
+
+
+def test_include_flags_reach_the_api(emulator: Emulator, sleeps: list[float]) -> None:
+    """--no-transcripts and --no-analysis become include_* query parameters."""
+    batch_id = emulator.batch_ids()[0]
+    fetched = make_client(emulator.transport(), sleeps).fetch_batch(
+        batch_id, Parts(transcripts=False, analysis=False)
+    )
+    params = emulator.requests[-1].url.params
+    assert params["include_transcripts"] == "false"
+    assert params["include_analysis"] == "false"
+    assert params["include_calls"] == "true"
+    assert fetched.parsed.transcripts is None
+    assert fetched.parsed.analysis is None
+
+
+def test_batch_list_pages_until_a_short_page(sleeps: list[float]) -> None:
+    """Discovery pages with from/to/limit ascending and stops on the first short page."""
+    emulator = Emulator(seed=2, batches=7, calls_per_batch=1)
+    client = make_client(emulator.transport(), sleeps, page_size=3)
+    listed = [summary.batch_id for summary in client.iter_batches()]
+    assert listed == emulator.batch_ids()
+    pages = [r.url.params for r in emulator.requests if r.url.path == "/v1/batches"]
+    assert [(p["from"], p["to"], p["limit"]) for p in pages] == [
+        ("0", "3", "3"),
+        ("3", "6", "3"),
+        ("6", "9", "3"),
+    ]
+    assert all(p["ascending"] == "true" for p in pages)
+
+
+def test_exact_multiple_of_page_size_ends_on_an_empty_page(sleeps: list[float]) -> None:
+    """When the last page is full, one more (empty) page ends discovery."""
+    emulator = Emulator(seed=2, batches=6, calls_per_batch=1)
+    client = make_client(emulator.transport(), sleeps, page_size=3)
+    assert len(list(client.iter_batches())) == 6
+    assert emulator.request_count("/v1/batches") == 3
+
+
+def test_content_hash_depends_on_body_and_parts(emulator: Emulator, sleeps: list[float]) -> None:
+    """The same body with the same parts hashes the same; other parts hash differently."""
+    client = make_client(emulator.transport(), sleeps)
+    batch_id = emulator.batch_ids()[0]
+    first = client.fetch_batch(batch_id, Parts())
+    again = client.fetch_batch(batch_id, Parts())
+    other = client.fetch_batch(batch_id, Parts(transcripts=False))
+    assert first.content_sha256 == again.content_sha256
+    assert first.content_sha256 != other.content_sha256
+
+
+def test_missing_key_is_a_config_error() -> None:
+    """A client without a key refuses to start."""
+    with pytest.raises(ConfigError, match="BLAND_API_KEY"):
+        BlandClient(load_api(EMULATOR_URL, None))
+
+
+def test_retry_after_accepts_seconds_and_http_dates() -> None:
+    """Retry-After as seconds or as an HTTP date becomes seconds to wait."""
+    assert _retry_after("7") == 7.0
+    assert _retry_after(None) is None
+    assert _retry_after("soon") is None
+    later = datetime.now(UTC) + timedelta(seconds=30)
+    assert 25 <= (_retry_after(format_datetime(later, usegmt=True)) or 0) <= 31
+    past = datetime.now(UTC) - timedelta(seconds=30)
+    assert _retry_after(format_datetime(past, usegmt=True)) == 0.0
+
+
+def test_rate_limiter_spaces_requests_across_threads() -> None:
+    """Four threads asking at once are spaced 1/rate apart."""
+    waits: list[float] = []
+    lock = threading.Lock()
+
+    def record(seconds: float) -> None:
+        with lock:
+            waits.append(seconds)
+
+    limiter = RateLimiter(10.0, sleep=record)
+    threads = [threading.Thread(target=limiter.acquire) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(waits) >= 3
+    assert max(waits) == pytest.approx(0.3, abs=0.05)
+
+
+def test_stats_count_requests_from_many_threads(emulator: Emulator, sleeps: list[float]) -> None:
+    """Concurrent fetches are all counted."""
+    client = make_client(emulator.transport(), sleeps)
+    ids = emulator.batch_ids()
+    threads = [threading.Thread(target=client.fetch_batch, args=(b, Parts())) for b in ids * 5]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert client.stats.requests == len(ids) * 5
