@@ -59,6 +59,8 @@ from batchsync.errors import (
     PayloadError,
 )
 from batchsync.models import Base
+from batchsync.privacy import PhoneMode, load_phone_policy
+from batchsync.store import purge_batches
 from batchsync.sync import RunResult, Shard, SyncEvents, SyncOptions, run_sync
 
 EXIT_OK = 0
@@ -317,6 +319,7 @@ def _parse_day(
     help="Fetch the batch analysis (counts, errors).",
 )
 @click.option("--campaign-id", help="With --all: only batches of this campaign.")
+@click.option("--label", help="With --all: only batches with exactly this label.")
 @click.option(
     "--since",
     type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
@@ -351,6 +354,21 @@ def _parse_day(
     type=click.FloatRange(min=0, min_open=True),
     help="Cap on the request rate to the API [default: no cap]",
 )
+@click.option(
+    "--phone-numbers",
+    type=click.Choice([mode.value for mode in PhoneMode]),
+    default=PhoneMode.KEEP.value,
+    show_default=True,
+    envvar="BATCHSYNC_PHONE_NUMBERS",
+    show_envvar=True,
+    help="Store phone numbers as they are, as a keyed hash (HMAC with "
+    "BATCHSYNC_PHONE_HASH_KEY), or not at all.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Fetch and validate; report what would be inserted, updated and deleted; write nothing.",
+)
 @click.option("--migrate", is_flag=True, help="Upgrade the schema first if it is behind.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @_api_options
@@ -363,11 +381,14 @@ def sync(
     transcripts: bool,
     analysis: bool,
     campaign_id: str | None,
+    label: str | None,
     since: datetime | None,
     until: datetime | None,
     shard: str | None,
     concurrency: int,
     max_requests_per_second: float | None,
+    phone_numbers: str,
+    dry_run: bool,
     migrate: bool,
     as_json: bool,
     api_key: str | None,
@@ -391,8 +412,10 @@ def sync(
     """
     if discover == bool(batch_ids):
         raise click.UsageError("name one or more BATCH_IDs, or pass --all (not both)")
-    if not discover and (campaign_id or since or until):
-        raise click.UsageError("--campaign-id, --since and --until only apply with --all")
+    if not discover and (campaign_id or label or since or until):
+        raise click.UsageError("--campaign-id, --label, --since and --until only apply with --all")
+    if dry_run and migrate:
+        raise click.UsageError("--dry-run writes nothing, so it cannot --migrate")
     api = load_api(base_url, api_key, timeout)
     settings, engine = _open_database(database_url)
     _ensure_schema(engine, migrate)
@@ -404,8 +427,11 @@ def sync(
         campaign_id=campaign_id,
         since=since,
         until=until,
+        label=label,
         shard=Shard.parse(shard) if shard else None,
         concurrency=concurrency,
+        phones=load_phone_policy(phone_numbers),
+        dry_run=dry_run,
     )
     retry = RetryPolicy(attempts=retries, max_wait=max_retry_wait)
     with BlandClient(
@@ -443,20 +469,25 @@ class _ProgressEvents(SyncEvents):
     def __init__(self, bar_factory: Callable[[int], Any]) -> None:
         self._factory = bar_factory
         self.bar: Any = None
+        self._calls = 0
+        self._started = time.monotonic()
 
     def planned(self, to_fetch: int, skipped: int) -> None:
         if skipped:
             log.info("%d completed batches already stored: not fetched", skipped)
+        self._started = time.monotonic()
         self.bar = self._factory(to_fetch)
 
     def batch_done(self, outcome: runs.BatchOutcome) -> None:
+        self._calls += outcome.calls or 0
         if self.bar is not None:
-            self.bar.update(1)
+            rate = self._calls / max(time.monotonic() - self._started, 1e-6)
+            self.bar.update(1, f"{rate:,.0f} calls/s")
 
 
 @contextmanager
 def _progress(*, enabled: bool) -> Iterator[SyncEvents]:
-    """A progress bar on stderr when it is a terminal; nothing otherwise."""
+    """A progress bar (count, rate, ETA) on stderr when it is a terminal; nothing otherwise."""
     if not (enabled and sys.stderr.isatty()):
         yield SyncEvents()
         return
@@ -464,7 +495,12 @@ def _progress(*, enabled: bool) -> Iterator[SyncEvents]:
 
     def factory(total: int) -> Any:
         bar = click.progressbar(
-            length=total, label="syncing batches", file=sys.stderr, show_pos=True, show_eta=True
+            length=total,
+            label="syncing batches",
+            file=sys.stderr,
+            show_pos=True,
+            show_eta=True,
+            item_show_func=lambda rate: rate,
         )
         bar.__enter__()
         bars.append(bar)
@@ -490,6 +526,7 @@ def _summary(
     return {
         "run_id": result.run_id,
         "status": result.status,
+        "dry_run": result.run_id is None,
         "database": database,
         "batches": {
             status: result.count(status)
@@ -510,8 +547,9 @@ def _summary(
 
 def _print_summary(summary: dict[str, Any]) -> None:
     batches = summary["batches"]
+    run = "dry run (nothing written)" if summary["dry_run"] else f"run {summary['run_id']}"
     click.echo(
-        f"run {summary['run_id']} {summary['status']} in {summary['duration_seconds']:.1f}s: "
+        f"{run} {summary['status']} in {summary['duration_seconds']:.1f}s: "
         f"{batches['synced']} batches synced, {batches['unchanged']} unchanged, "
         f"{batches['skipped']} skipped, {batches['failed']} failed"
     )
@@ -591,6 +629,54 @@ def runs_show(database_url: str | None, run_id: int, as_json: bool) -> None:
         if batch["error"]:
             line += f"  {batch['error']}"
         click.echo(line)
+
+
+# -- purge ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--batch", "batch_ids", multiple=True, metavar="ID", help="A batch to delete.")
+@click.option(
+    "--before",
+    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+    callback=_parse_day,
+    help="Delete every batch created before this UTC date.",
+)
+@click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@database_url_option
+def purge(
+    batch_ids: tuple[str, ...],
+    before: datetime | None,
+    dry_run: bool,
+    as_json: bool,
+    database_url: str | None,
+) -> None:
+    """Delete batches and all their rows (calls, transcripts, counts, errors).
+
+    For retention policies. Runs in one transaction and reports what it removed.
+    A later `sync` brings a purged batch back unless it is excluded there too.
+
+    \b
+    Examples:
+      batchsync purge --batch 6f1b8c2e-...
+      batchsync purge --before 2025-01-01 --dry-run
+    """
+    if not batch_ids and before is None:
+        raise click.UsageError("name batches with --batch ID, or give --before DATE")
+    _, engine = _open_database(database_url)
+    check_schema(engine)
+    with engine.connect() as connection, connection.begin() as transaction:
+        deleted = purge_batches(connection, batch_ids=batch_ids, before=before)
+        if dry_run:
+            transaction.rollback()
+    if as_json:
+        click.echo(orjson.dumps({"dry_run": dry_run, "deleted": deleted}).decode())
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {deleted['batches']} batches:")
+    for table, count in deleted.items():
+        click.echo(f"  {table:<20} {count:>8} rows")
 
 
 # -- emulator and demo -----------------------------------------------------------------------

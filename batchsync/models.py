@@ -129,6 +129,9 @@ class Batch(Base):
     fetched_parts: Mapped[str | None] = mapped_column(
         Text, comment="Parts of the batch the last write included: calls, transcripts, analysis."
     )
+    phone_numbers: Mapped[str | None] = mapped_column(
+        Text, comment="How phone numbers were stored by the last write: keep, hash:<key id>, drop."
+    )
     synced_at: Mapped[datetime] = _synced_at()
     sync_run_id: Mapped[int] = _sync_run_id()
 

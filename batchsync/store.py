@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Column, Connection, Table, and_, or_, select
+from sqlalchemy import Column, Connection, Table, and_, delete, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.types import JSON, DateTime
@@ -118,26 +118,41 @@ def lock_batch(connection: Connection, batch_id: str) -> None:
         )
 
 
-def stored_content_hash(connection: Connection, batch_id: str) -> str | None:
-    """The content hash recorded when the batch was last written, if it was."""
-    return connection.execute(
-        select(BATCHES.c.content_sha256).where(BATCHES.c.batch_id == batch_id)
-    ).scalar_one_or_none()
+class Fingerprint(NamedTuple):
+    """What a batch was last written from: its content's hash and the settings that shape it."""
+
+    content_sha256: str
+    fetched_parts: str
+    phone_numbers: str
 
 
-def completed_batches(connection: Connection) -> dict[str, str | None]:
-    """Stored batches that are complete, with the parts their last write included.
+def stored_fingerprint(connection: Connection, batch_id: str) -> Fingerprint | None:
+    """What the stored batch was last written from; None if it is not stored."""
+    c = BATCHES.c
+    row = connection.execute(
+        select(c.content_sha256, c.fetched_parts, c.phone_numbers).where(c.batch_id == batch_id)
+    ).first()
+    if row is None:
+        return None
+    return Fingerprint(row[0] or "", row[1] or "", row[2] or "")
+
+
+def completed_batches(connection: Connection) -> dict[str, Fingerprint]:
+    """Stored batches that are complete, with what their last write was made from.
 
     Complete means status 'completed', or, for old responses without a status, no call
     left in progress.
     """
     c = BATCHES.c
     rows = connection.execute(
-        select(c.batch_id, c.fetched_parts).where(
+        select(c.batch_id, c.content_sha256, c.fetched_parts, c.phone_numbers).where(
             or_(c.status == "completed", and_(c.status.is_(None), c.in_progress_calls == 0))
         )
     )
-    return {str(batch_id): parts for batch_id, parts in rows}
+    return {
+        str(batch_id): Fingerprint(sha or "", parts or "", phones or "")
+        for batch_id, sha, parts, phones in rows
+    }
 
 
 def write_batch(
@@ -146,8 +161,7 @@ def write_batch(
     *,
     run_id: int,
     synced_at: datetime,
-    content_sha256: str | None = None,
-    fetched_parts: str | None = None,
+    fingerprint: Fingerprint | None = None,
 ) -> BatchChanges:
     """Upsert one batch and replace its child rows; returns the row changes per table.
 
@@ -155,9 +169,7 @@ def write_batch(
     """
     batch_id = parsed.batch.batch_id
     rows = _RowWriter.for_connection(connection, run_id=run_id, synced_at=synced_at)
-    changes: BatchChanges = {
-        "batches": _upsert_batch(connection, parsed, rows.stamp, content_sha256, fetched_parts)
-    }
+    changes: BatchChanges = {"batches": _upsert_batch(connection, parsed, rows.stamp, fingerprint)}
     for child, records in (
         (QUEUE_STATUS_COUNTS, parsed.queue_status_counts),
         (ERRORS, parsed.errors),
@@ -185,14 +197,13 @@ def _upsert_batch(
     connection: Connection,
     parsed: ParsedBatch,
     stamp: tuple[datetime, int],
-    content_sha256: str | None,
-    fetched_parts: str | None,
+    fingerprint: Fingerprint | None,
 ) -> TableChanges:
     values: dict[str, Any] = parsed.batch._asdict()
     if parsed.analysis is not None:
         values.update(parsed.analysis._asdict())
-    values["content_sha256"] = content_sha256
-    values["fetched_parts"] = fetched_parts
+    if fingerprint is not None:
+        values.update(fingerprint._asdict())
     compared = [name for name in values if name != "batch_id"]
     values["synced_at"], values["sync_run_id"] = stamp
     exists = connection.execute(
@@ -399,3 +410,26 @@ def _is_datetime(column: Column[Any]) -> bool:
 def _sqlite_timestamp(value: datetime) -> str:
     """The text SQLAlchemy's SQLite DateTime reads back; values are UTC already."""
     return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def purge_batches(
+    connection: Connection, *, batch_ids: Sequence[str] = (), before: datetime | None = None
+) -> dict[str, int]:
+    """Delete the named batches, or those created before ``before``, with all their rows.
+
+    Runs in the caller's transaction; returns the rows deleted per table. The run ledger
+    (sync_run_batches) keeps its lines: they hold ids and outcomes, no call data.
+    """
+    c = BATCHES.c
+    chosen = select(c.batch_id)
+    if batch_ids:
+        chosen = chosen.where(c.batch_id.in_(list(batch_ids)))
+    if before is not None:
+        chosen = chosen.where(c.created_at < before)
+    if not batch_ids and before is None:
+        raise ValueError("purge needs batch ids or a date")
+    deleted = {}
+    for table in (TRANSCRIPTS.table, CALLS.table, ERRORS.table, QUEUE_STATUS_COUNTS.table, BATCHES):
+        result = connection.execute(delete(table).where(table.c.batch_id.in_(chosen)))
+        deleted[str(table.name)] = int(result.rowcount)
+    return deleted

@@ -5,7 +5,8 @@ lands whole or not at all. A batch that fails (not found, unreadable payload, re
 the database) is recorded as failed and the run goes on; an authentication failure or a
 database that cannot be used stops the run. Completed batches already stored with the
 requested parts are not fetched again unless ``refresh`` is set; a fetched batch whose
-content is unchanged since its last write is not rewritten.
+content is unchanged since its last write is not rewritten. A dry run does all of it in
+transactions that are rolled back, so it reports exact row changes and writes nothing.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy import Connection, Engine
 
 from batchsync import runs
 from batchsync.client import BatchSource, FetchedBatch, Parts
@@ -36,8 +36,15 @@ from batchsync.errors import (
     PayloadError,
 )
 from batchsync.payload import BatchSummary
+from batchsync.privacy import PhonePolicy, apply_phone_policy
 from batchsync.runs import BatchOutcome
-from batchsync.store import completed_batches, lock_batch, stored_content_hash, write_batch
+from batchsync.store import (
+    Fingerprint,
+    completed_batches,
+    lock_batch,
+    stored_fingerprint,
+    write_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +96,11 @@ class SyncOptions:
     campaign_id: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    label: str | None = None
     shard: Shard | None = None
     concurrency: int = 1
+    phones: PhonePolicy = field(default_factory=PhonePolicy)
+    dry_run: bool = False
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -106,14 +116,17 @@ class SyncOptions:
             "campaign_id": self.campaign_id,
             "since": self.since.isoformat() if self.since else None,
             "until": self.until.isoformat() if self.until else None,
+            "label": self.label,
             "shard": str(self.shard) if self.shard else None,
             "concurrency": self.concurrency,
+            "phone_numbers": self.phones.tag,
+            "dry_run": self.dry_run,
         }
 
 
 @dataclass
 class RunResult:
-    run_id: int
+    run_id: int | None  # None for a dry run, which records nothing
     status: str
     started_at: datetime
     finished_at: datetime | None = None
@@ -158,59 +171,80 @@ def run_sync(
     events = events or SyncEvents()
     with ExitStack() as stack:
         try:
-            _mark_abandoned(engine, clock)
-            run_id = stack.enter_context(runs.started_run(engine, options.as_json(), clock()))
+            ledger = _Ledger.open(engine, options, clock, stack)
         except DRIVER_ERRORS as exc:
             raise unavailable(engine, exc) from None
-        result = RunResult(run_id=run_id, status=runs.RUNNING, started_at=clock())
-        return _run(engine, source, options, result, events, clock, stop)
+        result = RunResult(run_id=ledger.run_id, status=runs.RUNNING, started_at=clock())
+        try:
+            to_fetch, skipped = _plan(engine, source, options)
+            ledger.skipped(skipped)
+            result.outcomes.extend(BatchOutcome(b, runs.SKIPPED) for b in skipped)
+            events.planned(len(to_fetch), len(skipped))
+            for batch_id, fetched in _fetch_all(source, to_fetch, options):
+                outcome = _store(engine, ledger, batch_id, fetched, options)
+                result.outcomes.append(outcome)
+                events.batch_done(outcome)
+                if stop is not None and stop.is_set():
+                    raise Interrupted("stopped by SIGTERM after committing the batch in hand")
+        except (KeyboardInterrupt, Interrupted) as exc:
+            ledger.finish(result, runs.INTERRUPTED, str(exc) or "interrupted (SIGINT)")
+            raise
+        except (AuthError, ApiError, PayloadError, DatabaseError) as exc:
+            ledger.finish(result, runs.FAILED, str(exc))
+            raise
+        ledger.finish(result, runs.PARTIAL if result.failed else runs.SUCCEEDED)
+        return result
 
 
-def _mark_abandoned(engine: Engine, clock: Callable[[], datetime]) -> None:
-    for run_id in runs.mark_abandoned(engine, clock()):
-        log.warning("run %d ended without recording an outcome: marked abandoned", run_id)
+class _Ledger:
+    """The run's record in sync_runs / sync_run_batches; records nothing in a dry run."""
 
+    def __init__(self, engine: Engine, run_id: int | None, clock: Callable[[], datetime]):
+        self.engine = engine
+        self.run_id = run_id
+        self.clock = clock
 
-def _run(
-    engine: Engine,
-    source: BatchSource,
-    options: SyncOptions,
-    result: RunResult,
-    events: SyncEvents,
-    clock: Callable[[], datetime],
-    stop: threading.Event | None,
-) -> RunResult:
-    try:
-        to_fetch, skipped = _plan(engine, source, options)
-        runs.record_skipped(engine, result.run_id, skipped, clock())
-        result.outcomes.extend(BatchOutcome(b, runs.SKIPPED) for b in skipped)
-        events.planned(len(to_fetch), len(skipped))
-        for batch_id, fetched in _fetch_all(source, to_fetch, options):
-            outcome = _store(engine, batch_id, fetched, options, result.run_id, clock)
-            result.outcomes.append(outcome)
-            events.batch_done(outcome)
-            if stop is not None and stop.is_set():
-                raise Interrupted("stopped by SIGTERM after committing the batch in hand")
-    except (KeyboardInterrupt, Interrupted) as exc:
-        _finish(engine, result, runs.INTERRUPTED, clock, str(exc) or "interrupted (SIGINT)")
-        raise
-    except (AuthError, ApiError, PayloadError, DatabaseError) as exc:
-        _finish(engine, result, runs.FAILED, clock, str(exc))
-        raise
-    _finish(engine, result, runs.PARTIAL if result.failed else runs.SUCCEEDED, clock)
-    return result
+    @classmethod
+    def open(
+        cls, engine: Engine, options: SyncOptions, clock: Callable[[], datetime], stack: ExitStack
+    ) -> _Ledger:
+        if options.dry_run:
+            return cls(engine, None, clock)
+        for run_id in runs.mark_abandoned(engine, clock()):
+            log.warning("run %d ended without recording an outcome: marked abandoned", run_id)
+        run_id = stack.enter_context(runs.started_run(engine, options.as_json(), clock()))
+        return cls(engine, run_id, clock)
 
+    def skipped(self, batch_ids: list[str]) -> None:
+        if self.run_id is not None:
+            runs.record_skipped(self.engine, self.run_id, batch_ids, self.clock())
 
-def sync_batch(
-    engine: Engine,
-    source: BatchSource,
-    batch_id: str,
-    options: SyncOptions,
-    run_id: int,
-    clock: Callable[[], datetime] = utcnow,
-) -> BatchOutcome:
-    """Fetch one batch and write it in one transaction; a per-batch failure is recorded."""
-    return _store(engine, batch_id, _fetch(source, batch_id, options), options, run_id, clock)
+    def outcome(self, connection: Connection, outcome: BatchOutcome) -> None:
+        """Record a batch's outcome in the batch's own transaction."""
+        if self.run_id is not None:
+            runs.record_outcome(connection, self.run_id, outcome, self.clock())
+
+    def failure(self, batch_id: str, error: str) -> BatchOutcome:
+        """Record a failed batch in a transaction of its own."""
+        log.error("%s", error, extra={"batch": batch_id})
+        outcome = BatchOutcome(batch_id, runs.BATCH_FAILED, error=error)
+        if self.run_id is not None:
+            try:
+                with self.engine.begin() as connection:
+                    self.outcome(connection, outcome)
+            except DRIVER_ERRORS as exc:
+                raise unavailable(self.engine, exc) from None
+        return outcome
+
+    def finish(self, result: RunResult, status: str, error: str | None = None) -> None:
+        result.status, result.error, result.finished_at = status, error, self.clock()
+        if self.run_id is None:
+            return
+        try:
+            runs.finish_run(self.engine, self.run_id, status, result.finished_at, error)
+        except DRIVER_ERRORS as exc:
+            # The database may be what failed; the run's own error is the one to report.
+            log.error("could not record the end of run %d: %s", self.run_id, describe(exc))
 
 
 def _fetch(source: BatchSource, batch_id: str, options: SyncOptions) -> FetchedBatch | str:
@@ -253,45 +287,40 @@ def _fetch_all(
 
 def _store(
     engine: Engine,
+    ledger: _Ledger,
     batch_id: str,
     fetched: FetchedBatch | str,
     options: SyncOptions,
-    run_id: int,
-    clock: Callable[[], datetime],
 ) -> BatchOutcome:
     """Write one fetched batch and its outcome in one transaction; record a failure alone."""
     if isinstance(fetched, str):
-        return _record_failure(engine, run_id, batch_id, fetched, clock)
-    parsed = fetched.parsed
+        return ledger.failure(batch_id, fetched)
+    parsed = apply_phone_policy(fetched.parsed, options.phones)
+    fingerprint = Fingerprint(fetched.content_sha256, options.parts.tag, options.phones.tag)
     calls = None if parsed.calls is None else len(parsed.calls)
     try:
-        with engine.begin() as connection:
+        with engine.connect() as connection, connection.begin() as transaction:
             lock_batch(connection, batch_id)
-            if not options.refresh and (
-                stored_content_hash(connection, batch_id) == fetched.content_sha256
-            ):
+            if not options.refresh and stored_fingerprint(connection, batch_id) == fingerprint:
                 outcome = BatchOutcome(batch_id, runs.UNCHANGED, calls=calls)
             else:
                 changes = write_batch(
                     connection,
                     parsed,
-                    run_id=run_id,
-                    synced_at=clock(),
-                    content_sha256=fetched.content_sha256,
-                    fetched_parts=options.parts.tag,
+                    run_id=ledger.run_id or 0,
+                    synced_at=ledger.clock(),
+                    fingerprint=fingerprint,
                 )
                 outcome = BatchOutcome(batch_id, runs.SYNCED, calls=calls, changes=changes)
-            runs.record_outcome(connection, run_id, outcome, clock())
+            ledger.outcome(connection, outcome)
+            if options.dry_run:
+                transaction.rollback()
     except DRIVER_ERRORS as exc:
         if is_unavailable(exc):
             raise unavailable(engine, exc) from None
         # The database refused this batch's data (a constraint, a value): this batch only.
-        return _record_failure(
-            engine,
-            run_id,
-            batch_id,
-            f"batch {batch_id}: the database rejected it: {describe(exc)}",
-            clock,
+        return ledger.failure(
+            batch_id, f"batch {batch_id}: the database rejected it: {describe(exc)}"
         )
     log.info("batch %s: %s", batch_id, outcome.status, extra={"batch": batch_id})
     return outcome
@@ -304,7 +333,7 @@ def _plan(engine: Engine, source: BatchSource, options: SyncOptions) -> tuple[li
         return named, []
     listed = [
         b
-        for b in _in_window(source.iter_batches(campaign_id=options.campaign_id), options)
+        for b in _selected(source.iter_batches(campaign_id=options.campaign_id), options)
         if _in_shard(b, options)
     ]
     if options.refresh:
@@ -312,11 +341,16 @@ def _plan(engine: Engine, source: BatchSource, options: SyncOptions) -> tuple[li
     try:
         with engine.connect() as connection:
             stored = completed_batches(connection)
-    except OperationalError as exc:
+    except DRIVER_ERRORS as exc:
         raise unavailable(engine, exc) from None
     to_fetch, skipped = [], []
     for batch_id in dict.fromkeys(listed):
-        if batch_id in stored and options.parts.covers(stored[batch_id]):
+        found = stored.get(batch_id)
+        if (
+            found is not None
+            and options.parts.covers(found.fetched_parts)
+            and found.phone_numbers == options.phones.tag
+        ):
             skipped.append(batch_id)
         else:
             to_fetch.append(batch_id)
@@ -327,7 +361,8 @@ def _in_shard(batch_id: str, options: SyncOptions) -> bool:
     return options.shard is None or options.shard.owns(batch_id)
 
 
-def _in_window(summaries: Iterable[BatchSummary], options: SyncOptions) -> list[str]:
+def _selected(summaries: Iterable[BatchSummary], options: SyncOptions) -> list[str]:
+    """The listed batches inside the --since/--until window and with the --label asked for."""
     selected = []
     for summary in summaries:
         created = summary.created_at
@@ -335,33 +370,7 @@ def _in_window(summaries: Iterable[BatchSummary], options: SyncOptions) -> list[
             continue
         if options.until and (created is None or created >= options.until):
             continue
+        if options.label is not None and summary.label != options.label:
+            continue
         selected.append(summary.batch_id)
     return selected
-
-
-def _record_failure(
-    engine: Engine, run_id: int, batch_id: str, error: str, clock: Callable[[], datetime]
-) -> BatchOutcome:
-    log.error("%s", error, extra={"batch": batch_id})
-    outcome = BatchOutcome(batch_id, runs.BATCH_FAILED, error=error)
-    try:
-        with engine.begin() as connection:
-            runs.record_outcome(connection, run_id, outcome, clock())
-    except OperationalError as exc:
-        raise unavailable(engine, exc) from None
-    return outcome
-
-
-def _finish(
-    engine: Engine,
-    result: RunResult,
-    status: str,
-    clock: Callable[[], datetime],
-    error: str | None = None,
-) -> None:
-    result.status, result.error, result.finished_at = status, error, clock()
-    try:
-        runs.finish_run(engine, result.run_id, status, result.finished_at, error)
-    except (OperationalError, DBAPIError) as exc:
-        # The database may be what failed; the run's own error is the one to report.
-        log.error("could not record the end of run %d: %s", result.run_id, unavailable(engine, exc))

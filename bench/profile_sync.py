@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -31,14 +32,17 @@ from pathlib import Path
 
 import click
 from run import (
+    BATCHSYNC,
     DEFAULT_POSTGRES_URL,
-    REPO_DIR,
     RESULTS_DIR,
     BenchError,
     Postgres,
     child_env,
+    code_under_test,
 )
 from serve_emulator import EmulatorProcess, Mode, Workload
+
+import batchsync
 
 PROFILE_DATABASE = "batchsync_bench_profile"
 _STACK = re.compile(r"^thread \((?P<tid>[^)]*)\): (?P<name>[^;]*);(?P<frames>.*) (?P<count>\d+)$")
@@ -264,9 +268,7 @@ def main(
                 "--format=raw",
                 f"--output={raw_path}",
                 "--",
-                sys.executable,
-                "-m",
-                "batchsync",
+                *BATCHSYNC,
                 "sync",
                 "--all",
                 "--migrate",
@@ -274,7 +276,10 @@ def main(
                 f"--concurrency={concurrency}",
             ]
             started = time.perf_counter()
-            done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+            with tempfile.TemporaryDirectory() as workdir:
+                done = subprocess.run(
+                    argv, env=env, cwd=workdir, capture_output=True, text=True, check=False
+                )
             wall = time.perf_counter() - started
     finally:
         postgres.drop(PROFILE_DATABASE)
@@ -282,9 +287,11 @@ def main(
         raise BenchError(f"py-spy / batchsync exited {done.returncode}:\n{done.stderr[-3000:]}")
     # py-spy prints its own lines after batchsync's JSON summary.
     summary, _ = json.JSONDecoder().raw_decode(done.stdout[done.stdout.index("{") :])
-    profile = Profile.read(raw_path, rate, SourceLines(REPO_DIR))
+    installed = Path(batchsync.__file__).resolve().parent.parent
+    profile = Profile.read(raw_path, rate, SourceLines(installed))
     click.echo(
-        f"batchsync sync --all --migrate --concurrency {concurrency}: {batches} x {calls:,} calls "
+        f"batchsync ({code_under_test()}) sync --all --migrate --concurrency {concurrency}: "
+        f"{batches} x {calls:,} calls "
         f"into PostgreSQL in {wall:.1f} s under py-spy ({summary['duration_seconds']:.1f} s "
         f"in run_sync); emulator: {emulator_mode}"
     )

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,6 @@ from batchsync.db import json_dumps
 from batchsync.payload import ParsedBatch, parse_batch
 
 BENCH_DIR = Path(__file__).resolve().parent
-REPO_DIR = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 DATABASE = "batchsync_bench"
 RSS_DATABASE = "batchsync_bench_rss"
@@ -70,6 +70,9 @@ DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_DLT_PYTHON = str(Path(tempfile.gettempdir(), "bench-dlt-venv", "bin", "python"))
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 MIB = 1024 * 1024
+# The CLI of the batchsync this Python imports. Run from a work directory, never from a
+# checkout, where `-m` would import the checkout's package instead of the installed one.
+BATCHSYNC = [sys.executable, "-m", "batchsync"]
 
 # The targets the figures are reported against (informational).
 TARGET_COPY_RATIO = 0.5  # PostgreSQL first load >= 0.5 x raw COPY (calls/s)
@@ -100,6 +103,7 @@ class Measurement:
     process_cpu_seconds: float | None = None  # user + system of the measured process
     emulator_cpu_seconds: float | None = None
     machine_cpu_seconds: float | None = None  # busy time summed over every core
+    others_cpu_seconds: float | None = None  # unrelated processes: see CpuUse
     details: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -307,10 +311,11 @@ def measure_sync(
     database_url: str,
     emulator: EmulatorProcess,
     concurrency: int,
+    workdir: Path,
     refresh: bool = False,
 ) -> Measurement:
     """Time ``batchsync sync --all --migrate --json`` end to end, as a user runs it."""
-    argv = [sys.executable, "-m", "batchsync", "sync", "--all", "--migrate", "--json"]
+    argv = [*BATCHSYNC, "sync", "--all", "--migrate", "--json"]
     argv += [f"--concurrency={concurrency}", *(["--refresh"] if refresh else [])]
     env = child_env(
         BLAND_BASE_URL=emulator.url,
@@ -319,7 +324,7 @@ def measure_sync(
     )
     click.echo(f"  {label} ...", err=True, nl=False)
     with cpu_use(emulator) as cpu:
-        child = run_child(argv, env)
+        child = run_child(argv, env, cwd=workdir)
     if child.returncode != 0:
         raise BenchError(f"{label}: batchsync exited {child.returncode}:\n{child.stderr[-3000:]}")
     summary = json.loads(child.stdout)
@@ -337,8 +342,8 @@ def measure_sync(
         process_cpu_seconds=round(child.cpu_seconds, 2),
         emulator_cpu_seconds=cpu.emulator_seconds,
         machine_cpu_seconds=cpu.machine_seconds,
+        others_cpu_seconds=cpu.others_seconds,
         details={
-            "others_cpu_seconds": cpu.others_seconds,
             "batches": summary["batches"],
             "tables": tables,
             "http": summary["http"],
@@ -582,7 +587,7 @@ def measure_limits(
             ),
         ]
     for m in found:
-        m.details["others_cpu_seconds"] = cpu.others_seconds
+        m.others_cpu_seconds = cpu.others_seconds
     click.echo(f" COPY {copy_all:.1f}s", err=True)
     return found
 
@@ -630,7 +635,8 @@ def measure_dlt(
         process_cpu_seconds=round(child.cpu_seconds, 2),
         emulator_cpu_seconds=cpu.emulator_seconds,
         machine_cpu_seconds=cpu.machine_seconds,
-        details={"others_cpu_seconds": cpu.others_seconds, **report},
+        others_cpu_seconds=cpu.others_seconds,
+        details=report,
     )
 
 
@@ -759,7 +765,8 @@ def render(meta: dict[str, Any], measurements: list[Measurement], found: list[Ch
     w = meta["workload"]
     lines = [
         "",
-        f"batchsync {meta['batchsync_version']} ({meta['git_commit']}) on {meta['machine']}",
+        f"batchsync {meta['batchsync_version']} ({meta['code']})",
+        f"machine: {meta['machine']}",
         f"PostgreSQL {meta['postgresql']}, SQLite {meta['sqlite']}, Python {meta['python']}"
         + (f", dlt {meta['dlt']}" if meta.get("dlt") else ""),
         f"workload: {w['batches']} batches x {w['calls']:,} calls = {w['total_calls']:,} calls, "
@@ -768,23 +775,33 @@ def render(meta: dict[str, Any], measurements: list[Measurement], found: list[Ch
         f"emulator: {meta['emulator_mode']} mode, a subprocess on 127.0.0.1 sharing the "
         f"machine's {meta['cpu_count']} cores with everything measured "
         f"(its CPU seconds are in the 'emu' column)",
-        f"CPU s used by unrelated processes during each timed step: {meta['others_cpu']} "
-        "(more than a few: other work competed for the cores)",
         "",
         f"{'':<46}{'wall s':>9}{'calls':>11}{'calls/s':>10}{'rows':>11}{'rows/s':>10}"
-        f"{'RSS MiB':>9}  {'CPU s: proc/emu/all cores':>25}",
+        f"{'RSS MiB':>9}  {'CPU s: proc/emu/others/all':>26}",
     ]
     for m in measurements:
         cpu = "/".join(
             _number(v, 1)
-            for v in (m.process_cpu_seconds, m.emulator_cpu_seconds, m.machine_cpu_seconds)
+            for v in (
+                m.process_cpu_seconds,
+                m.emulator_cpu_seconds,
+                m.others_cpu_seconds,
+                m.machine_cpu_seconds,
+            )
         )
         lines.append(
             f"{m.label:<46}{m.wall_seconds:>9.2f}{m.calls:>11,}{_number(m.calls_per_second):>10}"
             f"{m.rows:>11,}{_number(m.rows_per_second):>10}{_number(m.peak_rss_mib, 1):>9}"
-            f"  {cpu:>25}"
+            f"  {cpu:>26}"
         )
-    lines += ["", f"{'ratio':<66}{'value':>9}  {'target':<15}"]
+    lines += [
+        "",
+        "CPU s: the measured process / the emulator / unrelated processes (others' tests, say:",
+        "competition for the cores) / every process on the machine, PostgreSQL included.",
+        "Limits run inside the benchmark process: their CPU is not broken down.",
+        "",
+        f"{'ratio':<66}{'value':>9}  {'target':<15}",
+    ]
     for c in found:
         verdict = "" if c.passed is None else ("PASS" if c.passed else "MISS")
         value = f"{c.value:.1%}" if "(time)" in c.label else _number(c.value, 2)
@@ -792,23 +809,34 @@ def render(meta: dict[str, Any], measurements: list[Measurement], found: list[Ch
     return "\n".join(lines)
 
 
-def _git_commit() -> str:
+def code_under_test() -> str:
+    """Which batchsync runs: a checkout's commit ("+changes" when its package is edited),
+    or the directory a non-editable install was made from."""
+    try:
+        recorded = metadata.distribution("batchsync").read_text("direct_url.json")
+    except metadata.PackageNotFoundError:
+        recorded = None
+    origin = json.loads(recorded) if recorded else {}
+    url = str(origin.get("url", ""))
+    if not origin.get("dir_info", {}).get("editable"):
+        return f"installed from {url}" if url else f"installed at {batchsync.__file__}"
+    checkout = url.removeprefix("file://")
     try:
         head = subprocess.run(
-            ["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"],
+            ["git", "-C", checkout, "rev-parse", "--short", "HEAD"],
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO_DIR), "status", "--porcelain", "--", "batchsync"],
+        edited = subprocess.run(
+            ["git", "-C", checkout, "status", "--porcelain", "--", "batchsync", "migrations"],
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown commit"
-    return head + ("+changes" if dirty else "")
+        return f"editable checkout at {checkout}"
+    return f"checkout {checkout} at {head}" + ("+changes" if edited else "")
 
 
 # -- the command ----------------------------------------------------------------------------
@@ -927,6 +955,7 @@ def main(
                 database_url=url,
                 emulator=emu,
                 concurrency=concurrency,
+                workdir=workdir,
                 refresh=refresh,
             )
         )
@@ -1022,7 +1051,7 @@ def main(
     meta: dict[str, Any] = {
         "started_at": started_at.isoformat(),
         "batchsync_version": batchsync.__version__,
-        "git_commit": _git_commit(),
+        "code": code_under_test(),
         "machine": f"{platform.platform()}, {os.cpu_count()} cores, "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
         "cpu_count": os.cpu_count(),
@@ -1030,11 +1059,6 @@ def main(
         "postgresql": postgres.version(),
         "sqlite": sqlite3.sqlite_version,
         "dlt": by_key["dlt_first"].details.get("dlt_version") if "dlt_first" in by_key else None,
-        "others_cpu": " ".join(
-            f"{m.details['others_cpu_seconds']:.1f}"
-            for m in measured
-            if "others_cpu_seconds" in m.details
-        ),
         "concurrency": concurrency,
         "emulator_mode": emulator_mode,
         "emulator_prepare_seconds": emulator_prepare,

@@ -228,3 +228,54 @@ def test_emulator_refuses_a_non_loopback_host() -> None:
     """The emulator never listens beyond loopback."""
     result = run("emulator", "--host", "0.0.0.0")  # noqa: S104 - the refusal is the point
     assert result.exit_code == EXIT_USAGE
+
+
+def test_purge_deletes_a_batch_in_one_go_and_reports_it(
+    server: EmulatorServer, database_url: str, emulator: Emulator
+) -> None:
+    """`purge --batch` removes a batch and its rows, reporting per-table counts."""
+    env = api_env(server, database_url)
+    run("sync", "--all", "--migrate", env=env)
+    victim = emulator.batch_ids()[0]
+
+    preview = run("purge", "--batch", victim, "--dry-run", "--json", env=env)
+    done = run("purge", "--batch", victim, "--json", env=env)
+    again = run("purge", "--batch", victim, "--json", env=env)
+
+    assert json.loads(preview.output) == {**json.loads(done.output), "dry_run": True}
+    deleted = json.loads(done.output)["deleted"]
+    assert deleted["batches"] == 1
+    assert deleted["calls"] == 6
+    assert json.loads(again.output)["deleted"]["batches"] == 0
+
+
+def test_purge_before_a_date_and_without_arguments(
+    server: EmulatorServer, database_url: str
+) -> None:
+    """`purge --before` removes older batches; `purge` alone is a usage error."""
+    env = api_env(server, database_url)
+    run("sync", "--all", "--migrate", env=env)
+    assert run("purge", env=env).exit_code == EXIT_USAGE
+    result = run("purge", "--before", "2100-01-01", env=env)
+    assert result.exit_code == EXIT_OK
+    assert "deleted 3 batches" in result.output
+
+
+def test_dry_run_prints_changes_and_writes_nothing(
+    server: EmulatorServer, database_url: str
+) -> None:
+    """`sync --dry-run --json` reports would-be inserts and leaves no run behind."""
+    env = api_env(server, database_url)
+    run("db", "upgrade", env=env)
+    summary = json.loads(run("sync", "--all", "--dry-run", "--json", env=env).output)
+    assert summary["dry_run"] is True
+    assert summary["tables"]["calls"]["inserted"] == 18
+    assert "no runs yet" in run("runs", env=env).output
+
+
+def test_phone_hash_mode_needs_its_key(server: EmulatorServer, database_url: str) -> None:
+    """--phone-numbers hash without BATCHSYNC_PHONE_HASH_KEY is a configuration error."""
+    env = {**api_env(server, database_url), "BATCHSYNC_PHONE_HASH_KEY": ""}
+    result = run("sync", "--all", "--migrate", "--phone-numbers", "hash", env=env)
+    assert result.exit_code == EXIT_CONFIG
+    assert "BATCHSYNC_PHONE_HASH_KEY" in result.output

@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, text
 
 from batchsync.payload import ParsedBatch, parse_batch
-from batchsync.store import TableChanges, lock_batch, stored_content_hash, write_batch
+from batchsync.store import Fingerprint, TableChanges, lock_batch, stored_fingerprint, write_batch
+
+PRINT = Fingerprint("h", "calls,transcripts,analysis", "keep")
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -51,7 +53,7 @@ def payload(calls: int = 3, *, lines: int = 2) -> dict:  # type: ignore[type-arg
 def write(engine: Engine, parsed: ParsedBatch, run_id: int = 1, at: datetime = T0) -> dict:  # type: ignore[type-arg]
     with engine.begin() as connection:
         lock_batch(connection, "b1")
-        return write_batch(connection, parsed, run_id=run_id, synced_at=at, content_sha256="h")
+        return write_batch(connection, parsed, run_id=run_id, synced_at=at, fingerprint=PRINT)
 
 
 def parse(raw: dict) -> ParsedBatch:  # type: ignore[type-arg]
@@ -153,12 +155,12 @@ def test_json_none_is_sql_null(engine: Engine) -> None:
         )
 
 
-def test_content_hash_is_stored(engine: Engine) -> None:
-    """The hash given with a write is what stored_content_hash returns."""
+def test_fingerprint_is_stored(engine: Engine) -> None:
+    """The fingerprint given with a write is what stored_fingerprint returns."""
     write(engine, parse(payload()))
     with engine.connect() as connection:
-        assert stored_content_hash(connection, "b1") == "h"
-        assert stored_content_hash(connection, "other") is None
+        assert stored_fingerprint(connection, "b1") == PRINT
+        assert stored_fingerprint(connection, "other") is None
 
 
 def test_batch_with_no_calls_clears_its_calls(engine: Engine) -> None:

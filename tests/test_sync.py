@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 from typing import Any
 
 import pytest
@@ -13,10 +14,10 @@ from batchsync.client import BlandClient, Parts
 from batchsync.config import load_database
 from batchsync.db import create_db_engine, upgrade
 from batchsync.emulator import Emulator, Fault
-from batchsync.errors import AuthError
+from batchsync.errors import AuthError, Interrupted
 from batchsync.models import Base
 from batchsync.payload import parse_batch
-from batchsync.sync import SyncOptions, run_sync
+from batchsync.sync import Shard, SyncEvents, SyncOptions, run_sync
 
 DATA_TABLES = ["batches", "calls", "call_transcripts", "queue_status_counts", "errors"]
 BOOKKEEPING = {"synced_at", "sync_run_id"}
@@ -418,3 +419,88 @@ def test_copy_of_payload_is_untouched_by_parsing(emulator: Emulator) -> None:
     pristine = copy.deepcopy(raw)
     parse_batch(raw, batch_id=batch_id)
     assert raw == pristine
+
+
+def test_dry_run_reports_changes_and_writes_nothing(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """--dry-run counts what would change, exactly, and leaves every table untouched."""
+    dry = sync_all(engine, client, dry_run=True)
+
+    assert dry.run_id is None
+    assert _count(engine, "batches") == 0
+    assert _count(engine, "sync_runs") == 0
+    inserted = sum(o.changes["calls"].inserted for o in dry.outcomes)
+    real = sync_all(engine, client)
+    assert inserted == sum(o.changes["calls"].inserted for o in real.outcomes)
+    before = snapshot(engine)
+    emulator.revision = 1
+    changed = sync_all(engine, client, refresh=True, dry_run=True)
+    assert any(o.changes["calls"].total for o in changed.outcomes)
+    assert snapshot(engine) == before
+
+
+def test_label_filter_selects_batches(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """--label syncs only the batches with exactly that label."""
+    labels = {b: emulator.raw_batch(b)["batch_params"]["label"] for b in emulator.batch_ids()}
+    wanted = next(iter(labels.values()))
+    result = sync_all(engine, client, label=wanted)
+    assert {o.batch_id for o in result.outcomes} == {b for b, lb in labels.items() if lb == wanted}
+
+
+def test_interrupted_backfill_resumes_without_refetching_committed_batches(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """A backfill stopped halfway continues with the rest; committed batches are not refetched."""
+    stop = threading.Event()
+
+    class StopAfterTwo(SyncEvents):
+        done = 0
+
+        def batch_done(self, outcome: runs.BatchOutcome) -> None:
+            self.done += 1
+            if self.done == 2:
+                stop.set()
+
+    with pytest.raises(Interrupted):
+        run_sync(engine, client, SyncOptions(discover=True), events=StopAfterTwo(), stop=stop)
+    first_two = [b for b in emulator.batch_ids() if _count(engine, "batches", b)]
+    assert len(first_two) == 2
+    fetched_before = {b: emulator.request_count(f"/v1/batches/{b}") for b in emulator.batch_ids()}
+
+    result = sync_all(engine, client)
+
+    assert result.status == runs.SUCCEEDED
+    refetched = [
+        b for b in first_two if emulator.request_count(f"/v1/batches/{b}") > fetched_before[b]
+    ]
+    in_progress = {b for b in first_two if emulator.raw_batch(b).get("status") == "in-progress"}
+    assert set(refetched) <= in_progress
+    assert all(_count(engine, "batches", b) for b in emulator.batch_ids())
+    with engine.connect() as connection:
+        statuses = connection.execute(text("select status from sync_runs order by id")).scalars()
+        assert list(statuses) == ["interrupted", "succeeded"]
+
+
+def test_shards_split_the_batches_without_overlap(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """Shards 0/3, 1/3 and 2/3 together sync every batch exactly once."""
+    seen: list[str] = []
+    for index in range(3):
+        result = sync_all(engine, client, shard=Shard(index, 3))
+        seen += [o.batch_id for o in result.outcomes]
+    assert sorted(seen) == sorted(emulator.batch_ids())
+
+
+def test_concurrent_fetching_gives_the_same_rows(
+    engine: Engine, client: BlandClient, emulator: Emulator, tmp_path: Any
+) -> None:
+    """Fetching 4 batches at once stores exactly what fetching one at a time does."""
+    sync_all(engine, client, concurrency=4)
+    serial = create_db_engine(load_database(f"sqlite:///{tmp_path / 'serial.db'}"))
+    upgrade(serial)
+    sync_all(serial, client, concurrency=1)
+    assert snapshot(engine, bookkeeping=False) == snapshot(serial, bookkeeping=False)

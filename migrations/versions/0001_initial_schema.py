@@ -106,6 +106,12 @@ def upgrade() -> None:
             comment="Parts of the batch the last write included: calls, transcripts, analysis.",
         ),
         sa.Column(
+            "phone_numbers",
+            sa.Text(),
+            nullable=True,
+            comment="How phone numbers were stored by the last write: keep, hash:<key id>, drop.",
+        ),
+        sa.Column(
             "synced_at",
             sa.DateTime(timezone=True),
             nullable=False,
