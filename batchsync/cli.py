@@ -244,6 +244,19 @@ def db_current(database_url: str | None) -> None:
         sys.exit(EXIT_DATABASE)
 
 
+@db.command("docs")
+def db_docs() -> None:
+    """Print the schema, every table, view and column described, as Markdown.
+
+    \b
+    Example:
+      batchsync db docs > docs/schema.md
+    """
+    from batchsync.schema_docs import render_schema_markdown
+
+    click.echo(render_schema_markdown(), nl=False)
+
+
 # -- sync -------------------------------------------------------------------------------------
 
 

@@ -14,6 +14,8 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Column,
+    Date,
     DateTime,
     Dialect,
     Float,
@@ -21,6 +23,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Table,
     Text,
     TypeDecorator,
 )
@@ -307,3 +310,79 @@ class SyncRunBatch(Base):
         JsonColumn, comment="Rows inserted, updated and deleted per table (JSON)."
     )
     finished_at: Mapped[datetime] = mapped_column(comment="When the batch's outcome was recorded.")
+
+
+# -- views ------------------------------------------------------------------------------------
+# The analyst views are created by migrations (0002); they are described here, outside the
+# tables' metadata, so the schema documentation covers them and a test can check that the
+# database's views have exactly these columns.
+
+VIEWS = MetaData()
+
+_COUNT_COMMENTS = {
+    "calls": "Calls stored.",
+    "completed_calls": "Calls that completed.",
+    "answered_human": "Calls answered by a person (answered_by = 'human').",
+    "answered_voicemail": "Calls answered by voicemail.",
+    "no_answer": "Calls not answered (answered_by = 'no-answer').",
+    "answered_unknown": "Calls whose answerer is unknown or was not detected (NULL).",
+    "failed_calls": "Calls with an error message.",
+    "completion_rate": "completed_calls / calls (0 to 1); NULL without calls.",
+    "total_minutes": "Sum of call lengths, in minutes.",
+    "average_minutes": "Average call length, in minutes; NULL without calls.",
+}
+
+
+def _outcome_columns() -> list[Column[Any]]:
+    types: dict[str, Any] = {"completion_rate": Float, "total_minutes": Float}
+    types["average_minutes"] = Float
+    return [
+        Column(name, types.get(name, Integer), comment=comment)
+        for name, comment in _COUNT_COMMENTS.items()
+    ]
+
+
+Table(
+    "batch_outcomes",
+    VIEWS,
+    Column("batch_id", Text, comment="The batch."),
+    Column("label", Text, comment="The batch's label."),
+    Column("campaign_id", Text, comment="The batch's campaign."),
+    Column("status", Text, comment="The batch's status."),
+    Column("created_at", UTCDateTime(), comment="When the batch was created (UTC)."),
+    *_outcome_columns(),
+    Column("error_messages", Integer, comment="Rows of the batch in errors."),
+    comment="One row per batch: how its calls went (answered by whom, completion, minutes).",
+)
+
+Table(
+    "daily_call_outcomes",
+    VIEWS,
+    Column("day", Date, comment="Day the calls were created (UTC)."),
+    *_outcome_columns(),
+    comment="One row per day (UTC, by call created_at): how that day's calls went.",
+)
+
+Table(
+    "calls_with_batch",
+    VIEWS,
+    Column("call_id", Text, comment="The call."),
+    Column("batch_id", Text, comment="Its batch."),
+    Column("batch_label", Text, comment="The batch's label."),
+    Column("campaign_id", Text, comment="The batch's campaign."),
+    Column("batch_status", Text, comment="The batch's status."),
+    Column("batch_created_at", UTCDateTime(), comment="When the batch was created (UTC)."),
+    Column("created_at", UTCDateTime(), comment="When the call was created (UTC)."),
+    Column("to_number", Text, comment="Phone number called."),
+    Column("from_number", Text, comment="Phone number called from."),
+    Column("completed", Boolean, comment="Whether the call completed."),
+    Column("call_length", Float, comment="Duration in minutes."),
+    Column("answered_by", Text, comment="human, voicemail, unknown, no-answer, or NULL."),
+    Column("status", Text, comment="The call's status."),
+    Column("queue_status", Text, comment="The call's queue status."),
+    Column("error_message", Text, comment="Why the call failed, if it did."),
+    Column("corrected_duration", Integer, comment="Duration in whole seconds."),
+    Column("end_at", UTCDateTime(), comment="When the call ended (UTC)."),
+    Column("endpoint_url", Text, comment="Endpoint the call was made through."),
+    comment="Every call with its batch's label, campaign and status: the usual join, ready.",
+)

@@ -9,10 +9,12 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 
+from batchsync.client import BlandClient
 from batchsync.db import current_revision, downgrade, head_revision, upgrade
-from batchsync.models import Base
+from batchsync.models import VIEWS, Base
+from batchsync.sync import SyncOptions, run_sync
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,3 +77,40 @@ def test_alembic_command_line_upgrades_from_the_repository_root(database_url: st
         [str(alembic), "current"], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert head_revision() in current.stdout
+
+
+def test_views_have_exactly_the_documented_columns(engine: Engine) -> None:
+    """Each analyst view exists with the columns (and, on PostgreSQL, comments) documented."""
+    inspector = inspect(engine)
+    assert set(VIEWS.tables) <= set(inspector.get_view_names())
+    for name, view in VIEWS.tables.items():
+        columns = inspector.get_columns(name)
+        assert [c["name"] for c in columns] == [c.name for c in view.columns], name
+        if engine.dialect.name == "postgresql":
+            assert inspector.get_table_comment(name)["text"] == view.comment
+            for column in columns:
+                assert column["comment"] == view.columns[column["name"]].comment
+
+
+def test_views_answer_on_synced_data(engine: Engine, client: BlandClient) -> None:
+    """The views agree with the tables on a synced database."""
+    run_sync(engine, client, SyncOptions(discover=True))
+    with engine.connect() as connection:
+        calls = connection.execute(text("select count(*) from calls")).scalar_one()
+        per_batch = connection.execute(text("select sum(calls) from batch_outcomes")).scalar_one()
+        per_day = connection.execute(
+            text("select sum(calls) from daily_call_outcomes")
+        ).scalar_one()
+        joined = connection.execute(text("select count(*) from calls_with_batch")).scalar_one()
+        humans = connection.execute(
+            text("select count(*) from calls where answered_by = 'human'")
+        ).scalar_one()
+        human_sum = connection.execute(
+            text("select sum(answered_human) from batch_outcomes")
+        ).scalar_one()
+        rate = connection.execute(
+            text("select min(completion_rate), max(completion_rate) from batch_outcomes")
+        ).one()
+    assert calls == per_batch == per_day == joined
+    assert humans == human_sum
+    assert 0 <= rate[0] <= rate[1] <= 1

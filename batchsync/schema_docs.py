@@ -1,0 +1,74 @@
+"""Render the schema, tables and views with every column described, as Markdown.
+
+``docs/schema.md`` is this module's output (``batchsync db docs > docs/schema.md``); a test
+fails when the file and the models disagree.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.type_api import TypeEngine
+
+from batchsync.models import VIEWS, Base
+
+_PG = postgresql.dialect()  # type: ignore[no-untyped-call]
+_SQLITE = sqlite.dialect()
+
+_INTRO = """# The batchsync schema
+
+Generated from `batchsync/models.py` by `batchsync db docs`; do not edit by hand.
+The same descriptions are stored as comments in PostgreSQL (`\\d+ calls` in psql).
+
+Timestamps are UTC: `timestamptz` on PostgreSQL, ISO text (`YYYY-MM-DD HH:MM:SS.ffffff`) on
+SQLite. JSON columns are `jsonb` on PostgreSQL and JSON text on SQLite. Every data table
+carries `synced_at` and `sync_run_id`: when the row's current values were written and by which
+run (see `sync_runs`); an unchanged row keeps them across re-syncs.
+"""
+
+
+def render_schema_markdown() -> str:
+    """The whole schema as Markdown: each table and view, its columns, types and meaning."""
+    parts = [_INTRO, "## Tables\n"]
+    parts += [_render(table, view=False) for table in Base.metadata.sorted_tables]
+    parts.append("## Views\n")
+    parts += [_render(view, view=True) for view in VIEWS.tables.values()]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _render(table: Table, *, view: bool) -> str:
+    lines = [f"### `{table.name}`{' (view)' if view else ''}", "", table.comment or "", ""]
+    if not view:
+        keys = ", ".join(f"`{c.name}`" for c in table.primary_key.columns)
+        lines += [f"Primary key: {keys}.", ""]
+        for fk in sorted(table.foreign_keys, key=lambda fk: fk.parent.name):
+            lines.append(
+                f"`{fk.parent.name}` references `{fk.column.table.name}.{fk.column.name}` "
+                "(deleting the parent deletes these rows)."
+            )
+        if table.foreign_keys:
+            lines.append("")
+        indexed = sorted(", ".join(c.name for c in ix.columns) for ix in table.indexes)
+        if indexed:
+            lines += ["Indexed: " + "; ".join(f"`{cols}`" for cols in indexed) + ".", ""]
+    lines += ["| column | PostgreSQL | SQLite | null | meaning |", "|---|---|---|---|---|"]
+    for column in table.columns:
+        lines.append(
+            f"| `{column.name}` | {_type(column.type, _PG)} | {_type(column.type, _SQLITE)} "
+            f"| {_nullable(column, view)} | {_escape(column.comment or '')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _type(column_type: TypeEngine[object], dialect: object) -> str:
+    return column_type.compile(dialect=dialect).lower()  # type: ignore[arg-type]
+
+
+def _nullable(column: Column[object], view: bool) -> str:
+    if view:
+        return ""
+    return "yes" if column.nullable and not column.primary_key else "no"
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|")
