@@ -216,9 +216,9 @@ def _is_dead(connection: Connection, run_id: int, host: str | None, pid: int | N
     if host != socket.gethostname() or pid is None:
         return False  # another machine's process: nothing here can tell
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return True
     except PermissionError:
-        return False
-    return pid == os.getpid()  # our own pid from an earlier, dead process of a reused id
+        return False  # it exists, under another user
+    return False

@@ -1,0 +1,75 @@
+"""Settings: validation, defaults, and secrets that never show themselves."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchsync.config import (
+    DEFAULT_DATABASE_URL,
+    Secret,
+    load_api,
+    load_database,
+    redact,
+    redact_url,
+    register_secret,
+)
+from batchsync.errors import ConfigError
+
+
+def test_database_defaults_to_a_local_sqlite_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a URL anywhere, the database is sqlite:///batchsync.db."""
+    monkeypatch.delenv("BATCHSYNC_DATABASE_URL", raising=False)
+    assert load_database(None).url.render_as_string() == DEFAULT_DATABASE_URL
+
+
+def test_plain_postgresql_url_uses_psycopg_3() -> None:
+    """postgresql:// URLs are driven by psycopg 3, the driver batchsync ships with."""
+    assert load_database("postgresql://u@h/db").url.drivername == "postgresql+psycopg"
+
+
+@pytest.mark.parametrize("url", ["not a url", "mysql://root@localhost/x", "oracle://a@b/c"])
+def test_bad_or_unsupported_database_urls_are_config_errors(url: str) -> None:
+    """A URL that is not one, or for another database, is refused clearly."""
+    with pytest.raises(ConfigError):
+        load_database(url)
+
+
+def test_database_settings_never_show_the_password() -> None:
+    """repr and display_url of database settings hide the password."""
+    settings = load_database("postgresql+psycopg://user:hunter22@db/prod")
+    assert "hunter22" not in repr(settings)
+    assert "hunter22" not in settings.display_url
+    assert "***" in settings.display_url
+
+
+def test_api_key_is_a_secret_that_hides_itself() -> None:
+    """The key survives for the request header but not in repr, str or settings repr."""
+    api = load_api("https://api.bland.ai", "sk-abcdef-123456")
+    assert api.api_key is not None
+    assert api.api_key.reveal() == "sk-abcdef-123456"
+    assert "sk-abcdef" not in repr(api)
+    assert "sk-abcdef" not in str(api.api_key)
+
+
+def test_base_url_must_be_http() -> None:
+    """A base URL without http(s) is refused."""
+    with pytest.raises(ConfigError, match="BLAND_BASE_URL"):
+        load_api("ftp://example", "k")
+
+
+def test_redact_strips_every_registered_secret() -> None:
+    """Registered secrets are replaced by *** in any text."""
+    register_secret("topsecret-1")
+    register_secret("x")  # too short to be a secret: never replaced
+    assert redact("a topsecret-1 b x") == "a *** b x"
+
+
+def test_redact_url_of_garbage_does_not_echo_it() -> None:
+    """An unparseable URL is not echoed back (it may hold a password)."""
+    assert redact_url("::::hunter22") == "<unparseable database URL>"
+
+
+def test_secrets_compare_by_value() -> None:
+    """Two secrets with the same value are equal."""
+    assert Secret("a1b2c3") == Secret("a1b2c3")
+    assert Secret("a1b2c3") != Secret("zzzzzz")
