@@ -329,7 +329,8 @@ def _parse_call(item: Mapping[str, Any], batch_id: str) -> CallRecord:
     if raw_id is None or raw_id == "":
         raise _Invalid("call_id", "missing (neither call_id nor c_id)")
     call_id = _text(raw_id, "call_id") or ""
-    extra = {k: v for k, v in item.items() if k not in _CALL_KEYS}
+    unknown = item.keys() - _CALL_KEYS
+    extra = {k: item[k] for k in unknown} if unknown else None
     queue_status = _text(get("queue_status"), "queue_status")
     if queue_status is not None:
         queue_status = _QUEUE_STATUS_ALIASES.get(queue_status, queue_status)
@@ -350,7 +351,7 @@ def _parse_call(item: Mapping[str, Any], batch_id: str) -> CallRecord:
         _text(get("endpoint_url"), "endpoint_url"),
         _number(get("max_duration"), "max_duration"),
         get("request_data"),
-        extra or None,
+        extra,
     )
 
 

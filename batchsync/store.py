@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
+import psycopg
 from sqlalchemy import Column, Connection, Table, and_, delete, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -275,6 +276,18 @@ def _copy_type(column: Column[Any], dialect: Any) -> str:
 
 
 class _PostgresRowWriter(_RowWriter):
+    """COPY into a staging table, then one upsert and one delete per table.
+
+    A table that holds no row of the batch yet (a first load) takes the rows by COPY
+    straight into the table instead, under a savepoint: twice as fast, and if a key
+    exists under another batch after all, the savepoint is rolled back and the rows go
+    the staged way.
+    """
+
+    def __init__(self, connection: Connection, *, run_id: int, synced_at: datetime) -> None:
+        super().__init__(connection, run_id=run_id, synced_at=synced_at)
+        self._direct: set[str] = set()
+
     @staticmethod
     def _stage_name(child: _ChildTable) -> str:
         return f"batchsync_stage_{child.name}"
@@ -282,6 +295,16 @@ class _PostgresRowWriter(_RowWriter):
     def upsert(
         self, child: _ChildTable, records: Sequence[tuple[Any, ...]], batch_id: str
     ) -> TableChanges:
+        if records and not self._has_rows(child, batch_id):
+            savepoint = self.connection.begin_nested()
+            try:
+                self._copy(child.name, child, records)
+            except psycopg.errors.UniqueViolation:
+                savepoint.rollback()
+            else:
+                savepoint.commit()
+                self._direct.add(child.name)
+                return TableChanges(inserted=len(records))
         stage = self._stage_name(child)
         names = [c.name for c in child.columns]
         cols = ", ".join(names)
@@ -291,17 +314,7 @@ class _PostgresRowWriter(_RowWriter):
             f" AS SELECT {cols} FROM {child.name} WITH NO DATA"
         )
         self.connection.exec_driver_sql(f"TRUNCATE {stage}")
-        driver = self.connection.connection.driver_connection
-        assert driver is not None
-        types = [_copy_type(c, self.connection.dialect) for c in child.columns]
-        stamp = self.stamp
-        with (
-            driver.cursor() as cursor,
-            cursor.copy(f"COPY {stage} ({cols}) FROM STDIN (FORMAT BINARY)") as copy,
-        ):
-            copy.set_types(types)
-            for record in records:
-                copy.write_row(record + stamp)
+        self._copy(stage, child, records)
 
         keys = ", ".join(child.keys)
         updates = ", ".join(f"{n} = EXCLUDED.{n}" for n in names if n not in child.keys)
@@ -318,10 +331,35 @@ class _PostgresRowWriter(_RowWriter):
         ).one()
         return TableChanges(inserted=inserted, updated=updated)
 
+    def _has_rows(self, child: _ChildTable, batch_id: str) -> bool:
+        return (
+            self.connection.exec_driver_sql(
+                f"SELECT 1 FROM {child.name} WHERE batch_id = %(batch_id)s LIMIT 1",
+                {"batch_id": batch_id},
+            ).first()
+            is not None
+        )
+
+    def _copy(self, target: str, child: _ChildTable, records: Sequence[tuple[Any, ...]]) -> None:
+        """Stream ``records`` (stamped) into ``target`` with binary COPY."""
+        driver = self.connection.connection.driver_connection
+        assert driver is not None
+        cols = ", ".join(c.name for c in child.columns)
+        stamp = self.stamp
+        with (
+            driver.cursor() as cursor,
+            cursor.copy(f"COPY {target} ({cols}) FROM STDIN (FORMAT BINARY)") as copy,
+        ):
+            copy.set_types([_copy_type(c, self.connection.dialect) for c in child.columns])
+            for record in records:
+                copy.write_row(record + stamp)
+
     def delete_missing(
         self, child: _ChildTable, batch_id: str, *, present: _ChildTable | None = None
     ) -> int:
         present = present or child
+        if present.name in self._direct:
+            return 0  # the batch had no rows there before this write: nothing can be missing
         match = " AND ".join(f"s.{k} = t.{k}" for k in present.keys)
         result = self.connection.exec_driver_sql(
             f"DELETE FROM {child.name} AS t WHERE t.batch_id = %(batch_id)s"
@@ -348,6 +386,8 @@ class _SqliteRowWriter(_RowWriter):
         if not records:
             return TableChanges()
         existing = self._keys_of(child, batch_id)
+        # Keys new to this batch may still be stored under another batch (a call that moved).
+        new_keys = self._absent(child, wanted - existing)
         names = [c.name for c in child.columns]
         updates = ", ".join(f"{n} = excluded.{n}" for n in names if n not in child.keys)
         differs = " OR ".join(f"{n} IS NOT excluded.{n}" for n in child.compared)
@@ -357,8 +397,25 @@ class _SqliteRowWriter(_RowWriter):
             self._rows(child, records),
         )
         # sqlite3 counts inserted rows and the rows an upsert really updated, nothing else.
-        inserted = len(wanted - existing)
+        inserted = len(new_keys)
         return TableChanges(inserted=inserted, updated=max(self._cursor.rowcount, 0) - inserted)
+
+    def _absent(self, child: _ChildTable, keys: set[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
+        """Those of ``keys`` that no row of the table has, under any batch."""
+        absent = set(keys)
+        ordered = list(keys)
+        width = len(child.keys)
+        columns = ", ".join(child.keys)
+        step = 900 // width  # stay under SQLite's limit on bound parameters
+        for start in range(0, len(ordered), step):
+            chunk = ordered[start : start + step]
+            values = ", ".join(["(" + ", ".join("?" * width) + ")"] * len(chunk))
+            self._cursor.execute(
+                f"SELECT {columns} FROM {child.name} WHERE ({columns}) IN (VALUES {values})",
+                [value for key in chunk for value in key],
+            )
+            absent.difference_update(self._cursor.fetchall())
+        return absent
 
     def delete_missing(
         self, child: _ChildTable, batch_id: str, *, present: _ChildTable | None = None

@@ -171,3 +171,18 @@ def test_batch_with_no_calls_clears_its_calls(engine: Engine) -> None:
     changes = write(engine, parse(raw), run_id=2)
     assert changes["calls"].deleted == 3
     assert changes["call_transcripts"].deleted == 6
+
+
+def test_call_moving_to_a_new_batch_is_upserted_not_duplicated(engine: Engine) -> None:
+    """A new batch carrying a call stored under another batch takes it over (no key clash)."""
+    write(engine, parse(payload()))
+    raw = payload(calls=2)
+    raw["batch_params"]["id"] = "b2"
+    with engine.begin() as connection:
+        changes = write_batch(
+            connection, parse_batch(raw, batch_id="b2"), run_id=2, synced_at=T0, fingerprint=PRINT
+        )
+    assert changes["calls"] == TableChanges(updated=2)
+    with engine.connect() as connection:
+        owners = dict(connection.execute(text("select call_id, batch_id from calls")).all())
+    assert owners == {"c0": "b2", "c1": "b2", "c2": "b1"}

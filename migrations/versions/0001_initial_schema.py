@@ -371,7 +371,12 @@ def upgrade() -> None:
 
     op.create_table(
         "call_transcripts",
-        sa.Column("call_id", sa.Text(), nullable=False, comment="The call the line belongs to."),
+        sa.Column(
+            "call_id",
+            sa.Text(),
+            nullable=False,
+            comment="The call the line belongs to (kept consistent by batchsync's writes; not a database foreign key, which would halve the load rate of transcripts).",
+        ),
         sa.Column(
             "line_id", sa.BigInteger(), nullable=False, comment="The transcript line's id in Bland."
         ),
@@ -405,12 +410,6 @@ def upgrade() -> None:
             RUN_ID,
             nullable=False,
             comment="The sync_runs.id of the run that wrote this row.",
-        ),
-        sa.ForeignKeyConstraint(
-            ["call_id"],
-            ["calls.call_id"],
-            name=op.f("fk_call_transcripts_call_id_calls"),
-            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("call_id", "line_id", name=op.f("pk_call_transcripts")),
         comment="One row per transcript line of a call, when transcripts were fetched.",
