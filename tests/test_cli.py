@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from batchsync.cli import (
+    EXIT_API,
     EXIT_CONFIG,
     EXIT_DATABASE,
     EXIT_OK,
@@ -20,7 +21,7 @@ from batchsync.cli import (
     EXIT_USAGE,
     cli,
 )
-from batchsync.emulator import Emulator, EmulatorServer
+from batchsync.emulator import Emulator, EmulatorServer, Fault
 
 KEY = "sk-test-5f2c9e0b7a"
 
@@ -279,3 +280,66 @@ def test_phone_hash_mode_needs_its_key(server: EmulatorServer, database_url: str
     result = run("sync", "--all", "--migrate", "--phone-numbers", "hash", env=env)
     assert result.exit_code == EXIT_CONFIG
     assert "BATCHSYNC_PHONE_HASH_KEY" in result.output
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        (Fault("truncated"), "not valid JSON"),
+        (Fault("invalid_json"), "not valid JSON"),
+        (Fault("wrong_shape"), "batch_params"),
+        (Fault("not_found"), "not found"),
+        (Fault("server_error", times=-1, status=503), "gave up after 2 attempts"),
+        (Fault("rate_limit", times=-1, retry_after="0"), "rate limited"),
+        (Fault("slow", times=-1, delay=2.0), "timed out"),
+    ],
+    ids=lambda value: value.kind if isinstance(value, Fault) else "",
+)
+def test_a_faulty_batch_fails_alone_with_exit_1(
+    server: EmulatorServer, database_url: str, emulator: Emulator, fault: Fault, message: str
+) -> None:
+    """Each terminal fault on one batch: exit 1, the reason named, nothing of it stored."""
+    victim = emulator.batch_ids()[1]
+    emulator.inject(victim, fault)
+    env = api_env(server, database_url)
+    result = run(
+        "sync", "--all", "--migrate", "--retries", "2", "--max-retry-wait", "0",
+        "--timeout", "0.5", "--json", env=env,
+    )  # fmt: skip
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    summary = json.loads(result.stdout)
+    assert [f["batch_id"] for f in summary["failed"]] == [victim]
+    assert message in summary["failed"][0]["error"]
+    assert victim in summary["failed"][0]["error"]
+    assert summary["batches"]["synced"] == 2
+    shown = run("runs", "show", str(summary["run_id"]), "--json", env=env)
+    recorded = {b["batch_id"]: b for b in json.loads(shown.output)["batches"]}
+    assert recorded[victim]["status"] == "failed"
+    assert message in recorded[victim]["error"]
+
+
+def test_failing_discovery_exits_5(
+    server: EmulatorServer, database_url: str, emulator: Emulator
+) -> None:
+    """When the batch list cannot be fetched, the run fails with exit 5 and says why."""
+    emulator.inject(Emulator.LIST_TARGET, Fault("server_error", times=-1, status=502))
+    env = api_env(server, database_url)
+    result = run("sync", "--all", "--migrate", "--retries", "2", "--max-retry-wait", "0", env=env)
+    assert result.exit_code == EXIT_API
+    assert "the batch list" in result.output
+    assert "502" in result.output
+
+
+def test_retried_faults_succeed_with_exit_0(
+    server: EmulatorServer, database_url: str, emulator: Emulator
+) -> None:
+    """A few 429s and 5xx answers are retried; the run succeeds and counts the retries."""
+    first, second = emulator.batch_ids()[:2]
+    emulator.inject(first, Fault("rate_limit", times=2, retry_after="0"))
+    emulator.inject(second, Fault("server_error", times=1, status=500))
+    env = api_env(server, database_url)
+    result = run("sync", "--all", "--migrate", "--max-retry-wait", "0", "--json", env=env)
+    assert result.exit_code == EXIT_OK, result.output
+    summary = json.loads(result.stdout)
+    assert summary["http"]["retries"] == 3
+    assert summary["batches"]["synced"] == 3
