@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, NoReturn, Protocol, TypeVar, cast
 
 import httpx
 import orjson
@@ -38,11 +38,18 @@ from batchsync.errors import (
     PayloadError,
     TransientApiError,
 )
-from batchsync.payload import BatchSummary, ParsedBatch, parse_batch, parse_batch_list
+from batchsync.payload import (
+    BatchSummary,
+    ParsedBatch,
+    parse_batch,
+    parse_batch_list,
+    parse_batch_stream,
+)
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -141,6 +148,9 @@ class BlandClient:
     sleep: Callable[[float], None] = time.sleep
     max_requests_per_second: float | None = None
     max_connections: int = 10
+    # Bodies up to this size are decoded whole with orjson (fastest); larger ones, or of
+    # unknown length, are parsed as they stream in (bounded memory).
+    stream_threshold: int = 32 * 1024 * 1024
     stats: ClientStats = field(default_factory=ClientStats)
 
     def __post_init__(self) -> None:
@@ -189,18 +199,45 @@ class BlandClient:
             }
             if campaign_id:
                 params["campaign_id"] = campaign_id
-            response = self._get("/v1/batches", params, what="the batch list")
-            page = parse_batch_list(_json(response, batch_id=None))
+            page = self._get(
+                "/v1/batches",
+                params,
+                what="the batch list",
+                consume=lambda response: parse_batch_list(_json(self._read(response), None)),
+            )
             yield from page
             if len(page) < self.page_size:
                 return
             start += self.page_size
 
     def fetch_batch(self, batch_id: str, parts: Parts) -> FetchedBatch:
-        """One batch with the requested parts, parsed; raises ApiError or PayloadError."""
+        """One batch with the requested parts, parsed; raises ApiError or PayloadError.
+
+        A body larger than ``stream_threshold`` bytes (or of unknown length) is parsed as
+        it arrives, call by call, so memory follows the records, not the body.
+        """
         if not batch_id or "/" in batch_id:
             raise PayloadError("not a valid batch id", batch_id=repr(batch_id))
-        response = self._get(
+        transcripts = parts.calls and parts.transcripts
+
+        def consume(response: httpx.Response) -> FetchedBatch:
+            digest = hashlib.sha256(parts.tag.encode())
+            length = response.headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) <= self.stream_threshold:
+                body = self._read(response, digest)
+                raw = _json(body, batch_id)
+                size = len(body)
+                del body  # the decoded JSON is what the parser needs; free the bytes
+                parsed = parse_batch(raw, batch_id=batch_id, transcripts_requested=transcripts)
+            else:
+                counted = _Counted(self._chunks(response, digest))
+                parsed = parse_batch_stream(
+                    counted, batch_id=batch_id, transcripts_requested=transcripts
+                )
+                size = counted.size
+            return FetchedBatch(parsed, digest.hexdigest(), size)
+
+        return self._get(
             f"/v1/batches/{batch_id}",
             {
                 "include_calls": _flag(parts.calls),
@@ -208,16 +245,29 @@ class BlandClient:
                 "include_analysis": _flag(parts.analysis),
             },
             what=f"batch {batch_id}",
+            consume=consume,
         )
-        raw = _json(response, batch_id=batch_id)
-        parsed = parse_batch(
-            raw, batch_id=batch_id, transcripts_requested=parts.calls and parts.transcripts
-        )
-        digest = hashlib.sha256(parts.tag.encode())
-        digest.update(response.content)
-        return FetchedBatch(parsed, digest.hexdigest(), len(response.content))
 
-    def _get(self, path: str, params: dict[str, Any], *, what: str) -> httpx.Response:
+    def _chunks(self, response: httpx.Response, digest: Any = None) -> Iterator[bytes]:
+        for chunk in response.iter_bytes():
+            self.stats.add(bytes_received=len(chunk))
+            if digest is not None:
+                digest.update(chunk)
+            yield chunk
+
+    def _read(self, response: httpx.Response, digest: Any = None) -> bytes:
+        return b"".join(self._chunks(response, digest))
+
+    def _get(
+        self,
+        path: str,
+        params: dict[str, Any],
+        *,
+        what: str,
+        consume: Callable[[httpx.Response], T],
+    ) -> T:
+        """GET ``path`` and hand the streamed response to ``consume``, retrying what is
+        transient (a connection lost while the body streams in too)."""
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.retry.attempts),
             wait=self._wait,
@@ -227,7 +277,7 @@ class BlandClient:
             reraise=True,
         )
         try:
-            return retrying(self._get_once, path, params, what)
+            return cast(T, retrying(self._get_once, path, params, what, consume))
         except TransientApiError as exc:
             if self.retry.attempts > 1:
                 raise TransientApiError(
@@ -236,12 +286,22 @@ class BlandClient:
                 ) from None
             raise
 
-    def _get_once(self, path: str, params: dict[str, Any], what: str) -> httpx.Response:
+    def _get_once(
+        self,
+        path: str,
+        params: dict[str, Any],
+        what: str,
+        consume: Callable[[httpx.Response], T],
+    ) -> T:
         if self._limiter is not None:
             self._limiter.acquire()
         self.stats.add(requests=1)
         try:
-            response = self._http.get(path, params=params)
+            with self._http.stream("GET", path, params=params) as response:
+                if response.status_code >= 300:
+                    response.read()
+                    self._raise_for_status(response, what)
+                return consume(response)
         except httpx.TimeoutException as exc:
             raise TransientApiError(
                 f"{what}: timed out ({type(exc).__name__}) at {self.settings.base_url}"
@@ -250,10 +310,9 @@ class BlandClient:
             raise TransientApiError(
                 f"{what}: cannot reach {self.settings.base_url} ({type(exc).__name__}: {exc})"
             ) from None
-        self.stats.add(bytes_received=len(response.content))
+
+    def _raise_for_status(self, response: httpx.Response, what: str) -> NoReturn:
         status = response.status_code
-        if status < 300:
-            return response
         message = _error_message(response)
         if status in (401, 403):
             raise AuthError(
@@ -299,16 +358,28 @@ def _flag(value: bool) -> str:
     return "true" if value else "false"
 
 
-def _json(response: httpx.Response, *, batch_id: str | None) -> Any:
+def _json(body: bytes, batch_id: str | None) -> Any:
     try:
-        return orjson.loads(response.content)
+        return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        kind = response.headers.get("content-type", "unknown content type")
         raise PayloadError(
-            f"the response is not valid JSON ({kind}, {len(response.content)} bytes: {exc})",
+            f"the response is not valid JSON ({len(body)} bytes: {exc})",
             batch_id=batch_id,
             field="(body)",
         ) from None
+
+
+class _Counted:
+    """Chunks passed through, their total size counted."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self.size = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            self.size += len(chunk)
+            yield chunk
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -13,9 +13,11 @@ the database driver without another copy.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
+
+import ijson
 
 from batchsync.errors import PayloadError
 
@@ -156,6 +158,121 @@ def parse_batch(raw: Any, *, batch_id: str, transcripts_requested: bool = True) 
         raise PayloadError(
             f"expected a JSON object, got {_type_name(raw)}", batch_id=batch_id, field="(body)"
         )
+    if not isinstance(raw.get("batch_params"), Mapping):
+        _assemble(raw, None, batch_id)  # raises the error about batch_params first
+    raw_calls = raw.get("call_data")
+    calls = None
+    if raw_calls is not None:
+        if not isinstance(raw_calls, list):
+            raise _payload_error(
+                _Invalid("call_data", f"expected a list, got {_type_name(raw_calls)}"), batch_id
+            )
+        calls = _Calls(batch_id, transcripts_requested)
+        for index, item in enumerate(raw_calls):
+            calls.add(index, item)
+    return _assemble(raw, calls, batch_id)
+
+
+def parse_batch_stream(
+    chunks: Iterable[bytes], *, batch_id: str, transcripts_requested: bool = True
+) -> ParsedBatch:
+    """Parse a ``GET /v1/batches/{id}`` body as it arrives, one call at a time.
+
+    Gives what :func:`parse_batch` gives for the decoded body, but never holds the whole
+    decoded body: memory stays near the size of the records, whatever the batch's size.
+    """
+    events = ijson.basic_parse(_ChunkReader(chunks), use_float=True)
+    top: dict[str, Any] = {}
+    calls: _Calls | None = None
+    try:
+        event, value = next(events, (None, None))
+        if event != "start_map":
+            found = {"start_array": "a list", None: "nothing"}.get(event, _type_name(value))
+            raise PayloadError(
+                f"expected a JSON object, got {found}", batch_id=batch_id, field="(body)"
+            )
+        for event, key in events:
+            if event == "end_map":
+                break
+            event, value = next(events)
+            if key != "call_data" or event != "start_array":
+                top[key] = _build(events, event, value)  # call_data null or of the wrong shape
+                continue
+            calls = _Calls(batch_id, transcripts_requested)
+            for index, (event, value) in enumerate(events):
+                if event == "end_array":
+                    break
+                calls.add(index, _build(events, event, value))
+    except ijson.JSONError as exc:
+        raise PayloadError(
+            f"the response is not valid JSON ({exc})", batch_id=batch_id, field="(body)"
+        ) from None
+    if top.get("call_data") is not None:
+        raw_calls = top["call_data"]
+        raise _payload_error(
+            _Invalid("call_data", f"expected a list, got {_type_name(raw_calls)}"), batch_id
+        )
+    return _assemble(top, calls, batch_id)
+
+
+class _ChunkReader:
+    """A file-like ``read`` over an iterable of byte chunks, for ijson."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._chunk = memoryview(b"")
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._chunk:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return b""
+            self._chunk = memoryview(chunk)
+        if size < 0:
+            size = len(self._chunk)
+        data, self._chunk = self._chunk[:size], self._chunk[size:]
+        return bytes(data)
+
+
+def _build(events: Iterator[tuple[str, Any]], event: str, value: Any) -> Any:
+    """Build the one JSON value whose first event is (``event``, ``value``) from ``events``."""
+    if event == "start_map":
+        root: Any = {}
+    elif event == "start_array":
+        root = []
+    else:
+        return value
+    containers: list[Any] = [root]
+    keys: list[Any] = [None]
+    for event, value in events:
+        if event == "map_key":
+            keys[-1] = value
+            continue
+        if event == "end_map" or event == "end_array":
+            containers.pop()
+            keys.pop()
+            if not containers:
+                return root
+            continue
+        if event == "start_map":
+            new: Any = {}
+        elif event == "start_array":
+            new = []
+        else:
+            new = value
+        parent = containers[-1]
+        if type(parent) is list:
+            parent.append(new)
+        else:
+            parent[keys[-1]] = new
+        if event == "start_map" or event == "start_array":
+            containers.append(new)
+            keys.append(None)
+    raise ijson.IncompleteJSONError("the body ended inside a value")
+
+
+def _assemble(raw: Mapping[str, Any], calls: _Calls | None, batch_id: str) -> ParsedBatch:
+    """The batch's records from its top-level fields and its (already parsed) calls."""
     try:
         params = _object(raw.get("batch_params"), "batch_params")
         found_id = params.get("id") or params.get("batch_id")
@@ -171,15 +288,11 @@ def parse_batch(raw: Any, *, batch_id: str, transcripts_requested: bool = True) 
             extra_analysis = {k: v for k, v in raw_analysis.items() if k not in _ANALYSIS_KEYS}
             if extra_analysis:
                 batch = batch._replace(extra={**(batch.extra or {}), "analysis": extra_analysis})
-        raw_calls = raw.get("call_data")
-        if raw_calls is not None and not isinstance(raw_calls, list):
-            raise _Invalid("call_data", f"expected a list, got {_type_name(raw_calls)}")
     except _Invalid as exc:
         raise _payload_error(exc, batch_id) from None
-    calls = transcripts = None
-    if raw_calls is not None:
-        calls, transcripts = _parse_calls(raw_calls, batch_id, transcripts_requested)
-    return ParsedBatch(batch, analysis, queue_counts, errors, calls, transcripts)
+    if calls is None:
+        return ParsedBatch(batch, analysis, queue_counts, errors, None, None)
+    return ParsedBatch(batch, analysis, queue_counts, errors, *calls.result())
 
 
 def parse_batch_list(raw: Any) -> list[BatchSummary]:
@@ -290,24 +403,29 @@ def _parse_analysis(
     return analysis, queue_counts, errors
 
 
-def _parse_calls(
-    raw_calls: list[Any], batch_id: str, transcripts_requested: bool
-) -> tuple[list[CallRecord], list[TranscriptLineRecord] | None]:
-    calls: dict[str, CallRecord] = {}
-    # A repeated call id is the same call sent twice: the later copy wins, lines included.
-    lines: dict[str, dict[int, TranscriptLineRecord]] = {}
-    for index, item in enumerate(raw_calls):
+class _Calls:
+    """Calls and their transcript lines, parsed one raw call at a time."""
+
+    def __init__(self, batch_id: str, transcripts_requested: bool) -> None:
+        self.batch_id = batch_id
+        self.transcripts_requested = transcripts_requested
+        self.calls: dict[str, CallRecord] = {}
+        # A repeated call id is the same call sent twice: the later copy wins, lines included.
+        self.lines: dict[str, dict[int, TranscriptLineRecord]] = {}
+
+    def add(self, index: int, item: Any) -> None:
+        batch_id = self.batch_id
         try:
             if not isinstance(item, Mapping):
                 raise _Invalid("", f"expected an object, got {_type_name(item)}")
             call = _parse_call(item, batch_id)
-            calls[call.call_id] = call
-            if not transcripts_requested:
-                continue
+            self.calls[call.call_id] = call
+            if not self.transcripts_requested:
+                return
             raw_lines = item.get("transcripts")
             if raw_lines is not None and not isinstance(raw_lines, list):
                 raise _Invalid("transcripts", f"expected a list, got {_type_name(raw_lines)}")
-            call_lines = lines[call.call_id] = {}
+            call_lines = self.lines[call.call_id] = {}
             for line_index, raw_line in enumerate(raw_lines or ()):
                 try:
                     line = _parse_transcript_line(raw_line, call.call_id, batch_id)
@@ -316,9 +434,12 @@ def _parse_calls(
                 call_lines[line.line_id] = line
         except _Invalid as exc:
             raise _payload_error(exc, batch_id, f"call_data[{index}]") from None
-    if not transcripts_requested:
-        return list(calls.values()), None
-    return list(calls.values()), [line for by_id in lines.values() for line in by_id.values()]
+
+    def result(self) -> tuple[list[CallRecord], list[TranscriptLineRecord] | None]:
+        calls = list(self.calls.values())
+        if not self.transcripts_requested:
+            return calls, None
+        return calls, [line for by_id in self.lines.values() for line in by_id.values()]
 
 
 def _parse_call(item: Mapping[str, Any], batch_id: str) -> CallRecord:

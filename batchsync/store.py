@@ -15,7 +15,7 @@ temporary staging table, then applies one ``INSERT ... SELECT ... ON CONFLICT DO
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -439,25 +439,25 @@ class _SqliteRowWriter(_RowWriter):
 
     def _rows(
         self, child: _ChildTable, records: Sequence[tuple[Any, ...]]
-    ) -> list[tuple[Any, ...]]:
-        """Records as driver rows: timestamps and JSON as the text SQLAlchemy reads back."""
+    ) -> Iterator[tuple[Any, ...]]:
+        """Records as driver rows, one at a time: timestamps and JSON as the text SQLAlchemy
+        reads back (a generator, so a batch's rows never exist twice in memory)."""
         stamp = (_sqlite_timestamp(self.stamp[0]), self.stamp[1])
         converters = [
             (index, _sqlite_timestamp if _is_datetime(column) else json_dumps)
             for index, column in enumerate(child.columns[: -len(stamp)])
             if _is_datetime(column) or isinstance(column.type, JSON)
         ]
-        if not converters:
-            return [record + stamp for record in records]
-        rows = []
         for record in records:
+            if not converters:
+                yield record + stamp
+                continue
             row = list(record)
             for index, convert in converters:
                 value = row[index]
                 if value is not None:
                     row[index] = convert(value)
-            rows.append((*row, *stamp))
-        return rows
+            yield (*row, *stamp)
 
 
 def _is_datetime(column: Column[Any]) -> bool:

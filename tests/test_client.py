@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -261,3 +262,53 @@ def test_stats_count_requests_from_many_threads(emulator: Emulator, sleeps: list
     for thread in threads:
         thread.join()
     assert client.stats.requests == len(ids) * 5
+
+
+def test_large_bodies_are_parsed_as_they_stream(emulator: Emulator, sleeps: list[float]) -> None:
+    """Above the stream threshold the batch is parsed call by call, to the same result."""
+    batch_id = emulator.batch_ids()[0]
+    whole = make_client(emulator.transport(), sleeps).fetch_batch(batch_id, Parts())
+    streamed = make_client(emulator.transport(), sleeps, stream_threshold=0).fetch_batch(
+        batch_id, Parts()
+    )
+    assert streamed == whole
+
+
+def test_streamed_truncated_body_is_a_payload_error(
+    emulator: Emulator, sleeps: list[float]
+) -> None:
+    """A truncated body fails the batch when streamed too."""
+    batch_id = emulator.batch_ids()[0]
+    emulator.inject(batch_id, Fault("truncated"))
+    client = make_client(emulator.transport(), sleeps, stream_threshold=0)
+    with pytest.raises(PayloadError, match="not valid JSON"):
+        client.fetch_batch(batch_id, Parts())
+
+
+def test_connection_lost_while_the_body_streams_is_retried(sleeps: list[float]) -> None:
+    """A connection that drops in the middle of a body is transient: fetched again."""
+    emulator = Emulator(seed=4, batches=1, calls_per_batch=30)
+    drops = [1]
+
+    class Dropping(httpx.SyncByteStream):
+        def __init__(self, body: bytes) -> None:
+            self.body = body
+
+        def __iter__(self) -> Iterator[bytes]:
+            yield self.body[:100]
+            raise httpx.RemoteProtocolError("peer closed connection mid-body")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        response = emulator.handle(request)
+        if drops and request.url.path != "/v1/batches":
+            drops.pop()
+            return httpx.Response(200, stream=Dropping(response.content))
+        return response
+
+    for threshold in (0, 1 << 30):
+        drops[:] = [1]
+        client = make_client(httpx.MockTransport(handler), sleeps, stream_threshold=threshold)
+        fetched = client.fetch_batch(emulator.batch_ids()[0], Parts())
+        assert fetched.parsed.calls is not None
+        assert len(fetched.parsed.calls) == 30
+        assert client.stats.retries == 1

@@ -6,6 +6,7 @@ import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
@@ -20,6 +21,7 @@ from batchsync.payload import (
     TranscriptLineRecord,
     parse_batch,
     parse_batch_list,
+    parse_batch_stream,
 )
 
 BATCH = "b1"
@@ -1200,3 +1202,49 @@ def test_null_batch_params_id_falls_back_to_batch_id() -> None:
     raw["batch_params"]["batch_id"] = "someone-else"
     with pytest.raises(PayloadError, match=r"batch_params\.id"):
         parse(raw)
+
+
+# -- streaming: the same records, call by call ---------------------------------------------
+
+
+def _chunks(body: bytes, size: int) -> list[bytes]:
+    return [body[i : i + size] for i in range(0, len(body), size)]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 1 << 20])
+def test_streamed_parse_equals_whole_parse_on_emulated_batches(chunk: int) -> None:
+    """Parsing a body as it streams gives exactly the records of parsing it whole."""
+    from batchsync.emulator import Emulator
+
+    emulator = Emulator(seed=5, batches=3, calls_per_batch=15)
+    for batch_id in emulator.batch_ids():
+        body = orjson.dumps(emulator.raw_batch(batch_id))
+        whole = parse_batch(orjson.loads(body), batch_id=batch_id)
+        streamed = parse_batch_stream(_chunks(body, chunk if chunk > 1 else 97), batch_id=batch_id)
+        assert streamed == whole
+
+
+@settings(max_examples=150, deadline=None)
+@given(payload=json_values)
+def test_streamed_parse_agrees_with_whole_parse_on_any_json(payload: Any) -> None:
+    """On any JSON body, streaming parses to the same records or fails with PayloadError too."""
+    body = orjson.dumps(payload)
+    try:
+        whole: ParsedBatch | None = parse_batch(orjson.loads(body), batch_id=BATCH)
+    except PayloadError:
+        whole = None
+    try:
+        streamed: ParsedBatch | None = parse_batch_stream(_chunks(body, 5), batch_id=BATCH)
+    except PayloadError:
+        streamed = None
+    assert streamed == whole
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"[1, 2]", b'{"batch_params": {"id": "b1"}, "call_data": [{"call_id": "c1"}', b"<html>"],
+)
+def test_streamed_parse_rejects_bad_bodies_with_payload_errors(body: bytes) -> None:
+    """Empty, cut or non-JSON bodies fail with PayloadError naming the batch."""
+    with pytest.raises(PayloadError, match=BATCH):
+        parse_batch_stream([body], batch_id=BATCH)
