@@ -22,6 +22,8 @@ import pytest
 from batchsync import cli as cli_module
 from batchsync.cli import cli
 from batchsync.config import ENV_PHONE_HASH_KEY
+from batchsync.errors import ConfigError
+from batchsync.sync import Shard
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 # docs/schema.md is generated from the models and checked by test_schema_docs.py.
@@ -36,8 +38,9 @@ PYTHON_LANGUAGES = {"python", "py"}
 SAMPLES = {
     "month": "2025-01",
     "CUTOFF": "2025-01-01",
-    "LOG_DIR": "/var/log/batchsync",
     "JOB_COMPLETION_INDEX": "0",
+    "index": "0",
+    "shards": "4",
 }
 SAMPLE_DATE = "2025-01-01"  # what `$(date ...)` prints
 # Words that may precede the program on a shell command line.
@@ -58,6 +61,7 @@ class Block:
 class Command:
     where: str
     argv: tuple[str, ...]
+    error: str | None = None  # why the block's commands could not be extracted
 
 
 def code_blocks(page: Path) -> list[Block]:
@@ -95,14 +99,15 @@ def split_commands(line: str) -> list[str]:
             quote = None if char == quote else quote
         elif char in "'\"":
             quote = char
-        elif char in "|;&":
+        elif char in "|;&" and not (char == "&" and line[index - 1 : index] in ("<", ">")):
             commands.append(current)
             current, cut = "", False
             continue
-        elif char in "<>" or (char == "#" and (index == 0 or line[index - 1].isspace())):
-            if char in "<>":
-                # `2>>file`: the digits name a file descriptor, not an argument.
-                current = re.sub(r"(^|\s)\d+$", r"\1", current)
+        elif char == "#" and (index == 0 or line[index - 1].isspace()):
+            break  # a comment runs to the end of the line, `;` and quotes included
+        elif char in "<>":
+            # `2>>file`: the digits name a file descriptor, not an argument.
+            current = re.sub(r"(^|\s)\d+$", r"\1", current)
             cut = True
         if not cut:
             current += char
@@ -110,17 +115,17 @@ def split_commands(line: str) -> list[str]:
     return [c.strip() for c in commands if c.strip()]
 
 
-def expand_variables(token: str, where: str) -> str:
+def expand_variables(token: str) -> str:
     def sample(match: re.Match[str]) -> str:
         name = match.group(1) or match.group(2)
         if name not in SAMPLES:
-            pytest.fail(f"{where}: no sample value for ${name}: add one to SAMPLES")
+            raise ValueError(f"no sample value for ${name}: add one to SAMPLES")
         return SAMPLES[name]
 
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", sample, token)
 
 
-def shell_commands(source: str, where: str, *, crontab: bool = False) -> list[tuple[str, ...]]:
+def shell_commands(source: str, *, crontab: bool = False) -> list[tuple[str, ...]]:
     joined = replace_substitutions(re.sub(r"\\\n", " ", source))
     found = []
     for line in joined.splitlines():
@@ -134,7 +139,7 @@ def shell_commands(source: str, where: str, *, crontab: bool = False) -> list[tu
             while words and (words[0] in SHELL_PREFIXES or ASSIGNMENT.match(words[0])):
                 words.pop(0)
             if words and os.path.basename(words[0]) == "batchsync":
-                args = [expand_variables(w, where) for w in words[1:] if w not in ("$@", "$*")]
+                args = [expand_variables(w) for w in words[1:] if w not in ("$@", "$*")]
                 found.append(tuple(args))
     return found
 
@@ -145,7 +150,9 @@ def render(node: ast.expr) -> str | None:
         return str(node.value)
     if isinstance(node, ast.JoinedStr):
         return "".join(render(part) or "" for part in node.values)
-    if isinstance(node, ast.FormattedValue | ast.Name | ast.Attribute | ast.Subscript):
+    if isinstance(node, ast.FormattedValue):
+        return render(node.value)
+    if isinstance(node, ast.Name | ast.Attribute | ast.Subscript):
         return SAMPLES.get(ast.unparse(node), "0")
     return None  # *args and the like: not part of the literal command
 
@@ -195,9 +202,8 @@ def yaml_commands(source: str) -> list[tuple[str, ...]]:
 
 
 def commands_in(block: Block) -> list[tuple[str, ...]]:
-    where = f"{block.page}:{block.line}"
     if block.language in SHELL_LANGUAGES:
-        return shell_commands(block.source, where, crontab=block.language == "crontab")
+        return shell_commands(block.source, crontab=block.language == "crontab")
     if block.language in PYTHON_LANGUAGES:
         return python_commands(block.source)
     if block.language in YAML_LANGUAGES:
@@ -208,8 +214,13 @@ def commands_in(block: Block) -> list[tuple[str, ...]]:
 def all_commands() -> list[Command]:
     commands = []
     for block in BLOCKS:
-        for argv in commands_in(block):
-            commands.append(Command(f"{block.page}:{block.line}", argv))
+        where = f"{block.page}:{block.line}"
+        try:
+            found = commands_in(block)
+        except (ValueError, SyntaxError) as exc:  # JSON and YAML errors are ValueErrors too
+            commands.append(Command(where, (), error=f"{type(exc).__name__}: {exc}"))
+            continue
+        commands.extend(Command(where, argv) for argv in found)
     return commands
 
 
@@ -228,7 +239,8 @@ def parse(argv: list[str]) -> click.Context:
                 return context
             raise click.UsageError("missing command", context)
         name, command, args = command.resolve_command(context, rest)
-        assert command is not None and name is not None
+        assert command is not None
+        assert name is not None
         context = click.Context(command, info_name=name, parent=context)
 
 
@@ -246,10 +258,16 @@ COMMANDS = all_commands()
 @pytest.mark.parametrize("command", COMMANDS, ids=[c.where for c in COMMANDS])
 def test_documented_command_parses(command: Command) -> None:
     """Every batchsync command in the docs' code blocks parses with the real options."""
+    if command.error:
+        pytest.fail(f"{command.where}: cannot read the block's commands: {command.error}")
+    line = f"batchsync {shlex.join(command.argv)}"
     try:
-        parse(list(command.argv))
-    except click.ClickException as exc:
-        pytest.fail(f"{command.where}: batchsync {shlex.join(command.argv)}: {exc.format_message()}")
+        context = parse(list(command.argv))
+        if context.params.get("shard"):
+            Shard.parse(context.params["shard"])  # K/N is checked when the command runs
+    except (click.ClickException, ConfigError) as exc:
+        message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+        pytest.fail(f"{command.where}: {line}: {message}")
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
@@ -267,6 +285,8 @@ def test_parser_rejects_a_renamed_option() -> None:
         parse(["runs", "list"])
     with pytest.raises(click.BadParameter):
         parse(["sync", "--all", "--since", "January"])
+    with pytest.raises(ConfigError):
+        Shard.parse(parse(["sync", "--all", "--shard", "4/4"]).params["shard"])
 
 
 def test_extraction_handles_shell_syntax() -> None:
@@ -277,11 +297,11 @@ def test_extraction_handles_shell_syntax() -> None:
         'rc=$?; exec 9>"$LOCK"; batchsync runs show 3 >"$LOG_DIR/x" 2>&1  # note\n'
         "*/5 * * * * batchsync db current\n"
     )
-    assert shell_commands(source, "here") == [
+    assert shell_commands(source) == [
         ("--log-format", "json", "sync", "--all", "--since", SAMPLE_DATE, "--json"),
         ("runs", "show", "3"),
     ]
-    assert shell_commands(source, "here", crontab=True)[-1] == ("db", "current")
+    assert shell_commands(source, crontab=True)[-1] == ("db", "current")
 
 
 def exit_code_rows() -> dict[str, int]:
