@@ -8,6 +8,7 @@ Exit codes (stable; orchestrators may rely on them):
     3   configuration or authentication error (missing or rejected API key, bad URL)
     4   the database is unreachable, or its schema is missing or behind
     5   the Bland API could not be used for the run as a whole (listing batches failed)
+    70  internal error (a bug): the message says what; -v shows the traceback
     130 interrupted (SIGINT/SIGTERM); the batch in hand was rolled back or committed whole
 """
 
@@ -21,7 +22,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn, TypeVar
@@ -59,8 +60,8 @@ from batchsync.errors import (
     PayloadError,
 )
 from batchsync.models import Base
-from batchsync.privacy import PhoneMode, load_phone_policy
-from batchsync.store import purge_batches
+from batchsync.privacy import PhoneMode, PhonePolicy, load_phone_policy
+from batchsync.store import purge_batches, stored_phone_policies
 from batchsync.sync import RunResult, Shard, SyncEvents, SyncOptions, run_sync
 
 EXIT_OK = 0
@@ -69,6 +70,7 @@ EXIT_USAGE = 2
 EXIT_CONFIG = 3
 EXIT_DATABASE = 4
 EXIT_API = 5
+EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 
 log = logging.getLogger("batchsync.cli")
@@ -87,9 +89,22 @@ def _exit_code(exc: BatchsyncError) -> int:
     return EXIT_PARTIAL
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"batchsync: error: {redact(message)}", err=True)
+def _fail(ctx: click.Context, message: str, code: int) -> NoReturn:
+    """End with one error line on stderr (a JSON log line with --log-format json) and,
+    for a command run with --json, a JSON summary on stdout, so both streams stay parseable."""
+    message = redact(message)
+    if _root_params(ctx).get("log_format") == "json":
+        log.error("%s", message, extra={"exit_code": code})
+    else:
+        click.echo(f"batchsync: error: {message}", err=True)
+    if ctx.meta.get("json_summary"):
+        status = "interrupted" if code == EXIT_INTERRUPTED else "failed"
+        click.echo(orjson.dumps({"status": status, "error": message, "exit_code": code}).decode())
     sys.exit(code)
+
+
+def _root_params(ctx: click.Context) -> dict[str, Any]:
+    return {**ctx.find_root().params, **ctx.meta.get("logging", {})}
 
 
 class _Terminated(KeyboardInterrupt):
@@ -136,20 +151,20 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except BatchsyncError as exc:
-            _fail(str(exc), _exit_code(exc))
+            _fail(ctx, str(exc), _exit_code(exc))
         except KeyboardInterrupt:
-            click.echo("batchsync: interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            _fail(ctx, "interrupted", EXIT_INTERRUPTED)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except Exception as exc:
-            verbose = ctx.find_root().params.get("verbose", 0)
+            verbose = _root_params(ctx).get("verbose", 0)
             if verbose:
                 click.echo(redact(traceback.format_exc()), err=True)
             _fail(
-                f"unexpected {type(exc).__name__}: {exc}"
+                ctx,
+                f"internal error, {type(exc).__name__}: {exc}"
                 + ("" if verbose else " (run with -v for the traceback)"),
-                EXIT_PARTIAL,
+                EXIT_INTERNAL,
             )
 
 
@@ -179,10 +194,38 @@ def cli(verbose: int, quiet: bool, log_format: str) -> None:
       batchsync sync --all                 sync every batch (incremental)
 
     Exit codes: 0 ok, 1 some batches failed, 2 usage, 3 configuration or API key,
-    4 database unreachable or schema behind, 5 API unusable, 130 interrupted.
+    4 database unreachable or schema behind, 5 API unusable, 70 internal error,
+    130 interrupted. -v, -q and --log-format work after the command too.
     """
+    _configure_logging(verbose, quiet, log_format)
+
+
+def _configure_logging(verbose: int, quiet: bool, log_format: str) -> None:
     level = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(verbose, 5)
     logs.configure(level, log_format)
+
+
+def _relog(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """-v/-q/--log-format given after a command: they win over those before it."""
+    source = ctx.get_parameter_source(param.name or "")
+    if source in (None, click.core.ParameterSource.DEFAULT):
+        return
+    root = ctx.find_root()
+    overrides = root.meta.setdefault("logging", {})
+    overrides[param.name] = value
+    merged = {**root.params, **overrides}
+    _configure_logging(merged["verbose"], merged["quiet"], merged["log_format"])
+
+
+def _logging_params() -> list[click.Parameter]:
+    return [
+        click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=_relog,
+                     help="More logging (-vv: every HTTP request)."),
+        click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=_relog,
+                     help="Only errors on stderr."),
+        click.Option(["--log-format"], type=click.Choice(["text", "json"]), expose_value=False,
+                     callback=_relog, help="Log lines on stderr as text or as JSON objects."),
+    ]  # fmt: skip
 
 
 # -- db ---------------------------------------------------------------------------------------
@@ -282,6 +325,8 @@ def _api_options(function: F) -> F:
                 type=click.FloatRange(min=0.1),
                 default=30.0,
                 show_default=True,
+                envvar="BATCHSYNC_TIMEOUT",
+                show_envvar=True,
                 help="Seconds to wait for one response.",
             ),
             click.option(
@@ -289,6 +334,8 @@ def _api_options(function: F) -> F:
                 type=click.IntRange(min=1),
                 default=5,
                 show_default=True,
+                envvar="BATCHSYNC_RETRIES",
+                show_envvar=True,
                 help="Attempts per request on 429, 5xx, timeouts and connection errors.",
             ),
             click.option(
@@ -296,6 +343,8 @@ def _api_options(function: F) -> F:
                 type=click.FloatRange(min=0),
                 default=60.0,
                 show_default=True,
+                envvar="BATCHSYNC_MAX_RETRY_WAIT",
+                show_envvar=True,
                 help="Cap in seconds on one wait between attempts (Retry-After included).",
             ),
         ]
@@ -323,7 +372,9 @@ def _parse_day(
     "--transcripts/--no-transcripts",
     default=True,
     show_default=True,
-    help="Fetch and store call transcripts.",
+    envvar="BATCHSYNC_TRANSCRIPTS",
+    show_envvar=True,
+    help="Fetch and store call transcripts (stored ones stay; `purge` removes them).",
 )
 @click.option(
     "--analysis/--no-analysis",
@@ -365,6 +416,8 @@ def _parse_day(
 @click.option(
     "--max-requests-per-second",
     type=click.FloatRange(min=0, min_open=True),
+    envvar="BATCHSYNC_MAX_REQUESTS_PER_SECOND",
+    show_envvar=True,
     help="Cap on the request rate to the API [default: no cap]",
 )
 @click.option(
@@ -375,7 +428,8 @@ def _parse_day(
     envvar="BATCHSYNC_PHONE_NUMBERS",
     show_envvar=True,
     help="Store phone numbers as they are, as a keyed hash (HMAC with "
-    "BATCHSYNC_PHONE_HASH_KEY), or not at all.",
+    "BATCHSYNC_PHONE_HASH_KEY), or not at all. A run left at the default refuses to store "
+    "numbers in clear over batches stored hashed or dropped.",
 )
 @click.option(
     "--dry-run",
@@ -423,6 +477,8 @@ def sync(
       batchsync sync --all --since 2025-01-01
       batchsync sync --all --no-transcripts --json | jq .status
     """
+    ctx = click.get_current_context()
+    ctx.meta["json_summary"] = as_json
     if discover == bool(batch_ids):
         raise click.UsageError("name one or more BATCH_IDs, or pass --all (not both)")
     if not discover and (campaign_id or label or since or until):
@@ -432,6 +488,9 @@ def sync(
     api = load_api(base_url, api_key, timeout)
     settings, engine = _open_database(database_url)
     _ensure_schema(engine, migrate)
+    phones = load_phone_policy(phone_numbers)
+    if ctx.get_parameter_source("phone_numbers") == click.core.ParameterSource.DEFAULT:
+        _refuse_clear_numbers_over_protected(engine, phones)
     options = SyncOptions(
         batch_ids=batch_ids,
         discover=discover,
@@ -443,7 +502,7 @@ def sync(
         label=label,
         shard=Shard.parse(shard) if shard else None,
         concurrency=concurrency,
-        phones=load_phone_policy(phone_numbers),
+        phones=phones,
         dry_run=dry_run,
     )
     retry = RetryPolicy(attempts=retries, max_wait=max_retry_wait)
@@ -455,6 +514,20 @@ def sync(
     ) as client:
         result = _run(engine, client, options, as_json=as_json, database=settings.display_url)
     sys.exit(EXIT_PARTIAL if result.failed else EXIT_OK)
+
+
+def _refuse_clear_numbers_over_protected(engine: Engine, phones: PhonePolicy) -> None:
+    """Stop a run that, only by leaving --phone-numbers unset, would un-hash stored numbers."""
+    if phones.mode is not PhoneMode.KEEP:
+        return
+    protected = stored_phone_policies(engine) - {PhoneMode.KEEP.value}
+    if protected:
+        modes = ", ".join(sorted(tag.partition(":")[0] for tag in protected))
+        raise ConfigError(
+            f"batches in this database were stored with --phone-numbers {modes}; this run "
+            "would store their numbers in clear. Set --phone-numbers (or "
+            "BATCHSYNC_PHONE_NUMBERS) to hash or drop, or to keep to mean it"
+        )
 
 
 def _ensure_schema(engine: Engine, migrate: bool) -> None:
@@ -472,7 +545,7 @@ def _run(
     elapsed = time.monotonic() - started
     summary = _summary(result, elapsed, client, database)
     if as_json:
-        click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+        click.echo(orjson.dumps(summary).decode())
     else:
         _print_summary(summary)
     return result
@@ -614,15 +687,18 @@ def runs_(ctx: click.Context, limit: int, as_json: bool, database_url: str | Non
 @runs_.command("show")
 @click.argument("run_id", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@database_url_option
 @click.pass_obj
-def runs_show(database_url: str | None, run_id: int, as_json: bool) -> None:
+def runs_show(
+    parent_database_url: str | None, run_id: int, as_json: bool, database_url: str | None
+) -> None:
     """Show one run: its options, outcome, and each batch's result.
 
     \b
     Example:
       batchsync runs show 12
     """
-    _, engine = _open_database(database_url)
+    _, engine = _open_database(database_url or parent_database_url)
     check_schema(engine)
     found = runs.get_run(engine, run_id)
     if found is None:
@@ -655,12 +731,19 @@ def runs_show(database_url: str | None, run_id: int, as_json: bool) -> None:
     callback=_parse_day,
     help="Delete every batch created before this UTC date.",
 )
+@click.option(
+    "--older-than",
+    type=click.IntRange(min=1),
+    metavar="DAYS",
+    help="Delete every batch created more than DAYS days ago (for retention jobs).",
+)
 @click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @database_url_option
 def purge(
     batch_ids: tuple[str, ...],
     before: datetime | None,
+    older_than: int | None,
     dry_run: bool,
     as_json: bool,
     database_url: str | None,
@@ -674,9 +757,16 @@ def purge(
     Examples:
       batchsync purge --batch 6f1b8c2e-...
       batchsync purge --before 2025-01-01 --dry-run
+      batchsync purge --older-than 90
+
+    Batches without a creation time are never matched by a date.
     """
+    if before is not None and older_than is not None:
+        raise click.UsageError("give --before or --older-than, not both")
+    if older_than is not None:
+        before = datetime.now(UTC) - timedelta(days=older_than)
     if not batch_ids and before is None:
-        raise click.UsageError("name batches with --batch ID, or give --before DATE")
+        raise click.UsageError("name batches with --batch ID, or give --before / --older-than")
     _, engine = _open_database(database_url)
     check_schema(engine)
     with engine.connect() as connection, connection.begin() as transaction:
@@ -810,6 +900,19 @@ def demo(database: Path, seed: int, batches: int, calls: int) -> None:
         "'select answered_by, count(*) from calls group by 1'"
     )
     sys.exit(EXIT_PARTIAL if result.failed else EXIT_OK)
+
+
+def _leaf_commands(group: click.Group) -> Iterator[click.Command]:
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            yield command
+            yield from _leaf_commands(command)
+        else:
+            yield command
+
+
+for _command in _leaf_commands(cli):
+    _command.params.extend(_logging_params())
 
 
 def main() -> None:

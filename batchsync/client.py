@@ -172,6 +172,7 @@ class BlandClient:
             ),
             transport=self.transport,
         )
+        self._closed = False
         self._limiter = (
             RateLimiter(self.max_requests_per_second, self.sleep)
             if self.max_requests_per_second
@@ -179,7 +180,13 @@ class BlandClient:
         )
 
     def close(self) -> None:
+        """Close the connections; requests still in flight fail without being retried."""
+        self._closed = True
         self._http.close()
+
+    def _should_retry(self, state: tenacity.RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome else None
+        return isinstance(exc, TransientApiError) and not self._closed
 
     def __enter__(self) -> BlandClient:
         return self
@@ -271,7 +278,7 @@ class BlandClient:
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.retry.attempts),
             wait=self._wait,
-            retry=tenacity.retry_if_exception_type(TransientApiError),
+            retry=self._should_retry,
             before_sleep=lambda state: self._log_retry(state, what),
             sleep=self.sleep,
             reraise=True,

@@ -75,6 +75,9 @@ def env(name: str) -> str | None:
 def load_database(url: str | None) -> DatabaseSettings:
     """Validate a SQLAlchemy database URL (default: a SQLite file in the working directory)."""
     text = url or env(ENV_DATABASE_URL) or DEFAULT_DATABASE_URL
+    if text.startswith("postgres://"):
+        # The spelling Heroku, Airflow and others hand out; SQLAlchemy knows it as postgresql.
+        text = "postgresql://" + text.removeprefix("postgres://")
     try:
         parsed = make_url(text)
     except ArgumentError:
@@ -90,7 +93,7 @@ def load_database(url: str | None) -> DatabaseSettings:
         )
     if parsed.password:
         register_secret(str(parsed.password))
-    if backend == "postgresql" and parsed.drivername in ("postgresql", "postgres"):
+    if backend == "postgresql" and parsed.drivername == "postgresql":
         # Plain postgresql:// would pick psycopg2, which is not a dependency.
         parsed = parsed.set(drivername="postgresql+psycopg")
     return DatabaseSettings(url=parsed)

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 import psycopg
-from sqlalchemy import Column, Connection, Table, and_, delete, or_, select
+from sqlalchemy import Column, Connection, Engine, Table, and_, delete, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.types import JSON, DateTime
@@ -136,6 +136,13 @@ def stored_fingerprint(connection: Connection, batch_id: str) -> Fingerprint | N
     if row is None:
         return None
     return Fingerprint(row[0] or "", row[1] or "", row[2] or "")
+
+
+def stored_phone_policies(engine: Engine) -> set[str]:
+    """The phone-number policies the stored batches were written under."""
+    with engine.connect() as connection:
+        rows = connection.execute(select(BATCHES.c.phone_numbers).distinct())
+        return {str(tag) for (tag,) in rows if tag}
 
 
 def completed_batches(connection: Connection) -> dict[str, Fingerprint]:

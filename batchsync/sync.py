@@ -177,6 +177,8 @@ def run_sync(
         result = RunResult(run_id=ledger.run_id, status=runs.RUNNING, started_at=clock())
         try:
             to_fetch, skipped = _plan(engine, source, options)
+            if stop is not None and stop.is_set():
+                raise Interrupted("stopped by SIGTERM before fetching any batch")
             ledger.skipped(skipped)
             result.outcomes.extend(BatchOutcome(b, runs.SKIPPED) for b in skipped)
             events.planned(len(to_fetch), len(skipped))
@@ -191,6 +193,9 @@ def run_sync(
             raise
         except (AuthError, ApiError, PayloadError, DatabaseError) as exc:
             ledger.finish(result, runs.FAILED, str(exc))
+            raise
+        except Exception as exc:
+            ledger.finish(result, runs.FAILED, f"internal error, {type(exc).__name__}: {exc}")
             raise
         ledger.finish(result, runs.PARTIAL if result.failed else runs.SUCCEEDED)
         return result
@@ -368,7 +373,9 @@ def _selected(summaries: Iterable[BatchSummary], options: SyncOptions) -> list[s
         created = summary.created_at
         if options.since and (created is None or created < options.since):
             continue
-        if options.until and (created is None or created >= options.until):
+        if options.until and created is not None and created >= options.until:
+            break  # the list comes oldest first: nothing after this is in the window
+        if options.until and created is None:
             continue
         if options.label is not None and summary.label != options.label:
             continue

@@ -343,3 +343,54 @@ def test_retried_faults_succeed_with_exit_0(
     summary = json.loads(result.stdout)
     assert summary["http"]["retries"] == 3
     assert summary["batches"]["synced"] == 3
+
+
+def test_logging_options_work_after_the_command(server: EmulatorServer, database_url: str) -> None:
+    """`sync ... --log-format json -v` is accepted and logs JSON lines, like before the command."""
+    env = api_env(server, database_url)
+    result = run("sync", "--all", "--migrate", "--log-format", "json", "-v", env=env)
+    assert result.exit_code == EXIT_OK, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines
+    assert all(json.loads(line)["level"] for line in lines)
+
+
+def test_json_failure_prints_a_json_object(server: EmulatorServer, database_url: str) -> None:
+    """With --json, a failed run still prints one JSON object on stdout, with the exit code."""
+    result = run("sync", "--all", "--json", env=api_env(server, database_url))
+    assert result.exit_code == EXIT_DATABASE
+    failure = json.loads(result.stdout)
+    assert failure["exit_code"] == EXIT_DATABASE
+    assert "batchsync db upgrade" in failure["error"]
+
+
+def test_postgres_scheme_urls_are_accepted() -> None:
+    """postgres:// URLs, as Heroku and Airflow hand them out, are understood."""
+    result = run("db", "current", "--database-url", "postgres://u:pw-123456@127.0.0.1:1/x")
+    assert result.exit_code == EXIT_DATABASE
+    assert "cannot use the database" in result.output
+    assert "pw-123456" not in result.output
+
+
+def test_default_phone_policy_refuses_to_unhash_stored_numbers(
+    server: EmulatorServer, database_url: str
+) -> None:
+    """Leaving --phone-numbers unset over hashed batches is refused; saying keep is honoured."""
+    env = {**api_env(server, database_url), "BATCHSYNC_PHONE_HASH_KEY": "hash-key-0001"}
+    env.pop("BATCHSYNC_PHONE_NUMBERS", None)
+    assert run("sync", "--all", "--migrate", "--phone-numbers", "hash", env=env).exit_code == 0
+    refused = run("sync", "--all", "--refresh", env=env)
+    assert refused.exit_code == EXIT_CONFIG
+    assert "in clear" in refused.output
+    explicit = run("sync", "--all", "--refresh", "--phone-numbers", "keep", env=env)
+    assert explicit.exit_code == EXIT_OK
+
+
+def test_purge_older_than_days(server: EmulatorServer, database_url: str) -> None:
+    """`purge --older-than DAYS` deletes batches created more than DAYS days ago."""
+    env = api_env(server, database_url)
+    run("sync", "--all", "--migrate", env=env)
+    kept = run("purge", "--older-than", "100000", "--json", env=env)
+    assert json.loads(kept.output)["deleted"]["batches"] == 0
+    gone = run("purge", "--older-than", "1", "--json", env=env)
+    assert json.loads(gone.output)["deleted"]["batches"] == 3
