@@ -13,6 +13,7 @@ the database driver without another copy.
 
 from __future__ import annotations
 
+import email.utils
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -619,6 +620,28 @@ def _answered_by(value: Any, key: str) -> str | None:
     return _text(value, key)
 
 
+def _unusual_timestamp(value: str, key: str) -> datetime:
+    """Forms fromisoformat refuses but whose meaning is clear: a trailing UTC/GMT, an HTTP
+    date, epoch seconds or milliseconds in a string."""
+    text = value.strip()
+    for suffix in ("UTC", "GMT", "utc", "gmt"):
+        if text.endswith(suffix):
+            text = text.removesuffix(suffix).strip() + "+00:00"
+            break
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        pass
+    if text.replace(".", "", 1).isdigit():
+        parsed = _timestamp(float(text), key)
+        assert parsed is not None
+        return parsed
+    try:
+        return email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        raise _Invalid(key, f"expected an ISO 8601 timestamp, got {value!r}") from None
+
+
 def _timestamp(value: Any, key: str) -> datetime | None:
     """Parse the ISO 8601 variants the API sends; naive times are UTC. Always returns UTC."""
     if value is None or value == "":
@@ -627,10 +650,7 @@ def _timestamp(value: Any, key: str) -> datetime | None:
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
-            try:
-                parsed = datetime.fromisoformat(value.strip())
-            except ValueError:
-                raise _Invalid(key, f"expected an ISO 8601 timestamp, got {value!r}") from None
+            parsed = _unusual_timestamp(value, key)
     elif isinstance(value, int | float) and not isinstance(value, bool):
         # Epoch seconds, or milliseconds when the number is too large to be seconds.
         try:

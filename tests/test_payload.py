@@ -1248,3 +1248,22 @@ def test_streamed_parse_rejects_bad_bodies_with_payload_errors(body: bytes) -> N
     """Empty, cut or non-JSON bodies fail with PayloadError naming the batch."""
     with pytest.raises(PayloadError, match=BATCH):
         parse_batch_stream([body], batch_id=BATCH)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2023-12-16 00:17:22 UTC", datetime(2023, 12, 16, 0, 17, 22, tzinfo=UTC)),
+        ("2023-12-16T00:17:22GMT", datetime(2023, 12, 16, 0, 17, 22, tzinfo=UTC)),
+        ("Sat, 16 Dec 2023 00:17:22 GMT", datetime(2023, 12, 16, 0, 17, 22, tzinfo=UTC)),
+        ("1702685842", datetime(2023, 12, 16, 0, 17, 22, tzinfo=UTC)),
+        ("1702685842000", datetime(2023, 12, 16, 0, 17, 22, tzinfo=UTC)),
+        ("2023-12-16T00:17:22.123456789Z", datetime(2023, 12, 16, 0, 17, 22, 123456, tzinfo=UTC)),
+        ("2023-12-16T05:47:22+05:30", datetime(2023, 12, 16, 0, 17, 22, tzinfo=UTC)),
+    ],
+)
+def test_unusual_but_clear_timestamps_are_understood(text: str, expected: datetime) -> None:
+    """A trailing UTC, HTTP dates, epoch strings and nanoseconds all become UTC times."""
+    raw = minimal_payload()
+    raw["batch_params"]["created_at"] = text
+    assert parse(raw).batch.created_at == expected
