@@ -195,8 +195,13 @@ class BlandClient:
         self.close()
 
     def iter_batches(self, *, campaign_id: str | None = None) -> Iterator[BatchSummary]:
-        """Every batch, oldest first: offset pages of ``page_size``, until a short page."""
+        """Every batch, oldest first: offset pages of ``page_size``, until a short page.
+
+        A full page that brings no batch not seen before also ends the listing, so an API
+        that ignores the offset cannot keep the run paging forever.
+        """
         start = 0
+        seen: set[str] = set()
         while True:
             params: dict[str, Any] = {
                 "from": start,
@@ -212,8 +217,15 @@ class BlandClient:
                 what="the batch list",
                 consume=lambda response: parse_batch_list(_json(self._read(response), None)),
             )
-            yield from page
+            new = [summary for summary in page if summary.batch_id not in seen]
+            seen.update(summary.batch_id for summary in new)
+            yield from new
             if len(page) < self.page_size:
+                return
+            if not new:
+                log.warning(
+                    "the batch list repeated itself at offset %d; stopping the listing", start
+                )
                 return
             start += self.page_size
 

@@ -312,3 +312,20 @@ def test_connection_lost_while_the_body_streams_is_retried(sleeps: list[float]) 
         assert fetched.parsed.calls is not None
         assert len(fetched.parsed.calls) == 30
         assert client.stats.retries == 1
+
+
+def test_listing_stops_when_the_api_ignores_the_offset(sleeps: list[float]) -> None:
+    """An API answering every page with the same batches does not make discovery loop."""
+    emulator = Emulator(seed=2, batches=3, calls_per_batch=1)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/batches":
+            params = dict(request.url.params)
+            params["from"] = "0"
+            request = httpx.Request(
+                "GET", request.url.copy_with(params=params), headers=request.headers
+            )
+        return emulator.handle(request)
+
+    client = make_client(httpx.MockTransport(handler), sleeps, page_size=3)
+    assert [s.batch_id for s in client.iter_batches()] == emulator.batch_ids()
