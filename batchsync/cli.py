@@ -365,7 +365,8 @@ def _parse_day(
 @click.option(
     "--refresh",
     is_flag=True,
-    help="Fetch and rewrite even completed batches that are already stored and unchanged.",
+    help="With --all, fetch again even completed batches already stored (content that "
+    "has not changed is still neither parsed nor rewritten).",
 )
 @click.option("--calls/--no-calls", default=True, show_default=True, help="Fetch calls.")
 @click.option(

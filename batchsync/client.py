@@ -73,7 +73,7 @@ class Parts:
 
 
 class FetchedBatch(NamedTuple):
-    parsed: ParsedBatch
+    parsed: ParsedBatch | None  # None: the content was the unchanged one, so not parsed
     content_sha256: str
     size: int
 
@@ -83,7 +83,9 @@ class BatchSource(Protocol):
 
     def iter_batches(self, *, campaign_id: str | None = None) -> Iterator[BatchSummary]: ...
 
-    def fetch_batch(self, batch_id: str, parts: Parts) -> FetchedBatch: ...
+    def fetch_batch(
+        self, batch_id: str, parts: Parts, *, unchanged_if: str | None = None
+    ) -> FetchedBatch: ...
 
 
 @dataclass(frozen=True)
@@ -229,11 +231,14 @@ class BlandClient:
                 return
             start += self.page_size
 
-    def fetch_batch(self, batch_id: str, parts: Parts) -> FetchedBatch:
+    def fetch_batch(
+        self, batch_id: str, parts: Parts, *, unchanged_if: str | None = None
+    ) -> FetchedBatch:
         """One batch with the requested parts, parsed; raises ApiError or PayloadError.
 
         A body larger than ``stream_threshold`` bytes (or of unknown length) is parsed as
-        it arrives, call by call, so memory follows the records, not the body.
+        it arrives, call by call, so memory follows the records, not the body. A body
+        whose content hash is ``unchanged_if`` is not parsed at all (``parsed`` is None).
         """
         if not batch_id or "/" in batch_id:
             raise PayloadError("not a valid batch id", batch_id=repr(batch_id))
@@ -244,6 +249,8 @@ class BlandClient:
             length = response.headers.get("content-length")
             if length is not None and length.isdigit() and int(length) <= self.stream_threshold:
                 body = self._read(response, digest)
+                if digest.hexdigest() == unchanged_if:
+                    return FetchedBatch(None, unchanged_if, len(body))
                 raw = _json(body, batch_id)
                 size = len(body)
                 del body  # the decoded JSON is what the parser needs; free the bytes

@@ -145,21 +145,27 @@ def stored_phone_policies(engine: Engine) -> set[str]:
         return {str(tag) for (tag,) in rows if tag}
 
 
-def completed_batches(connection: Connection) -> dict[str, Fingerprint]:
-    """Stored batches that are complete, with what their last write was made from.
+class StoredBatch(NamedTuple):
+    fingerprint: Fingerprint
+    complete: bool
+
+
+def stored_batches(connection: Connection) -> dict[str, StoredBatch]:
+    """Every stored batch: what its last write was made from, and whether it is complete.
 
     Complete means status 'completed', or, for old responses without a status, no call
     left in progress.
     """
     c = BATCHES.c
+    complete = or_(c.status == "completed", and_(c.status.is_(None), c.in_progress_calls == 0))
     rows = connection.execute(
-        select(c.batch_id, c.content_sha256, c.fetched_parts, c.phone_numbers).where(
-            or_(c.status == "completed", and_(c.status.is_(None), c.in_progress_calls == 0))
-        )
+        select(c.batch_id, c.content_sha256, c.fetched_parts, c.phone_numbers, complete)
     )
     return {
-        str(batch_id): Fingerprint(sha or "", parts or "", phones or "")
-        for batch_id, sha, parts, phones in rows
+        str(batch_id): StoredBatch(
+            Fingerprint(sha or "", parts or "", phones or ""), bool(is_complete)
+        )
+        for batch_id, sha, parts, phones, is_complete in rows
     }
 
 

@@ -5,8 +5,9 @@ lands whole or not at all. A batch that fails (not found, unreadable payload, re
 the database) is recorded as failed and the run goes on; an authentication failure or a
 database that cannot be used stops the run. Completed batches already stored with the
 requested parts are not fetched again unless ``refresh`` is set; a fetched batch whose
-content is unchanged since its last write is not rewritten. A dry run does all of it in
-transactions that are rolled back, so it reports exact row changes and writes nothing.
+content is unchanged since its last write is neither parsed nor rewritten. A dry run does
+all of it in transactions that are rolled back, so it reports exact row changes and writes
+nothing.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ from batchsync.privacy import PhonePolicy, apply_phone_policy
 from batchsync.runs import BatchOutcome
 from batchsync.store import (
     Fingerprint,
-    completed_batches,
     lock_batch,
+    stored_batches,
     stored_fingerprint,
     write_batch,
 )
@@ -176,13 +177,13 @@ def run_sync(
             raise unavailable(engine, exc) from None
         result = RunResult(run_id=ledger.run_id, status=runs.RUNNING, started_at=clock())
         try:
-            to_fetch, skipped = _plan(engine, source, options)
+            to_fetch, skipped, known = _plan(engine, source, options)
             if stop is not None and stop.is_set():
                 raise Interrupted("stopped by SIGTERM before fetching any batch")
             ledger.skipped(skipped)
             result.outcomes.extend(BatchOutcome(b, runs.SKIPPED) for b in skipped)
             events.planned(len(to_fetch), len(skipped))
-            for batch_id, fetched in _fetch_all(source, to_fetch, options):
+            for batch_id, fetched in _fetch_all(source, to_fetch, options, known):
                 outcome = _store(engine, ledger, batch_id, fetched, options)
                 result.outcomes.append(outcome)
                 events.batch_done(outcome)
@@ -252,10 +253,12 @@ class _Ledger:
             log.error("could not record the end of run %d: %s", self.run_id, describe(exc))
 
 
-def _fetch(source: BatchSource, batch_id: str, options: SyncOptions) -> FetchedBatch | str:
+def _fetch(
+    source: BatchSource, batch_id: str, options: SyncOptions, known: dict[str, str]
+) -> FetchedBatch | str:
     """The fetched batch, or why it could not be fetched (AuthError propagates)."""
     try:
-        return source.fetch_batch(batch_id, options.parts)
+        return source.fetch_batch(batch_id, options.parts, unchanged_if=known.get(batch_id))
     except AuthError:
         raise
     except (ApiError, PayloadError) as exc:
@@ -263,7 +266,7 @@ def _fetch(source: BatchSource, batch_id: str, options: SyncOptions) -> FetchedB
 
 
 def _fetch_all(
-    source: BatchSource, batch_ids: list[str], options: SyncOptions
+    source: BatchSource, batch_ids: list[str], options: SyncOptions, known: dict[str, str]
 ) -> Iterator[tuple[str, FetchedBatch | str]]:
     """Fetch batches, up to ``options.concurrency`` at once, yielding each as it arrives.
 
@@ -271,20 +274,20 @@ def _fetch_all(
     """
     if options.concurrency == 1:
         for batch_id in batch_ids:
-            yield batch_id, _fetch(source, batch_id, options)
+            yield batch_id, _fetch(source, batch_id, options, known)
         return
     pending_ids = iter(batch_ids)
     executor = ThreadPoolExecutor(options.concurrency, thread_name_prefix="batchsync-fetch")
     in_flight: dict[Future[FetchedBatch | str], str] = {}
     try:
         for batch_id in islice(pending_ids, options.concurrency):
-            in_flight[executor.submit(_fetch, source, batch_id, options)] = batch_id
+            in_flight[executor.submit(_fetch, source, batch_id, options, known)] = batch_id
         while in_flight:
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
                 batch_id = in_flight.pop(future)
                 for next_id in islice(pending_ids, 1):
-                    in_flight[executor.submit(_fetch, source, next_id, options)] = next_id
+                    in_flight[executor.submit(_fetch, source, next_id, options, known)] = next_id
                 yield batch_id, future.result()
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
@@ -300,13 +303,22 @@ def _store(
     """Write one fetched batch and its outcome in one transaction; record a failure alone."""
     if isinstance(fetched, str):
         return ledger.failure(batch_id, fetched)
+    if fetched.parsed is None:  # same content as stored: not even parsed
+        outcome = BatchOutcome(batch_id, runs.UNCHANGED)
+        if ledger.run_id is not None and not options.dry_run:
+            try:
+                with engine.begin() as connection:
+                    ledger.outcome(connection, outcome)
+            except DRIVER_ERRORS as exc:
+                raise unavailable(engine, exc) from None
+        return outcome
     parsed = apply_phone_policy(fetched.parsed, options.phones)
     fingerprint = Fingerprint(fetched.content_sha256, options.parts.tag, options.phones.tag)
     calls = None if parsed.calls is None else len(parsed.calls)
     try:
         with engine.connect() as connection, connection.begin() as transaction:
             lock_batch(connection, batch_id)
-            if not options.refresh and stored_fingerprint(connection, batch_id) == fingerprint:
+            if stored_fingerprint(connection, batch_id) == fingerprint:
                 outcome = BatchOutcome(batch_id, runs.UNCHANGED, calls=calls)
             else:
                 changes = write_batch(
@@ -331,35 +343,37 @@ def _store(
     return outcome
 
 
-def _plan(engine: Engine, source: BatchSource, options: SyncOptions) -> tuple[list[str], list[str]]:
-    """The batches to fetch, and those skipped as completed and already stored."""
-    if not options.discover:
-        named = [b for b in dict.fromkeys(options.batch_ids) if _in_shard(b, options)]
-        return named, []
-    listed = [
-        b
-        for b in _selected(source.iter_batches(campaign_id=options.campaign_id), options)
-        if _in_shard(b, options)
-    ]
-    if options.refresh:
-        return list(dict.fromkeys(listed)), []
+def _plan(
+    engine: Engine, source: BatchSource, options: SyncOptions
+) -> tuple[list[str], list[str], dict[str, str]]:
+    """The batches to fetch, those skipped as complete and already stored, and for the
+    stored ones the content hash that means "unchanged, don't even parse it"."""
+    if options.discover:
+        listed = _selected(source.iter_batches(campaign_id=options.campaign_id), options)
+    else:
+        listed = list(options.batch_ids)
+    wanted = [b for b in dict.fromkeys(listed) if _in_shard(b, options)]
     try:
         with engine.connect() as connection:
-            stored = completed_batches(connection)
+            stored = stored_batches(connection)
     except DRIVER_ERRORS as exc:
         raise unavailable(engine, exc) from None
-    to_fetch, skipped = [], []
-    for batch_id in dict.fromkeys(listed):
+    to_fetch, skipped, known = [], [], {}
+    for batch_id in wanted:
         found = stored.get(batch_id)
-        if (
+        same_settings = (
             found is not None
-            and options.parts.covers(found.fetched_parts)
-            and found.phone_numbers == options.phones.tag
-        ):
-            skipped.append(batch_id)
-        else:
-            to_fetch.append(batch_id)
-    return to_fetch, skipped
+            and found.fingerprint.phone_numbers == options.phones.tag
+            and options.parts.covers(found.fingerprint.fetched_parts)
+        )
+        if found is not None and same_settings:
+            if found.complete and options.discover and not options.refresh:
+                skipped.append(batch_id)
+                continue
+            if found.fingerprint.fetched_parts == options.parts.tag:
+                known[batch_id] = found.fingerprint.content_sha256
+        to_fetch.append(batch_id)
+    return to_fetch, skipped, known
 
 
 def _in_shard(batch_id: str, options: SyncOptions) -> bool:

@@ -98,9 +98,21 @@ def test_resync_of_unchanged_api_changes_nothing(engine: Engine, client: BlandCl
 
     assert snapshot(engine) == before
     assert second.count(runs.SYNCED) == 0
-    assert refreshed.count(runs.SYNCED) == len(before["batches"])
-    for outcome in refreshed.outcomes:
-        assert all(c.inserted == c.updated == c.deleted == 0 for c in outcome.changes.values())
+    assert refreshed.count(runs.UNCHANGED) == len(before["batches"])
+
+
+def test_refresh_refetches_but_leaves_unchanged_content_unparsed(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """--refresh fetches every batch again; content that did not change is not even parsed."""
+    sync_all(engine, client)
+    before = _detail_requests(emulator)
+
+    refreshed = sync_all(engine, client, refresh=True)
+
+    assert _detail_requests(emulator) - before == len(emulator.batch_ids())
+    assert refreshed.count(runs.UNCHANGED) == len(emulator.batch_ids())
+    assert all(o.calls is None for o in refreshed.outcomes)  # None: never parsed
 
 
 def test_resync_converges_to_changed_api(
