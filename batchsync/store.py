@@ -479,7 +479,8 @@ def _is_datetime(column: Column[Any]) -> bool:
 
 def _sqlite_timestamp(value: datetime) -> str:
     """The text SQLAlchemy's SQLite DateTime reads back; values are UTC already."""
-    return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    # isoformat is several times cheaper than strftime; [:26] drops the "+00:00".
+    return value.isoformat(" ", "microseconds")[:26]
 
 
 def purge_batches(
