@@ -414,18 +414,21 @@ class _SqliteRowWriter(_RowWriter):
         return TableChanges(inserted=inserted, updated=max(self._cursor.rowcount, 0) - inserted)
 
     def _absent(self, child: _ChildTable, keys: set[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
-        """Those of ``keys`` that no row of the table has, under any batch."""
+        """Those of ``keys`` that no row of the table has, under any batch.
+
+        Looked up by the key's first column with a plain IN list, which SQLite answers from
+        the primary key's index; a row-value IN (VALUES ...) would scan the whole table.
+        """
         absent = set(keys)
-        ordered = list(keys)
-        width = len(child.keys)
+        firsts = list({key[0] for key in keys})
         columns = ", ".join(child.keys)
-        step = 900 // width  # stay under SQLite's limit on bound parameters
-        for start in range(0, len(ordered), step):
-            chunk = ordered[start : start + step]
-            values = ", ".join(["(" + ", ".join("?" * width) + ")"] * len(chunk))
+        step = 900  # stay under SQLite's limit on bound parameters
+        for start in range(0, len(firsts), step):
+            chunk = firsts[start : start + step]
             self._cursor.execute(
-                f"SELECT {columns} FROM {child.name} WHERE ({columns}) IN (VALUES {values})",
-                [value for key in chunk for value in key],
+                f"SELECT {columns} FROM {child.name} WHERE {child.keys[0]} IN "
+                f"({', '.join('?' * len(chunk))})",
+                chunk,
             )
             absent.difference_update(self._cursor.fetchall())
         return absent
