@@ -2,10 +2,11 @@
 
 Runs ``batchsync sync --all --migrate --json`` under ``py-spy record --idle --threads``
 (wall-clock samples: time spent waiting for the emulator or for PostgreSQL counts too)
-into a fresh PostgreSQL database, against the benchmark's emulator subprocess. Then it
-sorts every sample of each thread into a stage of the pipeline (HTTP, JSON decoding,
-parsing, COPY, the upsert statement, ...) by the innermost batchsync frame of its stack,
-and prints seconds and shares per stage, plus the busiest source lines of batchsync.
+into a fresh PostgreSQL database (or, with ``--database sqlite``, a SQLite file), against
+the benchmark's emulator subprocess. Then it sorts every sample of each thread into a
+stage of the pipeline (HTTP, JSON decoding, parsing, COPY, the upsert statement, ...) by
+the innermost batchsync frame of its stack, and prints seconds and shares per stage, plus
+the busiest source lines of batchsync.
 
 With ``--concurrency 1`` (the default here) one thread does everything in turn, so the
 stages add up to the wall time. With more, the fetch threads and the writer overlap and
@@ -98,7 +99,9 @@ def stage(frames: list[Frame], source: SourceLines) -> str:
     waiting_pg = any(f.func == "Connection.wait" and f.file.startswith("psycopg/") for f in deeper)
     if inner.func == "<module>":
         return "start-up: imports"
-    if module in ("db",) or any(f.file.startswith("alembic/") for f in deeper):
+    if module == "db" and inner.func == "json_dumps":
+        return "JSON encode of JSON columns (orjson.dumps)"
+    if module == "db" or any(f.file.startswith("alembic/") for f in deeper):
         return "migrate / check schema (alembic)"
     if module == "client":
         if inner.func == "_json":
@@ -110,6 +113,13 @@ def stage(frames: list[Frame], source: SourceLines) -> str:
         return "parse payload into records (payload.py)"
     if module == "runs":
         return "run ledger (runs.py)"
+    if module == "store" and "_Sqlite" in inner.func:
+        return {
+            "upsert": "SQLite: executemany INSERT ... ON CONFLICT",
+            "_rows": "SQLite: records to driver rows (Python)",
+            "_keys_of": "SQLite: SELECT the batch's stored keys",
+            "delete_missing": "SQLite: DELETE of vanished rows",
+        }.get(inner.func.rpartition(".")[2], f"store: {inner.func}")
     if module == "store":
         text = source.around(inner)
         if inner.func.endswith("upsert") and any("copy" in f.file for f in deeper):
@@ -213,6 +223,12 @@ def _thread_role(name: str) -> str:
 @click.option("--concurrency", type=click.IntRange(min=1, max=64), default=1, show_default=True)
 @click.option("--rate", type=click.IntRange(min=10), default=100, show_default=True)
 @click.option(
+    "--database",
+    type=click.Choice(["postgresql", "sqlite"]),
+    default="postgresql",
+    show_default=True,
+)
+@click.option(
     "--emulator",
     "emulator_mode",
     type=click.Choice(["replay", "live"]),
@@ -238,26 +254,35 @@ def main(
     transcript_ratio: float,
     concurrency: int,
     rate: int,
+    database: str,
     emulator_mode: Mode,
     postgres_url: str,
     results_dir: Path,
 ) -> None:
-    """Profile one first load into PostgreSQL with py-spy and print where the time went."""
+    """Profile one first load with py-spy and print where the time went."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
         raise click.UsageError("py-spy is not installed: pip install py-spy")
-    postgres = Postgres.from_url(postgres_url)
+    postgres = Postgres.from_url(postgres_url) if database == "postgresql" else None
     results_dir.mkdir(parents=True, exist_ok=True)
     stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     raw_path = results_dir / f"profile-{stamp}.txt"
-    postgres.recreate(PROFILE_DATABASE)
+    if postgres is not None:
+        postgres.recreate(PROFILE_DATABASE)
     try:
         workload = Workload(batches, calls, transcript_ratio)
-        with EmulatorProcess(workload, mode=emulator_mode) as emu:
+        with (
+            EmulatorProcess(workload, mode=emulator_mode) as emu,
+            tempfile.TemporaryDirectory() as workdir,
+        ):
             env = child_env(
                 BLAND_BASE_URL=emu.url,
                 BLAND_API_KEY=emu.api_key,
-                BATCHSYNC_DATABASE_URL=postgres.sqlalchemy_url(PROFILE_DATABASE),
+                BATCHSYNC_DATABASE_URL=(
+                    postgres.sqlalchemy_url(PROFILE_DATABASE)
+                    if postgres is not None
+                    else f"sqlite:///{Path(workdir) / 'profile.db'}"
+                ),
             )
             argv = [
                 py_spy,
@@ -276,13 +301,13 @@ def main(
                 f"--concurrency={concurrency}",
             ]
             started = time.perf_counter()
-            with tempfile.TemporaryDirectory() as workdir:
-                done = subprocess.run(
-                    argv, env=env, cwd=workdir, capture_output=True, text=True, check=False
-                )
+            done = subprocess.run(
+                argv, env=env, cwd=workdir, capture_output=True, text=True, check=False
+            )
             wall = time.perf_counter() - started
     finally:
-        postgres.drop(PROFILE_DATABASE)
+        if postgres is not None:
+            postgres.drop(PROFILE_DATABASE)
     if done.returncode != 0:
         raise BenchError(f"py-spy / batchsync exited {done.returncode}:\n{done.stderr[-3000:]}")
     # py-spy prints its own lines after batchsync's JSON summary.
@@ -292,7 +317,7 @@ def main(
     click.echo(
         f"batchsync ({code_under_test()}) sync --all --migrate --concurrency {concurrency}: "
         f"{batches} x {calls:,} calls "
-        f"into PostgreSQL in {wall:.1f} s under py-spy ({summary['duration_seconds']:.1f} s "
+        f"into {database} in {wall:.1f} s under py-spy ({summary['duration_seconds']:.1f} s "
         f"in run_sync); emulator: {emulator_mode}"
     )
     click.echo(profile.report())

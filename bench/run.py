@@ -287,21 +287,26 @@ def child_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-def ledger_calls(database_url: str, run_id: int) -> int:
-    """Calls in the batches a run fetched (synced or unchanged), from its own ledger."""
+def ledger_calls(database_url: str, run_id: int, calls_per_batch: int) -> int:
+    """Calls in the batches a run fetched (synced or unchanged), from its own ledger.
+
+    A batch fetched but not parsed (its content unchanged) may have no count there; it is
+    counted as ``calls_per_batch``, which every batch of the emulator's workload has.
+    """
     engine = create_engine(database_url)
     try:
         with engine.connect() as connection:
-            total = connection.execute(
+            counted, uncounted = connection.execute(
                 text(
-                    "SELECT coalesce(sum(calls), 0) FROM sync_run_batches"
+                    "SELECT coalesce(sum(calls), 0), count(*) FILTER (WHERE calls IS NULL)"
+                    " FROM sync_run_batches"
                     " WHERE run_id = :run_id AND status IN ('synced', 'unchanged')"
                 ),
                 {"run_id": run_id},
-            ).scalar_one()
+            ).one()
     finally:
         engine.dispose()
-    return int(total)
+    return int(counted) + int(uncounted) * calls_per_batch
 
 
 def measure_sync(
@@ -330,7 +335,7 @@ def measure_sync(
     summary = json.loads(child.stdout)
     tables = summary["tables"]
     rows = sum(c["inserted"] + c["updated"] + c["deleted"] for c in tables.values())
-    calls = ledger_calls(database_url, int(summary["run_id"]))
+    calls = ledger_calls(database_url, int(summary["run_id"]), emulator.workload.calls)
     click.echo(f" {child.wall_seconds:.1f}s", err=True)
     return Measurement(
         key=key,
@@ -809,6 +814,16 @@ def render(meta: dict[str, Any], measurements: list[Measurement], found: list[Ch
     return "\n".join(lines)
 
 
+def default_concurrency() -> int:
+    """batchsync's own default for ``sync --concurrency``, read from its command line."""
+    from batchsync.cli import sync as sync_command
+
+    for param in sync_command.params:
+        if param.name == "concurrency" and isinstance(param.default, int):
+            return param.default
+    return 1
+
+
 def code_under_test() -> str:
     """Which batchsync runs: a checkout's commit ("+changes" when its package is edited),
     or the directory a non-editable install was made from."""
@@ -858,9 +873,8 @@ def code_under_test() -> str:
 @click.option(
     "--concurrency",
     type=click.IntRange(min=1, max=64),
-    default=4,
-    show_default=True,
-    help="Passed to batchsync (and used by the dlt loader for its fetches).",
+    help="Passed to batchsync (and used by the dlt loader for its fetches) "
+    "[default: batchsync's own default]",
 )
 @click.option(
     "--quarter-batches",
@@ -909,7 +923,7 @@ def main(
     calls: int,
     transcript_ratio: float,
     changed_fraction: float,
-    concurrency: int,
+    concurrency: int | None,
     quarter_batches: int | None,
     skip_sqlite: bool,
     skip_dlt: bool,
@@ -936,6 +950,8 @@ def main(
         )
     if quarter_batches is None:
         quarter_batches = batches // 4
+    if concurrency is None:
+        concurrency = default_concurrency()
     workload = Workload(batches, calls, transcript_ratio, 0, changed_fraction)
     workdir = Path(tempfile.mkdtemp(prefix="batchsync-bench-"))
     sqlite_path = workdir / "batchsync.db"
