@@ -122,10 +122,9 @@ def stage(frames: list[Frame], source: SourceLines) -> str:
         }.get(inner.func.rpartition(".")[2], f"store: {inner.func}")
     if module == "store":
         text = source.around(inner)
-        if inner.func.endswith("upsert") and any("copy" in f.file for f in deeper):
-            return "COPY rows into the staging table"
-        if inner.func.endswith("upsert") and ("write_row" in text or "copy" in text.lower()):
-            return "COPY rows into the staging table"
+        copying = "copy" in inner.func.lower() or any("copy" in f.file for f in deeper)
+        if copying or (inner.func.endswith("upsert") and "write_row" in text):
+            return "COPY rows (into staging, or straight into the tables)"
         if "CREATE TEMP" in text or "TRUNCATE" in text:
             return "staging table: CREATE TEMP / TRUNCATE"
         if inner.func.endswith("upsert") and waiting_pg:
