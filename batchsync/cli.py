@@ -359,6 +359,16 @@ def _parse_day(
     return value.replace(tzinfo=UTC) if value and value.tzinfo is None else value
 
 
+def _utc_date_option(name: str, help_text: str) -> Callable[[F], F]:
+    """A YYYY-MM-DD[THH:MM:SS] option read as UTC."""
+    return click.option(
+        name,
+        type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+        callback=_parse_day,
+        help=help_text,
+    )
+
+
 @cli.command()
 @click.argument("batch_ids", nargs=-1, metavar="[BATCH_ID]...")
 @click.option("--all", "discover", is_flag=True, help="Discover every batch and sync them all.")
@@ -385,18 +395,8 @@ def _parse_day(
 )
 @click.option("--campaign-id", help="With --all: only batches of this campaign.")
 @click.option("--label", help="With --all: only batches with exactly this label.")
-@click.option(
-    "--since",
-    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
-    callback=_parse_day,
-    help="With --all: only batches created at or after this UTC date.",
-)
-@click.option(
-    "--until",
-    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
-    callback=_parse_day,
-    help="With --all: only batches created before this UTC date.",
-)
+@_utc_date_option("--since", "With --all: only batches created at or after this UTC date.")
+@_utc_date_option("--until", "With --all: only batches created before this UTC date.")
 @click.option(
     "--shard",
     metavar="K/N",
@@ -727,12 +727,7 @@ def runs_show(
 
 @cli.command()
 @click.option("--batch", "batch_ids", multiple=True, metavar="ID", help="A batch to delete.")
-@click.option(
-    "--before",
-    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
-    callback=_parse_day,
-    help="Delete every batch created before this UTC date.",
-)
+@_utc_date_option("--before", "Delete every batch created before this UTC date.")
 @click.option(
     "--older-than",
     type=click.IntRange(min=1),
