@@ -18,6 +18,7 @@ import hashlib
 import logging
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,10 +32,12 @@ from batchsync import __version__
 from batchsync.config import ApiSettings
 from batchsync.errors import (
     ApiError,
+    ApiUnreachable,
     AuthError,
     BatchNotFound,
     ConfigError,
     HttpStatusError,
+    InvalidBatchId,
     PayloadError,
     TransientApiError,
 )
@@ -73,9 +76,14 @@ class Parts:
 
 
 class FetchedBatch(NamedTuple):
-    parsed: ParsedBatch | None  # None: the content was the unchanged one, so not parsed
+    parsed: ParsedBatch | None  # None: the caller judged the content unchanged, so not parsed
     content_sha256: str
     size: int
+
+
+# Given a fetched body's content hash, whether it is the one already stored, so that the
+# body need not even be parsed. The caller (the sync) owns that decision.
+Unchanged = Callable[[str], bool]
 
 
 class BatchSource(Protocol):
@@ -84,7 +92,7 @@ class BatchSource(Protocol):
     def iter_batches(self, *, campaign_id: str | None = None) -> Iterator[BatchSummary]: ...
 
     def fetch_batch(
-        self, batch_id: str, parts: Parts, *, unchanged_if: str | None = None
+        self, batch_id: str, parts: Parts, *, unchanged: Unchanged | None = None
     ) -> FetchedBatch: ...
 
 
@@ -197,10 +205,12 @@ class BlandClient:
         self.close()
 
     def iter_batches(self, *, campaign_id: str | None = None) -> Iterator[BatchSummary]:
-        """Every batch, oldest first: offset pages of ``page_size``, until a short page.
+        """Every batch, asked for oldest first: offset pages, until a page brings nothing new.
 
-        A full page that brings no batch not seen before also ends the listing, so an API
-        that ignores the offset cannot keep the run paging forever.
+        A page shorter than ``page_size`` does not end the listing (a server may cap its
+        pages below what was asked), and the next offset follows what the page held. An
+        empty page, or one that brings no batch not seen before, ends it, so an API that
+        ignores the offset cannot keep the run paging forever.
         """
         start = 0
         seen: set[str] = set()
@@ -222,26 +232,27 @@ class BlandClient:
             new = [summary for summary in page if summary.batch_id not in seen]
             seen.update(summary.batch_id for summary in new)
             yield from new
-            if len(page) < self.page_size:
+            if not page:
                 return
             if not new:
                 log.warning(
                     "the batch list repeated itself at offset %d; stopping the listing", start
                 )
                 return
-            start += self.page_size
+            start += len(page)
 
     def fetch_batch(
-        self, batch_id: str, parts: Parts, *, unchanged_if: str | None = None
+        self, batch_id: str, parts: Parts, *, unchanged: Unchanged | None = None
     ) -> FetchedBatch:
-        """One batch with the requested parts, parsed; raises ApiError or PayloadError.
+        """One batch with the requested parts, parsed; raises ApiError, PayloadError or
+        InvalidBatchId (an id that cannot be put in a URL).
 
-        A body larger than ``stream_threshold`` bytes (or of unknown length) is parsed as
-        it arrives, call by call, so memory follows the records, not the body. A body
-        whose content hash is ``unchanged_if`` is not parsed at all (``parsed`` is None).
+        The id goes into the URL path percent-encoded, whatever it holds. A body larger
+        than ``stream_threshold`` bytes (or of unknown length) is parsed as it arrives,
+        call by call, so memory follows the records, not the body. A body for which
+        ``unchanged(content hash)`` is true is not parsed at all (``parsed`` is None).
         """
-        if not batch_id or "/" in batch_id:
-            raise PayloadError("not a valid batch id", batch_id=repr(batch_id))
+        path = f"/v1/batches/{batch_path_segment(batch_id)}"
         transcripts = parts.calls and parts.transcripts
 
         def consume(response: httpx.Response) -> FetchedBatch:
@@ -249,8 +260,8 @@ class BlandClient:
             length = response.headers.get("content-length")
             if length is not None and length.isdigit() and int(length) <= self.stream_threshold:
                 body = self._read(response, digest)
-                if digest.hexdigest() == unchanged_if:
-                    return FetchedBatch(None, unchanged_if, len(body))
+                if unchanged is not None and unchanged(digest.hexdigest()):
+                    return FetchedBatch(None, digest.hexdigest(), len(body))
                 raw = _json(body, batch_id)
                 size = len(body)
                 del body  # the decoded JSON is what the parser needs; free the bytes
@@ -264,7 +275,7 @@ class BlandClient:
             return FetchedBatch(parsed, digest.hexdigest(), size)
 
         return self._get(
-            f"/v1/batches/{batch_id}",
+            path,
             {
                 "include_calls": _flag(parts.calls),
                 "include_transcripts": _flag(parts.transcripts),
@@ -272,6 +283,7 @@ class BlandClient:
             },
             what=f"batch {batch_id}",
             consume=consume,
+            batch_id=batch_id,
         )
 
     def _chunks(self, response: httpx.Response, digest: Any = None) -> Iterator[bytes]:
@@ -291,6 +303,7 @@ class BlandClient:
         *,
         what: str,
         consume: Callable[[httpx.Response], T],
+        batch_id: str | None = None,
     ) -> T:
         """GET ``path`` and hand the streamed response to ``consume``, retrying what is
         transient (a connection lost while the body streams in too)."""
@@ -303,10 +316,10 @@ class BlandClient:
             reraise=True,
         )
         try:
-            return cast(T, retrying(self._get_once, path, params, what, consume))
+            return cast(T, retrying(self._get_once, path, params, what, consume, batch_id))
         except TransientApiError as exc:
             if self.retry.attempts > 1:
-                raise TransientApiError(
+                raise type(exc)(
                     f"{exc} (gave up after {self.retry.attempts} attempts)",
                     status_code=exc.status_code,
                 ) from None
@@ -318,6 +331,7 @@ class BlandClient:
         params: dict[str, Any],
         what: str,
         consume: Callable[[httpx.Response], T],
+        batch_id: str | None,
     ) -> T:
         if self._limiter is not None:
             self._limiter.acquire()
@@ -327,13 +341,24 @@ class BlandClient:
                 if response.status_code >= 300:
                     response.read()
                     self._raise_for_status(response, what)
-                return consume(response)
+                try:
+                    return consume(response)
+                except httpx.DecodingError:
+                    # The body is not in the Content-Encoding its headers name. The
+                    # decoder's own message may quote body bytes, so it is not repeated.
+                    encoding = response.headers.get("content-encoding", "none")
+                    raise PayloadError(
+                        "the body does not decode as its Content-Encoding header says "
+                        f"({encoding})",
+                        batch_id=batch_id,
+                        field="(body)",
+                    ) from None
         except httpx.TimeoutException as exc:
-            raise TransientApiError(
+            raise ApiUnreachable(
                 f"{what}: timed out ({type(exc).__name__}) at {self.settings.base_url}"
             ) from None
         except httpx.TransportError as exc:
-            raise TransientApiError(
+            raise ApiUnreachable(
                 f"{what}: cannot reach {self.settings.base_url} ({type(exc).__name__}: {exc})"
             ) from None
 
@@ -378,6 +403,26 @@ class BlandClient:
             self.retry.attempts,
             extra={"batch": what, "status": getattr(exc, "status_code", None), "wait": wait},
         )
+
+
+def batch_path_segment(batch_id: str) -> str:
+    """The batch id as one percent-encoded URL path segment; InvalidBatchId if it has none.
+
+    Every character is encoded but the unreserved ones, so '/', '?', '#', '%', spaces,
+    control characters and non-ASCII letters reach the API as part of the id.
+    """
+    if not batch_id.strip():
+        raise InvalidBatchId(f"batch {batch_id!r}: an empty or blank id cannot be requested")
+    if "\x00" in batch_id:
+        raise InvalidBatchId(f"batch {batch_id!r}: an id holding a NUL character cannot be sent")
+    if batch_id in (".", ".."):
+        raise InvalidBatchId(f"batch {batch_id!r}: '.' and '..' cannot be sent as a URL path")
+    try:
+        return urllib.parse.quote(batch_id, safe="", errors="strict")
+    except UnicodeEncodeError:
+        raise InvalidBatchId(
+            f"batch {batch_id!r}: the id is not valid Unicode (a lone surrogate)"
+        ) from None
 
 
 def _flag(value: bool) -> str:

@@ -6,9 +6,12 @@
     │   ├── AuthError               401/403: the API key is wrong; stops the run -> exit 3
     │   ├── BatchNotFound           404 for one batch; fails that batch only
     │   ├── TransientApiError       429, 5xx, timeouts, connection errors: retried, then raised
+    │   │   └── ApiUnreachable      no connection or a timeout, after the retries (one batch)
+    │   ├── ApiUnavailable          several batches in a row unreachable: stops the run -> exit 5
     │   └── HttpStatusError         any other unexpected status
     ├── PayloadError                a response that cannot be understood (not JSON, wrong shape);
     │                               names the batch and the field; fails that batch only
+    ├── InvalidBatchId              an id that cannot be put in a URL (blank, NUL); fails that batch
     ├── Interrupted                 SIGTERM: the batch in hand was finished, the run stopped -> 130
     └── DatabaseError               the database cannot be used
         ├── SchemaOutdatedError     schema missing or behind: run `batchsync db upgrade` -> exit 4
@@ -16,7 +19,9 @@
 
 A failure of one batch (BatchNotFound, PayloadError, a per-batch TransientApiError or
 database error while writing it) is recorded against that batch; the run goes on and ends
-with exit code 1. AuthError, ConfigError and DatabaseError stop the run.
+with exit code 1. So does anything unexpected while handling one batch: it is recorded as
+an internal error of that batch. AuthError, ConfigError, DatabaseError and ApiUnavailable
+stop the run.
 """
 
 from __future__ import annotations
@@ -56,6 +61,14 @@ class TransientApiError(ApiError):
         self.retry_after = retry_after
 
 
+class ApiUnreachable(TransientApiError):
+    """No connection could be made, or the API did not answer in time, after the retries."""
+
+
+class ApiUnavailable(ApiError):
+    """The API stopped answering for several batches in a row; the run stops."""
+
+
 class HttpStatusError(ApiError):
     """An HTTP status the client has no rule for."""
 
@@ -73,6 +86,10 @@ class PayloadError(BatchsyncError):
         self.batch_id = batch_id
         self.field = field
         self.reason = message
+
+
+class InvalidBatchId(BatchsyncError):
+    """A batch id that cannot be sent to the API at all (blank, NUL, not valid Unicode)."""
 
 
 class Interrupted(BatchsyncError):

@@ -15,10 +15,12 @@ from batchsync.client import BlandClient, Parts, RateLimiter, RetryPolicy, _retr
 from batchsync.config import load_api
 from batchsync.emulator import Emulator, Fault
 from batchsync.errors import (
+    ApiUnreachable,
     AuthError,
     BatchNotFound,
     ConfigError,
     HttpStatusError,
+    InvalidBatchId,
     PayloadError,
     TransientApiError,
 )
@@ -182,8 +184,8 @@ def test_include_flags_reach_the_api(emulator: Emulator, sleeps: list[float]) ->
     assert fetched.parsed.analysis is None
 
 
-def test_batch_list_pages_until_a_short_page(sleeps: list[float]) -> None:
-    """Discovery pages with from/to/limit ascending and stops on the first short page."""
+def test_batch_list_pages_past_a_short_page_until_an_empty_one(sleeps: list[float]) -> None:
+    """Discovery pages with from/to/limit ascending until an empty page, not a short one."""
     emulator = Emulator(seed=2, batches=7, calls_per_batch=1)
     client = make_client(emulator.transport(), sleeps, page_size=3)
     listed = [summary.batch_id for summary in client.iter_batches()]
@@ -193,8 +195,19 @@ def test_batch_list_pages_until_a_short_page(sleeps: list[float]) -> None:
         ("0", "3", "3"),
         ("3", "6", "3"),
         ("6", "9", "3"),
+        ("7", "10", "3"),
     ]
     assert all(p["ascending"] == "true" for p in pages)
+
+
+@pytest.mark.parametrize("cap", [1, 2, 5])
+def test_batch_list_capped_below_the_page_size_still_lists_every_batch(
+    sleeps: list[float], cap: int
+) -> None:
+    """A server that serves fewer batches per page than asked loses none of them."""
+    emulator = Emulator(seed=2, batches=7, calls_per_batch=1, page_cap=cap)
+    client = make_client(emulator.transport(), sleeps, page_size=6)
+    assert [summary.batch_id for summary in client.iter_batches()] == emulator.batch_ids()
 
 
 def test_exact_multiple_of_page_size_ends_on_an_empty_page(sleeps: list[float]) -> None:
@@ -329,3 +342,90 @@ def test_listing_stops_when_the_api_ignores_the_offset(sleeps: list[float]) -> N
 
     client = make_client(httpx.MockTransport(handler), sleeps, page_size=3)
     assert [s.batch_id for s in client.iter_batches()] == emulator.batch_ids()
+
+
+def _put_batch_with_id(emulator: Emulator, batch_id: str) -> None:
+    raw = emulator.raw_batch(emulator.batch_ids()[0])
+    raw["batch_params"]["id"] = batch_id
+    emulator.put_batch(raw)
+
+
+@pytest.mark.parametrize(
+    "batch_id",
+    [
+        "a/b",
+        "a?b=1",
+        "a#b",
+        "100%",
+        "a b",
+        "caf\u00e9-\u6771\u4eac",
+        "tab\there",
+        "nl\nx",
+        "..x",
+        "+",
+    ],
+)
+def test_ids_with_url_special_characters_reach_the_api_whole(
+    emulator: Emulator, sleeps: list[float], batch_id: str
+) -> None:
+    """An id with '/', '?', '#', '%', spaces, control or non-ASCII characters is fetched whole."""
+    _put_batch_with_id(emulator, batch_id)
+    fetched = make_client(emulator.transport(), sleeps).fetch_batch(batch_id, Parts())
+    assert fetched.parsed is not None
+    assert fetched.parsed.batch.batch_id == batch_id
+    assert emulator.requests[-1].url.raw_path.startswith(b"/v1/batches/")
+    assert b"/" not in emulator.requests[-1].url.raw_path[len(b"/v1/batches/") :]
+
+
+@pytest.mark.parametrize("batch_id", ["", "   ", "a\x00b", ".", "..", "\ud800"])
+def test_ids_that_cannot_be_sent_raise_invalid_batch_id_without_a_request(
+    emulator: Emulator, sleeps: list[float], batch_id: str
+) -> None:
+    """An empty, blank, NUL-holding, dot-segment or non-Unicode id fails with a reason, unsent."""
+    with pytest.raises(InvalidBatchId, match=r"cannot|not valid Unicode"):
+        make_client(emulator.transport(), sleeps).fetch_batch(batch_id, Parts())
+    assert emulator.requests == []
+
+
+def test_wrong_content_encoding_is_a_payload_error_naming_the_batch(
+    emulator: Emulator, sleeps: list[float]
+) -> None:
+    """A body that is not in the Content-Encoding its header names fails as a PayloadError."""
+    batch_id = emulator.batch_ids()[0]
+    emulator.inject(batch_id, Fault("wrong_encoding"))
+    with pytest.raises(PayloadError, match=f"batch {batch_id}, field \\(body\\).*gzip") as caught:
+        make_client(emulator.transport(), sleeps).fetch_batch(batch_id, Parts())
+    assert "status" not in str(caught.value)  # no byte of the body is quoted
+
+
+def test_detail_without_its_own_id_is_taken_as_the_batch_requested(
+    emulator: Emulator, sleeps: list[float]
+) -> None:
+    """A detail response with no id in batch_params is stored under the id asked for."""
+    raw = emulator.raw_batch(emulator.batch_ids()[0])
+    del raw["batch_params"]["id"]
+    emulator.put_batch(raw, batch_id="no-id-inside")
+    fetched = make_client(emulator.transport(), sleeps).fetch_batch("no-id-inside", Parts())
+    assert fetched.parsed is not None
+    assert fetched.parsed.batch.batch_id == "no-id-inside"
+
+
+def test_detail_for_another_batch_is_a_payload_error(
+    emulator: Emulator, sleeps: list[float]
+) -> None:
+    """A detail response whose id is not the one requested fails that batch, naming the field."""
+    raw = emulator.raw_batch(emulator.batch_ids()[0])
+    raw["batch_params"]["id"] = "someone-else"
+    emulator.put_batch(raw, batch_id="asked-for")
+    with pytest.raises(PayloadError, match=r"batch asked-for, field batch_params\.id"):
+        make_client(emulator.transport(), sleeps).fetch_batch("asked-for", Parts())
+
+
+def test_api_refusing_connections_raises_api_unreachable_after_retries(
+    emulator: Emulator, sleeps: list[float]
+) -> None:
+    """Connections refused for a batch are retried, then raised as ApiUnreachable."""
+    emulator.inject("*", Fault("api_down"))
+    with pytest.raises(ApiUnreachable, match="gave up after 4 attempts"):
+        make_client(emulator.transport(), sleeps).fetch_batch(emulator.batch_ids()[0], Parts())
+    assert len(sleeps) == 3
