@@ -26,6 +26,26 @@ Failures are queued per batch id, for every batch (``"*"``) or for the list endp
     emu.inject(*parse_fault("*:rate_limit x2:retry_after=1"))
     emu.inject("*list*", Fault("server_error", status=502))
 
+Besides HTTP errors (``rate_limit``, ``server_error``, ``not_found``) and broken bodies
+(``truncated``, ``invalid_json``, ``wrong_shape``), the faults that real servers produce:
+
+- ``wrong_encoding``: the header says ``Content-Encoding: gzip``, the body is plain JSON;
+- ``lone_surrogate`` / ``bad_escape``: the batch's label holds the escape ``\\ud800`` (a
+  lone surrogate) or ``\\uZZZZ`` (not an escape at all);
+- ``huge_number``: the first call's ``call_length`` is ``1e400``, beyond any float (a batch
+  without calls gets it in ``call_params.max_duration``);
+- ``api_down`` (``"*:api_down:after=1"``): once ``after`` batch details have been served,
+  every request is refused, the list included (in-process: ``httpx.ConnectError``; over
+  HTTP: the connection is closed without an answer).
+
+Two list modes, set by :meth:`Emulator.inject` on ``"*list*"`` or by the attributes:
+``page_cap`` (``"*list*:page_cap:size=2"``) serves at most that many batches per page
+whatever ``limit`` asks, and ``list_order`` (``"*list*:unsorted:order=shuffled"`` or
+``order=descending``) lists the batches in that order whatever ``ascending`` asks.
+
+Ids are data: a batch id may hold any character (``/``, ``?``, ``#``, ``%``, spaces,
+control characters, any script); the detail path is percent-decoded to find it.
+
 Data. Batch ``i`` (ascending by ``created_at``) and its calls are a pure function of ``seed`` and
 ``i``, rebuilt on every request so that 100 batches of 10,000 calls cost no memory. Every quirk of
 the real payloads shows up in a default ``Emulator()`` at fixed positions:
@@ -69,7 +89,9 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
 from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -79,12 +101,45 @@ from typing import Any, Final, Literal, cast, get_args
 import httpx
 import orjson
 
-__all__ = ["FAULT_KINDS", "Emulator", "EmulatorServer", "Fault", "FaultKind", "parse_fault"]
+__all__ = [
+    "FAULT_KINDS",
+    "LIST_ORDERS",
+    "STATE_FAULT_KINDS",
+    "Emulator",
+    "EmulatorServer",
+    "Fault",
+    "FaultKind",
+    "ListOrder",
+    "parse_fault",
+]
 
 FaultKind = Literal[
-    "rate_limit", "server_error", "slow", "truncated", "invalid_json", "wrong_shape", "not_found"
+    "rate_limit",
+    "server_error",
+    "slow",
+    "truncated",
+    "invalid_json",
+    "wrong_shape",
+    "not_found",
+    "wrong_encoding",
+    "lone_surrogate",
+    "bad_escape",
+    "huge_number",
+    "api_down",
+    "page_cap",
+    "unsorted",
 ]
+ListOrder = Literal["asked", "descending", "shuffled"]
 FAULT_KINDS: Final[tuple[FaultKind, ...]] = get_args(FaultKind)
+LIST_ORDERS: Final[tuple[ListOrder, ...]] = get_args(ListOrder)
+# Kinds that set a lasting state of the emulator rather than spoil some answers.
+STATE_FAULT_KINDS: Final[frozenset[FaultKind]] = frozenset({"api_down", "page_cap", "unsorted"})
+# Faults that change the body of a normal answer rather than replace the answer.
+_BODY_FAULTS: Final = frozenset({"truncated", "wrong_encoding", "lone_surrogate", "bad_escape",
+                                 "huge_number"})  # fmt: skip
+# Placeholders swapped for raw JSON text that orjson would never write.
+_ESCAPE_MARK: Final = "@@emulator-escape@@"
+_NUMBER_MARK: Final = "@@emulator-number@@"
 
 _JSON: Final = "application/json"
 _AUTH_FAILURE: Final = {
@@ -160,6 +215,9 @@ class Fault:
     status: int = 503
     retry_after: str | None = None
     delay: float = 0.0
+    after: int = 0  # api_down: batch details served before the API dies
+    size: int = 1  # page_cap: batches per page at most
+    order: ListOrder = "descending"  # unsorted: the order the list comes in
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -172,6 +230,12 @@ class Fault:
             raise ValueError(f"delay must be a non-negative number of seconds, not {self.delay}")
         if self.retry_after is not None and not self.retry_after.strip():
             raise ValueError("retry_after must be None or a non-empty header value")
+        if self.after < 0:
+            raise ValueError(f"after must not be negative, not {self.after}")
+        if self.size < 1:
+            raise ValueError(f"size must be at least 1, not {self.size}")
+        if self.order not in LIST_ORDERS:
+            raise ValueError(f"order must be one of {LIST_ORDERS}, not {self.order!r}")
 
 
 _FAULT_KEYS: Final[dict[str, str | None]] = {
@@ -179,6 +243,9 @@ _FAULT_KEYS: Final[dict[str, str | None]] = {
     "status": "server_error",
     "retry_after": "rate_limit",
     "delay": "slow",
+    "after": "api_down",
+    "size": "page_cap",
+    "order": "unsorted",
 }
 
 
@@ -187,7 +254,8 @@ def parse_fault(spec: str) -> tuple[str, Fault]:
 
     TARGET is a batch id, ``*`` (every batch) or ``*list*`` (the list endpoint). Keys are
     ``times``, ``status`` (server_error), ``retry_after`` (rate_limit; an HTTP date may contain
-    colons) and ``delay`` (slow). Raise ValueError on a bad spec.
+    colons), ``delay`` (slow), ``after`` (api_down), ``size`` (page_cap) and ``order``
+    (unsorted). Raise ValueError on a bad spec.
     """
     target, _, rest = spec.partition(":")
     target = target.strip()
@@ -228,6 +296,9 @@ def parse_fault(spec: str) -> tuple[str, Fault]:
             status=_parse_int(options.get("status", "503"), "status", spec),
             retry_after=options.get("retry_after") or None,
             delay=_parse_float(options.get("delay", "0"), "delay", spec),
+            after=_parse_int(options.get("after", "0"), "after", spec),
+            size=_parse_int(options.get("size", "1"), "size", spec),
+            order=cast(ListOrder, options.get("order", "descending")),
         )
     except ValueError as exc:
         raise ValueError(f"bad fault spec {spec!r}: {exc}") from None
@@ -271,6 +342,10 @@ class _BadRequest(Exception):
     """A query parameter the real API would answer with 400."""
 
 
+class _Refused(Exception):
+    """The emulated API is down: the request gets no answer at all."""
+
+
 @dataclass
 class _ArmedFault:
     fault: Fault
@@ -304,6 +379,8 @@ class Emulator:
         transcript_ratio: float = 0.5,
         revision: int = 0,
         changed_fraction: float = 0.1,
+        page_cap: int | None = None,
+        list_order: ListOrder = "asked",
     ) -> None:
         if batches < 0 or calls_per_batch < 0 or revision < 0:
             raise ValueError("batches, calls_per_batch and revision must not be negative")
@@ -311,6 +388,13 @@ class Emulator:
             raise ValueError("transcript_ratio and changed_fraction must lie in [0, 1]")
         self.api_key = api_key
         self.revision = revision
+        # At most this many batches per list page, whatever ``limit`` asks (None: no cap).
+        self.page_cap = page_cap
+        # "asked" follows ``ascending``; "descending" and "shuffled" ignore it.
+        self.list_order: ListOrder = list_order
+        # After this many batch details served, every request is refused (None: never).
+        self.down_after: int | None = None
+        self._details_served = 0
         self.requests: list[httpx.Request] = []
         self._seed = seed
         self._batches = batches
@@ -357,12 +441,19 @@ class Emulator:
             raise KeyError(batch_id)
         return self._generate(index, self.revision)
 
-    def put_batch(self, raw: dict[str, Any]) -> None:
-        """Add or replace a batch's full detail payload, keyed by raw["batch_params"]["id"]."""
+    def put_batch(self, raw: dict[str, Any], *, batch_id: str | None = None) -> None:
+        """Add or replace a batch's full detail payload, keyed by raw["batch_params"]["id"].
+
+        ``batch_id`` serves it under that id instead, whatever id (if any) the payload holds:
+        a detail response without its own id, or with another batch's.
+        """
         params = raw.get("batch_params")
-        batch_id = params.get("id") if isinstance(params, dict) else None
-        if not isinstance(batch_id, str) or not batch_id:
-            raise ValueError('put_batch needs a payload with a string raw["batch_params"]["id"]')
+        if batch_id is None:
+            batch_id = params.get("id") if isinstance(params, dict) else None
+        if not isinstance(params, dict) or not isinstance(batch_id, str) or not batch_id:
+            raise ValueError(
+                'put_batch needs raw["batch_params"] and a string id (its "id" or batch_id)'
+            )
         stored: dict[str, Any] = orjson.loads(orjson.dumps(raw))  # our own copy, JSON-clean
         with self._lock:
             self._overrides[batch_id] = stored
@@ -377,7 +468,21 @@ class Emulator:
     # -- faults and bookkeeping -------------------------------------------------------------
 
     def inject(self, target: str, fault: Fault) -> None:
-        """Queue a fault for a batch id, "*" (every batch) or "*list*"; each applies in turn."""
+        """Queue a fault for a batch id, "*" (every batch) or "*list*"; each applies in turn.
+
+        ``api_down``, ``page_cap`` and ``unsorted`` are states rather than queued answers:
+        they last from now on, whatever the target and count.
+        """
+        if fault.kind == "api_down":
+            with self._lock:
+                self.down_after = self._details_served + fault.after
+            return
+        if fault.kind == "page_cap":
+            self.page_cap = fault.size
+            return
+        if fault.kind == "unsorted":
+            self.list_order = fault.order
+            return
         with self._lock:
             self._faults.setdefault(target, deque()).append(_ArmedFault(fault, fault.times))
 
@@ -405,26 +510,35 @@ class Emulator:
     # -- HTTP ---------------------------------------------------------------------------------
 
     def handle(self, request: httpx.Request) -> httpx.Response:
-        """Answer one request as the Bland API would: auth, then faults, then the route."""
+        """Answer one request as the Bland API would: auth, then faults, then the route.
+
+        Raises _Refused when the API is down (``api_down``): there is no answer to give.
+        """
         with self._lock:
             self.requests.append(request)
+            if self.down_after is not None and self._details_served >= self.down_after:
+                raise _Refused
         if request.headers.get("authorization") != self.api_key:
             return _json_response(401, _AUTH_FAILURE)
         if request.method != "GET":
             return _json_response(405, _error("Method not allowed"), {"allow": "GET"})
-        path = request.url.path.rstrip("/")
+        # The raw path, so that an id holding an encoded '/' (or '?', '#', '%') stays whole.
+        path = request.url.raw_path.split(b"?", 1)[0].decode("ascii").rstrip("/")
         prefix = "/v1/batches"
         if path == prefix:
             batch_id = None
             targets: tuple[str, ...] = (self.LIST_TARGET,)
         elif path.startswith(prefix + "/") and "/" not in path[len(prefix) + 1 :]:
-            batch_id = path[len(prefix) + 1 :]
+            try:
+                batch_id = urllib.parse.unquote_to_bytes(path[len(prefix) + 1 :]).decode()
+            except UnicodeDecodeError:
+                return _json_response(404, _error("Batch not found"))
             targets = (batch_id, "*")
         else:
             return _json_response(404, _error("Not found"))
 
         fault = self._take_fault(targets)
-        if fault is not None and fault.kind != "truncated":
+        if fault is not None and fault.kind not in _BODY_FAULTS:
             if fault.kind == "slow":
                 time.sleep(fault.delay)
             else:
@@ -436,14 +550,25 @@ class Emulator:
                 response = self._detail_response(batch_id, request.url.params)
         except _BadRequest as exc:
             return _json_response(400, _error(str(exc)))
-        if fault is not None and fault.kind == "truncated":
-            half = response.content[: len(response.content) // 2]
-            return httpx.Response(200, content=half, headers={"content-type": _JSON})
+        if batch_id is not None and response.status_code == 200:
+            with self._lock:
+                self._details_served += 1
+        if fault is not None and fault.kind in _BODY_FAULTS and response.status_code == 200:
+            return _spoiled(response, fault)
         return response
 
     def transport(self) -> httpx.MockTransport:
         """Mount the emulator in-process, for httpx.Client or httpx.AsyncClient."""
-        return httpx.MockTransport(self.handle)
+
+        def handle(request: httpx.Request) -> httpx.Response:
+            try:
+                return self.handle(request)
+            except _Refused:
+                raise httpx.ConnectError(
+                    "[Errno 111] Connection refused", request=request
+                ) from None
+
+        return httpx.MockTransport(handle)
 
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> EmulatorServer:
         """Serve over HTTP on a loopback address in a daemon thread; port 0 picks a free port."""
@@ -457,11 +582,15 @@ class Emulator:
         campaign = params.get("campaign_id")
 
         ordered = self._visible()
-        if not ascending:
+        if self.list_order == "shuffled":
+            random.Random(f"{self._seed}:list-order").shuffle(ordered)
+        elif self.list_order == "descending" or not ascending:
             ordered.reverse()
         if campaign is not None:
             ordered = [row for row in ordered if row[2] == campaign]
         page = ordered[start:stop][: 1000 if limit is None else limit]
+        if self.page_cap is not None:
+            page = page[: self.page_cap]
         batches = [self._list_entry(batch_id) for _, batch_id, _ in page]
         return _json_response(200, {"status": "success", "batches": batches})
 
@@ -845,6 +974,35 @@ def _fault_response(fault: Fault, *, is_list: bool) -> httpx.Response:
     raise AssertionError(f"{fault.kind} faults change the normal answer, they do not replace it")
 
 
+def _spoiled(response: httpx.Response, fault: Fault) -> httpx.Response:
+    """A normal 200 answer with its body broken the way ``fault`` says."""
+    content = response.content
+    if fault.kind == "truncated":
+        half = content[: len(content) // 2]
+        return httpx.Response(200, content=half, headers={"content-type": _JSON})
+    if fault.kind == "wrong_encoding":
+        # A stream, not content=: httpx would try (and fail) to gunzip content= at once.
+        headers = {"content-type": _JSON, "content-encoding": "gzip"}
+        return httpx.Response(200, stream=httpx.ByteStream(content), headers=headers)
+    raw = orjson.loads(content)
+    if not isinstance(raw, dict):
+        return response
+    if fault.kind == "huge_number":
+        calls = raw.get("call_data")
+        if isinstance(calls, list) and calls and isinstance(calls[0], dict):
+            calls[0]["call_length"] = _NUMBER_MARK
+        else:
+            params = raw.setdefault("batch_params", {})
+            params.setdefault("call_params", {})["max_duration"] = _NUMBER_MARK
+        body = orjson.dumps(raw).replace(f'"{_NUMBER_MARK}"'.encode(), b"1e400")
+    else:
+        escape = b"\\ud800" if fault.kind == "lone_surrogate" else b"\\uZZZZ"
+        params = raw.setdefault("batch_params", {})
+        params["label"] = f"{params.get('label') or ''} {_ESCAPE_MARK}"
+        body = orjson.dumps(raw).replace(_ESCAPE_MARK.encode(), escape)
+    return httpx.Response(200, content=body, headers={"content-type": _JSON})
+
+
 def _int_param(params: httpx.QueryParams, name: str) -> int | None:
     text = params.get(name)
     if text is None:
@@ -946,8 +1104,13 @@ class _Handler(BaseHTTPRequestHandler):
             headers=list(self.headers.items()),
             content=body,
         )
-        response = server.emulator.handle(request)
-        content = response.content
+        try:
+            response = server.emulator.handle(request)
+        except _Refused:
+            self.close_connection = True  # hang up without an answer
+            return
+        # The bytes as they go on the wire: a wrong_encoding body must not be decoded here.
+        content = b"".join(cast(Iterable[bytes], response.stream))
         self.send_response(response.status_code)
         for name, value in response.headers.multi_items():
             if name.lower() not in ("content-length", "transfer-encoding", "connection"):
