@@ -15,6 +15,7 @@ temporary staging table, then applies one ``INSERT ... SELECT ... ON CONFLICT DO
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -119,12 +120,30 @@ def lock_batch(connection: Connection, batch_id: str) -> None:
         )
 
 
+# The version of the mapping from a response body to stored rows (the parser and the
+# schema). It is folded into every stored fingerprint, so that a release that stores the
+# same body differently rewrites each batch on its next fetch instead of skipping it as
+# unchanged. Bump it whenever a release stores the same body differently: a new or removed
+# column, a value parsed or normalised otherwise, child rows keyed or assigned otherwise.
+MAPPING_VERSION = 2
+
+
 class Fingerprint(NamedTuple):
-    """What a batch was last written from: its content's hash and the settings that shape it."""
+    """What a batch was last written from: its content's hash and the settings that shape it.
+
+    ``content_sha256`` holds the body's hash (with the parts requested) keyed by
+    :data:`MAPPING_VERSION`, so no column of its own is needed for the version.
+    """
 
     content_sha256: str
     fetched_parts: str
     phone_numbers: str
+
+    @classmethod
+    def of(cls, body_sha256: str, fetched_parts: str, phone_numbers: str) -> Fingerprint:
+        """The fingerprint of a body (its hash) stored with these settings, by this mapping."""
+        keyed = hashlib.sha256(f"mapping {MAPPING_VERSION}\n{body_sha256}".encode()).hexdigest()
+        return cls(keyed, fetched_parts, phone_numbers)
 
 
 def stored_fingerprint(connection: Connection, batch_id: str) -> Fingerprint | None:

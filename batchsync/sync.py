@@ -1,13 +1,18 @@
 """One sync run: discover -> fetch -> parse -> store -> record. Nothing else.
 
 Each batch is fetched, then written and its outcome recorded in one transaction: a batch
-lands whole or not at all. A batch that fails (not found, unreadable payload, rejected by
-the database) is recorded as failed and the run goes on; an authentication failure or a
-database that cannot be used stops the run. Completed batches already stored with the
-requested parts are not fetched again unless ``refresh`` is set; a fetched batch whose
-content is unchanged since its last write is neither parsed nor rewritten. A dry run does
-all of it in transactions that are rolled back, so it reports exact row changes and writes
-nothing.
+lands whole or not at all. Whatever goes wrong with one batch (not found, an id that cannot
+be sent, a body that cannot be decoded or read, data the database refuses, even an
+unexpected exception) is recorded as that batch's failure and the run goes on. Only what
+concerns the whole run stops it: an authentication failure, a database that cannot be
+used, and an API that stopped answering (:data:`UNREACHABLE_BATCHES_LIMIT` batches in a
+row). Completed batches already stored with the requested parts are not fetched again
+unless ``refresh`` is set. A fetched batch is "unchanged" when its fingerprint (content
+hash, parts, phone-number policy and mapping version) is the stored one: it is then
+neither parsed nor rewritten. :func:`_unchanged` is the one place that decides it, and
+under ``refresh`` nothing is unchanged: every fetched batch is rewritten, which repairs
+rows changed or deleted by hand. A dry run does all of it in transactions that are
+rolled back, so it reports exact row changes and writes nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
@@ -26,11 +32,14 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from batchsync import runs
-from batchsync.client import BatchSource, FetchedBatch, Parts
+from batchsync.client import BatchSource, FetchedBatch, Parts, Unchanged
 from batchsync.db import DRIVER_ERRORS, describe, is_unavailable, unavailable
 from batchsync.errors import (
     ApiError,
+    ApiUnavailable,
+    ApiUnreachable,
     AuthError,
+    BatchsyncError,
     ConfigError,
     DatabaseError,
     Interrupted,
@@ -48,6 +57,12 @@ from batchsync.store import (
 )
 
 log = logging.getLogger(__name__)
+
+# After this many batches in a row found the API unreachable (connection refused or
+# dropped, or timed out, each after its retries), the run stops with ApiUnavailable
+# (exit 5) and the remaining batches are not tried. Any answer from the API, even a 404 or
+# a body that cannot be read, shows that it is up and starts the count again.
+UNREACHABLE_BATCHES_LIMIT = 3
 
 
 def utcnow() -> datetime:
@@ -177,16 +192,24 @@ def run_sync(
             raise unavailable(engine, exc) from None
         result = RunResult(run_id=ledger.run_id, status=runs.RUNNING, started_at=clock())
         try:
-            to_fetch, skipped, known = _plan(engine, source, options)
+            to_fetch, skipped, stored = _plan(engine, source, options)
             if stop is not None and stop.is_set():
                 raise Interrupted("stopped by SIGTERM before fetching any batch")
             ledger.skipped(skipped)
             result.outcomes.extend(BatchOutcome(b, runs.SKIPPED) for b in skipped)
             events.planned(len(to_fetch), len(skipped))
-            for batch_id, fetched in _fetch_all(source, to_fetch, options, known):
+            unreachable = 0
+            for batch_id, fetched in _fetch_all(source, to_fetch, options, stored):
                 outcome = _store(engine, ledger, batch_id, fetched, options)
                 result.outcomes.append(outcome)
                 events.batch_done(outcome)
+                unreachable = unreachable + 1 if isinstance(fetched, _Unreachable) else 0
+                if isinstance(fetched, _Unreachable) and unreachable >= UNREACHABLE_BATCHES_LIMIT:
+                    left = len(to_fetch) - len(result.outcomes) + len(skipped)
+                    raise ApiUnavailable(
+                        f"the Bland API did not answer for {unreachable} batches in a row; "
+                        f"stopping the run with {left} batch(es) not tried ({fetched.reason})"
+                    )
                 if stop is not None and stop.is_set():
                     raise Interrupted("stopped by SIGTERM after committing the batch in hand")
         except (KeyboardInterrupt, Interrupted) as exc:
@@ -232,6 +255,7 @@ class _Ledger:
 
     def failure(self, batch_id: str, error: str) -> BatchOutcome:
         """Record a failed batch in a transaction of its own."""
+        error = _one_line(error)
         log.error("%s", error, extra={"batch": batch_id})
         outcome = BatchOutcome(batch_id, runs.BATCH_FAILED, error=error)
         if self.run_id is not None:
@@ -253,41 +277,63 @@ class _Ledger:
             log.error("could not record the end of run %d: %s", self.run_id, describe(exc))
 
 
+@dataclass(frozen=True)
+class _Failed:
+    """Why a batch could not be fetched (or parsed as it arrived)."""
+
+    reason: str
+
+
+class _Unreachable(_Failed):
+    """The API could not be reached for this batch, after its retries."""
+
+
 def _fetch(
-    source: BatchSource, batch_id: str, options: SyncOptions, known: dict[str, str]
-) -> FetchedBatch | str:
-    """The fetched batch, or why it could not be fetched (AuthError propagates)."""
+    source: BatchSource, batch_id: str, options: SyncOptions, stored: dict[str, Fingerprint]
+) -> FetchedBatch | _Failed:
+    """The fetched batch, or why it failed; only AuthError propagates."""
+    found = stored.get(batch_id)
+    unchanged: Unchanged | None = None
+    if found is not None:
+
+        def unchanged(content_sha256: str) -> bool:
+            return _unchanged(found, _fingerprint(content_sha256, options), options)
+
     try:
-        return source.fetch_batch(batch_id, options.parts, unchanged_if=known.get(batch_id))
+        return source.fetch_batch(batch_id, options.parts, unchanged=unchanged)
     except AuthError:
         raise
-    except (ApiError, PayloadError) as exc:
-        return str(exc)
+    except ApiUnreachable as exc:
+        return _Unreachable(str(exc))
+    except BatchsyncError as exc:
+        return _Failed(str(exc))
+    except Exception as exc:  # a fault of one batch must not end the run: record it
+        return _Failed(_internal_error(batch_id, "fetching or parsing", exc))
 
 
 def _fetch_all(
-    source: BatchSource, batch_ids: list[str], options: SyncOptions, known: dict[str, str]
-) -> Iterator[tuple[str, FetchedBatch | str]]:
+    source: BatchSource, batch_ids: list[str], options: SyncOptions, stored: dict[str, Fingerprint]
+) -> Iterator[tuple[str, FetchedBatch | _Failed]]:
     """Fetch batches, up to ``options.concurrency`` at once, yielding each as it arrives.
 
     At most ``concurrency`` fetched batches wait in memory for the writer.
     """
     if options.concurrency == 1:
         for batch_id in batch_ids:
-            yield batch_id, _fetch(source, batch_id, options, known)
+            yield batch_id, _fetch(source, batch_id, options, stored)
         return
     pending_ids = iter(batch_ids)
     executor = ThreadPoolExecutor(options.concurrency, thread_name_prefix="batchsync-fetch")
-    in_flight: dict[Future[FetchedBatch | str], str] = {}
+    in_flight: dict[Future[FetchedBatch | _Failed], str] = {}
     try:
         for batch_id in islice(pending_ids, options.concurrency):
-            in_flight[executor.submit(_fetch, source, batch_id, options, known)] = batch_id
+            in_flight[executor.submit(_fetch, source, batch_id, options, stored)] = batch_id
         while in_flight:
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
                 batch_id = in_flight.pop(future)
                 for next_id in islice(pending_ids, 1):
-                    in_flight[executor.submit(_fetch, source, next_id, options, known)] = next_id
+                    in_flight[executor.submit(_fetch, source, next_id, options, stored)] = next_id
                 yield batch_id, future.result()
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
@@ -297,12 +343,12 @@ def _store(
     engine: Engine,
     ledger: _Ledger,
     batch_id: str,
-    fetched: FetchedBatch | str,
+    fetched: FetchedBatch | _Failed,
     options: SyncOptions,
 ) -> BatchOutcome:
     """Write one fetched batch and its outcome in one transaction; record a failure alone."""
-    if isinstance(fetched, str):
-        return ledger.failure(batch_id, fetched)
+    if isinstance(fetched, _Failed):
+        return ledger.failure(batch_id, fetched.reason)
     if fetched.parsed is None:  # same content as stored: not even parsed
         outcome = BatchOutcome(batch_id, runs.UNCHANGED)
         if ledger.run_id is not None and not options.dry_run:
@@ -312,13 +358,13 @@ def _store(
             except DRIVER_ERRORS as exc:
                 raise unavailable(engine, exc) from None
         return outcome
-    parsed = apply_phone_policy(fetched.parsed, options.phones)
-    fingerprint = Fingerprint(fetched.content_sha256, options.parts.tag, options.phones.tag)
-    calls = None if parsed.calls is None else len(parsed.calls)
+    fingerprint = _fingerprint(fetched.content_sha256, options)
+    calls = None if fetched.parsed.calls is None else len(fetched.parsed.calls)
     try:
+        parsed = apply_phone_policy(fetched.parsed, options.phones)
         with engine.connect() as connection, connection.begin() as transaction:
             lock_batch(connection, batch_id)
-            if stored_fingerprint(connection, batch_id) == fingerprint:
+            if _unchanged(stored_fingerprint(connection, batch_id), fingerprint, options):
                 outcome = BatchOutcome(batch_id, runs.UNCHANGED, calls=calls)
             else:
                 changes = write_batch(
@@ -339,15 +385,58 @@ def _store(
         return ledger.failure(
             batch_id, f"batch {batch_id}: the database rejected it: {describe(exc)}"
         )
+    except DatabaseError:
+        raise
+    except BatchsyncError as exc:
+        return ledger.failure(batch_id, str(exc))
+    except OverflowError:
+        # The driver cannot even send a number this large for its column.
+        return ledger.failure(
+            batch_id, f"batch {batch_id}: the database rejected it: a number is out of range"
+        )
+    except Exception as exc:  # a fault of one batch must not end the run: record it
+        return ledger.failure(batch_id, _internal_error(batch_id, "writing", exc))
     log.info("batch %s: %s", batch_id, outcome.status, extra={"batch": batch_id})
     return outcome
 
 
+def _fingerprint(content_sha256: str, options: SyncOptions) -> Fingerprint:
+    """What a batch fetched with this content hash would be stored from, under ``options``."""
+    return Fingerprint.of(content_sha256, options.parts.tag, options.phones.tag)
+
+
+def _unchanged(stored: Fingerprint | None, fetched: Fingerprint, options: SyncOptions) -> bool:
+    """Whether a fetched batch needs neither parsing nor writing: the one rule for it.
+
+    True when the stored batch was written from the same fingerprint (content, parts,
+    phone-number policy, mapping version); never under --refresh, which rewrites every
+    batch it fetches so that rows changed or deleted by hand are repaired.
+    """
+    return not options.refresh and stored is not None and stored == fetched
+
+
+def _internal_error(batch_id: str, stage: str, exc: Exception) -> str:
+    """The one-line reason for an unexpected exception; its traceback goes to the log (-v).
+
+    The exception's own message is left out: it may quote payload bytes.
+    """
+    where = "".join(traceback.format_tb(exc.__traceback__))
+    log.info("batch %s: %s while %s, at:\n%s", batch_id, type(exc).__name__, stage, where)
+    return f"batch {batch_id}: internal error while {stage} ({type(exc).__name__})"
+
+
+def _one_line(text: str) -> str:
+    """``text`` with control characters escaped, so a reason (and an id in it) stays one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def _plan(
     engine: Engine, source: BatchSource, options: SyncOptions
-) -> tuple[list[str], list[str], dict[str, str]]:
-    """The batches to fetch, those skipped as complete and already stored, and for the
-    stored ones the content hash that means "unchanged, don't even parse it"."""
+) -> tuple[list[str], list[str], dict[str, Fingerprint]]:
+    """The batches to fetch, those skipped as complete and already stored, and what each
+    stored batch was last written from (for the "unchanged" rule)."""
     if options.discover:
         listed = _selected(source.iter_batches(campaign_id=options.campaign_id), options)
     else:
@@ -358,22 +447,19 @@ def _plan(
             stored = stored_batches(connection)
     except DRIVER_ERRORS as exc:
         raise unavailable(engine, exc) from None
-    to_fetch, skipped, known = [], [], {}
+    to_fetch, skipped, fingerprints = [], [], {}
     for batch_id in wanted:
         found = stored.get(batch_id)
-        same_settings = (
-            found is not None
-            and found.fingerprint.phone_numbers == options.phones.tag
-            and options.parts.covers(found.fingerprint.fetched_parts)
-        )
-        if found is not None and same_settings:
-            if found.complete and options.discover and not options.refresh:
+        if found is not None:
+            fingerprints[batch_id] = found.fingerprint
+            same_settings = found.fingerprint.phone_numbers == options.phones.tag and (
+                options.parts.covers(found.fingerprint.fetched_parts)
+            )
+            if same_settings and found.complete and options.discover and not options.refresh:
                 skipped.append(batch_id)
                 continue
-            if found.fingerprint.fetched_parts == options.parts.tag:
-                known[batch_id] = found.fingerprint.content_sha256
         to_fetch.append(batch_id)
-    return to_fetch, skipped, known
+    return to_fetch, skipped, fingerprints
 
 
 def _in_shard(batch_id: str, options: SyncOptions) -> bool:
@@ -381,15 +467,30 @@ def _in_shard(batch_id: str, options: SyncOptions) -> bool:
 
 
 def _selected(summaries: Iterable[BatchSummary], options: SyncOptions) -> list[str]:
-    """The listed batches inside the --since/--until window and with the --label asked for."""
+    """The listed batches inside the --since/--until window and with the --label asked for.
+
+    Every entry is checked: the list is asked for oldest first, but nothing is assumed of
+    its order. A list out of that order is reported once, with a warning.
+    """
     selected = []
+    latest: datetime | None = None
+    warned = False
     for summary in summaries:
         created = summary.created_at
+        if created is not None:
+            if latest is not None and created < latest and not warned:
+                log.warning(
+                    "the API listed batch %s (created %s) after one created %s: the list is "
+                    "not oldest first as asked; every entry is still checked",
+                    _one_line(summary.batch_id),
+                    created.isoformat(),
+                    latest.isoformat(),
+                )
+                warned = True
+            latest = created if latest is None else max(latest, created)
         if options.since and (created is None or created < options.since):
             continue
-        if options.until and created is not None and created >= options.until:
-            break  # the list comes oldest first: nothing after this is in the window
-        if options.until and created is None:
+        if options.until and (created is None or created >= options.until):
             continue
         if options.label is not None and summary.label != options.label:
             continue

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select, text
 
-from batchsync import runs
+from batchsync import runs, store
 from batchsync.client import BlandClient, Parts
 from batchsync.config import load_database
 from batchsync.db import create_db_engine, upgrade
@@ -17,6 +17,7 @@ from batchsync.emulator import Emulator, Fault
 from batchsync.errors import AuthError, Interrupted
 from batchsync.models import Base
 from batchsync.payload import parse_batch
+from batchsync.privacy import PhoneMode, PhonePolicy
 from batchsync.sync import Shard, SyncEvents, SyncOptions, run_sync
 
 DATA_TABLES = ["batches", "calls", "call_transcripts", "queue_status_counts", "errors"]
@@ -98,21 +99,93 @@ def test_resync_of_unchanged_api_changes_nothing(engine: Engine, client: BlandCl
 
     assert snapshot(engine) == before
     assert second.count(runs.SYNCED) == 0
-    assert refreshed.count(runs.UNCHANGED) == len(before["batches"])
+    assert second.count(runs.UNCHANGED) == len(before["batches"]) - second.count(runs.SKIPPED)
+    assert refreshed.count(runs.SYNCED) == len(before["batches"])
+    assert all(
+        not o.changes or all(c.total == 0 for c in o.changes.values()) for o in refreshed.outcomes
+    )
 
 
-def test_refresh_refetches_but_leaves_unchanged_content_unparsed(
+def test_resync_leaves_unchanged_content_unparsed(
     engine: Engine, client: BlandClient, emulator: Emulator
 ) -> None:
-    """--refresh fetches every batch again; content that did not change is not even parsed."""
-    sync_all(engine, client)
+    """A re-sync of named batches whose content did not change does not even parse them."""
+    ids = tuple(emulator.batch_ids())
+    run_sync(engine, client, SyncOptions(batch_ids=ids))
     before = _detail_requests(emulator)
+
+    again = run_sync(engine, client, SyncOptions(batch_ids=ids))
+
+    assert _detail_requests(emulator) - before == len(ids)
+    assert again.count(runs.UNCHANGED) == len(ids)
+    assert all(o.calls is None for o in again.outcomes)  # None: never parsed
+
+
+def test_refresh_rewrites_every_batch_and_repairs_rows_changed_or_deleted_by_hand(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """--refresh rewrites each fetched batch: hand-edited values and deleted rows come back."""
+    sync_all(engine, client)
+    before = snapshot(engine, bookkeeping=False)
+    first, second = emulator.batch_ids()[:2]
+    with engine.begin() as connection:
+        connection.execute(
+            text("update batches set label = 'edited' where batch_id = :b"), {"b": first}
+        )
+        connection.execute(
+            text("update calls set call_length = 999 where batch_id = :b"), {"b": first}
+        )
+        connection.execute(text("delete from call_transcripts where batch_id = :b"), {"b": second})
+        connection.execute(
+            text("delete from queue_status_counts where batch_id = :b"), {"b": second}
+        )
+        connection.execute(text("delete from errors where batch_id = :b"), {"b": first})
+    plain = run_sync(engine, client, SyncOptions(batch_ids=(first, second)))
+    assert snapshot(engine, bookkeeping=False) != before  # the shortcut alone cannot see it
 
     refreshed = sync_all(engine, client, refresh=True)
 
-    assert _detail_requests(emulator) - before == len(emulator.batch_ids())
-    assert refreshed.count(runs.UNCHANGED) == len(emulator.batch_ids())
-    assert all(o.calls is None for o in refreshed.outcomes)  # None: never parsed
+    assert plain.count(runs.UNCHANGED) == 2
+    assert refreshed.count(runs.SYNCED) == len(emulator.batch_ids())
+    assert snapshot(engine, bookkeeping=False) == before
+    by_id = {o.batch_id: o for o in refreshed.outcomes}
+    assert by_id[first].changes["batches"].updated == 1
+    assert by_id[first].changes["calls"].updated == _count(engine, "calls", first)
+    assert by_id[second].changes["call_transcripts"].inserted == _count(
+        engine, "call_transcripts", second
+    )
+
+
+def test_new_mapping_version_rewrites_batches_stored_by_the_old_one(
+    engine: Engine, client: BlandClient, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches stored under another mapping version are rewritten, not skipped as unchanged."""
+    ids = tuple(emulator.batch_ids())
+    run_sync(engine, client, SyncOptions(batch_ids=ids))
+    monkeypatch.setattr(store, "MAPPING_VERSION", store.MAPPING_VERSION + 1)
+
+    again = run_sync(engine, client, SyncOptions(batch_ids=ids))
+    third = run_sync(engine, client, SyncOptions(batch_ids=ids))
+
+    assert again.count(runs.SYNCED) == len(ids)
+    assert third.count(runs.UNCHANGED) == len(ids)
+
+
+def test_other_phone_policy_rewrites_batches_instead_of_skipping_them(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """The same body stored under another phone-number policy is not unchanged: it is rewritten."""
+    ids = tuple(emulator.batch_ids())
+    run_sync(engine, client, SyncOptions(batch_ids=ids))
+
+    hashed = run_sync(
+        engine, client, SyncOptions(batch_ids=ids, phones=PhonePolicy(PhoneMode.DROP))
+    )
+
+    assert hashed.count(runs.SYNCED) == len(ids)
+    with engine.connect() as connection:
+        tags = set(connection.execute(text("select phone_numbers from batches")).scalars())
+    assert tags == {PhonePolicy(PhoneMode.DROP).tag}
 
 
 def test_resync_converges_to_changed_api(
