@@ -94,7 +94,8 @@ class Shard:
         return cls(int(index), int(count))
 
     def owns(self, batch_id: str) -> bool:
-        digest = hashlib.blake2b(batch_id.encode(), digest_size=8).digest()
+        # surrogatepass: an id that is not valid Unicode still belongs to one shard.
+        digest = hashlib.blake2b(batch_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
         return int.from_bytes(digest, "big") % self.count == self.index
 
     def __str__(self) -> str:
@@ -125,7 +126,7 @@ class SyncOptions:
     def as_json(self) -> dict[str, Any]:
         """The options as recorded in sync_runs.options."""
         return {
-            "batch_ids": list(self.batch_ids),
+            "batch_ids": [_recordable(batch_id) for batch_id in self.batch_ids],
             "all": self.discover,
             "parts": self.parts.tag,
             "refresh": self.refresh,
@@ -208,7 +209,8 @@ def run_sync(
                     left = len(to_fetch) - len(result.outcomes) + len(skipped)
                     raise ApiUnavailable(
                         f"the Bland API did not answer for {unreachable} batches in a row; "
-                        f"stopping the run with {left} batch(es) not tried ({fetched.reason})"
+                        f"stopping the run with {left} batch(es) not tried "
+                        f"(last: {_one_line(fetched.reason)})"
                     )
                 if stop is not None and stop.is_set():
                     raise Interrupted("stopped by SIGTERM after committing the batch in hand")
@@ -257,7 +259,7 @@ class _Ledger:
         """Record a failed batch in a transaction of its own."""
         error = _one_line(error)
         log.error("%s", error, extra={"batch": batch_id})
-        outcome = BatchOutcome(batch_id, runs.BATCH_FAILED, error=error)
+        outcome = BatchOutcome(_recordable(batch_id), runs.BATCH_FAILED, error=error)
         if self.run_id is not None:
             try:
                 with self.engine.begin() as connection:
@@ -423,6 +425,16 @@ def _internal_error(batch_id: str, stage: str, exc: Exception) -> str:
     where = "".join(traceback.format_tb(exc.__traceback__))
     log.info("batch %s: %s while %s, at:\n%s", batch_id, type(exc).__name__, stage, where)
     return f"batch {batch_id}: internal error while {stage} ({type(exc).__name__})"
+
+
+def _recordable(batch_id: str) -> str:
+    """The id as both databases can hold it: NUL and lone surrogates become U+FFFD.
+
+    Only an id that could not be sent has them, and its failure must still be recorded.
+    """
+    if "\x00" not in batch_id and batch_id.isprintable():
+        return batch_id
+    return "".join("\ufffd" if c == "\x00" or "\ud800" <= c <= "\udfff" else c for c in batch_id)
 
 
 def _one_line(text: str) -> str:

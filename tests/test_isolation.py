@@ -1,0 +1,397 @@
+"""Every batch stands alone: a fault of one batch fails that batch, never the run.
+
+Each kind of fault a real server produces is injected through the emulator into a whole run
+on SQLite and PostgreSQL: the run goes on, the batch is recorded failed with a one-line
+reason naming it, every other batch is stored whole. Only an API that stops answering
+stops the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import httpx
+import pytest
+from sqlalchemy import Engine, text
+
+from batchsync import runs
+from batchsync.client import BlandClient, RetryPolicy
+from batchsync.config import load_api
+from batchsync.emulator import Emulator, Fault
+from batchsync.errors import ApiUnavailable
+from batchsync.sync import UNREACHABLE_BATCHES_LIMIT, RunResult, SyncOptions, run_sync
+from tests.conftest import EMULATOR_URL
+
+
+def make_client(
+    transport: httpx.BaseTransport, sleeps: list[float], *, attempts: int = 3
+) -> BlandClient:
+    return BlandClient(
+        load_api(EMULATOR_URL, "emulator-key"),
+        transport=transport,
+        retry=RetryPolicy(attempts=attempts),
+        sleep=sleeps.append,
+    )
+
+
+def recorded(engine: Engine, run_id: int | None) -> dict[str, tuple[str, str | None]]:
+    """sync_run_batches of one run: batch id -> (status, error)."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text("select batch_id, status, error from sync_run_batches where run_id = :r"),
+            {"r": run_id},
+        ).all()
+    return {batch_id: (status, error) for batch_id, status, error in rows}
+
+
+def run_status(engine: Engine, run_id: int | None) -> tuple[str, str | None]:
+    with engine.connect() as connection:
+        row = connection.execute(
+            text("select status, error from sync_runs where id = :r"), {"r": run_id}
+        ).one()
+    return row[0], row[1]
+
+
+def stored_calls(engine: Engine, batch_id: str) -> set[str]:
+    with engine.connect() as connection:
+        return set(
+            connection.execute(
+                text("select call_id from calls where batch_id = :b"), {"b": batch_id}
+            ).scalars()
+        )
+
+
+def assert_stored_whole(engine: Engine, emulator: Emulator, batch_id: str) -> None:
+    """The batch and exactly its calls and transcript lines are stored."""
+    raw = emulator.raw_batch(batch_id)
+    calls = {str(c.get("call_id") or c.get("c_id")) for c in raw["call_data"]}
+    lines = sum(len(c.get("transcripts") or []) for c in raw["call_data"])
+    with engine.connect() as connection:
+        stored_lines = connection.execute(
+            text("select count(*) from call_transcripts where batch_id = :b"), {"b": batch_id}
+        ).scalar_one()
+        batches = connection.execute(
+            text("select count(*) from batches where batch_id = :b"), {"b": batch_id}
+        ).scalar_one()
+    assert batches == 1
+    assert stored_calls(engine, batch_id) == calls
+    assert stored_lines == lines
+
+
+def assert_failed_alone(
+    engine: Engine, emulator: Emulator, result: RunResult, victim: str, *reason: str
+) -> None:
+    """The victim failed with a one-line reason naming it; everything else is stored whole."""
+    assert result.status == runs.PARTIAL
+    [failure] = result.failed
+    assert failure.batch_id == victim
+    error = failure.error or ""
+    assert "\n" not in error
+    assert f"batch {victim}" in error
+    for part in reason:
+        assert part in error
+    assert recorded(engine, result.run_id)[victim] == (runs.BATCH_FAILED, error)
+    assert run_status(engine, result.run_id) == (runs.PARTIAL, None)
+    assert stored_calls(engine, victim) == set()
+    for batch_id in emulator.batch_ids():
+        if batch_id != victim:
+            assert_stored_whole(engine, emulator, batch_id)
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        (Fault("wrong_encoding"), ("field (body)", "Content-Encoding", "gzip")),
+        (Fault("bad_escape"), ("field (body)",)),
+        (Fault("huge_number"), ()),
+        (Fault("truncated"), ("field (body)",)),
+    ],
+    ids=lambda value: value.kind if isinstance(value, Fault) else "",
+)
+def test_a_body_fault_fails_its_batch_and_the_run_goes_on(
+    engine: Engine,
+    client: BlandClient,
+    emulator: Emulator,
+    fault: Fault,
+    reason: tuple[str, ...],
+) -> None:
+    """A wrong Content-Encoding, an invalid escape, an unstorable number: that batch fails alone."""
+    victim = emulator.batch_ids()[1]
+    emulator.inject(victim, fault)
+
+    result = run_sync(engine, client, SyncOptions(discover=True))
+
+    assert_failed_alone(engine, emulator, result, victim, *reason)
+    assert result.count(runs.SYNCED) == len(emulator.batch_ids()) - 1
+
+
+def test_a_lone_surrogate_escape_never_ends_the_run(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """A \\ud800 escape in a label either fails that batch alone or is stored as U+FFFD."""
+    victim = emulator.batch_ids()[2]
+    emulator.inject(victim, Fault("lone_surrogate"))
+
+    result = run_sync(engine, client, SyncOptions(discover=True))
+
+    if result.failed:
+        assert_failed_alone(engine, emulator, result, victim)
+    else:
+        with engine.connect() as connection:
+            label = connection.execute(
+                text("select label from batches where batch_id = :b"), {"b": victim}
+            ).scalar_one()
+        assert label.endswith("\ufffd")
+    for batch_id in emulator.batch_ids():
+        if batch_id != victim:
+            assert_stored_whole(engine, emulator, batch_id)
+
+
+SPECIAL_IDS = [
+    "a/b",
+    "q?x=1&y=2",
+    "frag#ment",
+    "100%25%",
+    "with space",
+    "tab\tand\nnewline",
+    "bell\x07",
+    "caf\u00e9-\u6771\u4eac-\U0001f4de",
+    "..",
+    "+plus+",
+]
+
+
+def _put_batches(emulator: Emulator, ids: list[str]) -> None:
+    """Serve a copy of the emulator's first batch under each id."""
+    template = emulator.raw_batch(emulator.batch_ids()[0])
+    for number, batch_id in enumerate(ids):
+        raw = dict(template, batch_params={**template["batch_params"], "id": batch_id})
+        raw["batch_params"]["created_at"] = f"2026-01-01T00:00:{number:02d}+00:00"
+        for call in raw["call_data"]:  # each copy's calls are its own
+            for key in ("call_id", "c_id"):
+                if key in call:
+                    call[key] = f"{call[key]}-{number}"
+            for line in call.get("transcripts") or []:
+                line["id"] = line["id"] + 1000 * (number + 1)
+        emulator.put_batch(raw)
+
+
+def test_ids_with_url_special_or_unprintable_characters_are_synced_whole(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """Ids holding '/', '?', '#', '%', spaces, control characters or any script sync as data."""
+    special = [i for i in SPECIAL_IDS if i != ".."]  # ".." cannot be a URL path segment
+    _put_batches(emulator, special)
+
+    result = run_sync(engine, client, SyncOptions(discover=True))
+
+    assert result.status == runs.SUCCEEDED, [o.error for o in result.failed]
+    with engine.connect() as connection:
+        stored = set(connection.execute(text("select batch_id from batches")).scalars())
+    assert set(special) <= stored
+    for batch_id in special:
+        assert_stored_whole(engine, emulator, batch_id)
+
+
+@pytest.mark.parametrize(
+    ("bad_id", "shown"),
+    [("", "''"), ("   ", "'   '"), ("a\x00b", "'a\\x00b'"), ("..", "'..'"), ("\ud800x", "x")],
+)
+def test_ids_that_cannot_be_sent_fail_their_batch_with_a_clear_reason(
+    engine: Engine, client: BlandClient, emulator: Emulator, bad_id: str, shown: str
+) -> None:
+    """A blank, NUL-holding, dot-segment or non-Unicode id fails alone, recorded; others sync."""
+    good = emulator.batch_ids()[:2]
+
+    result = run_sync(engine, client, SyncOptions(batch_ids=(good[0], bad_id, good[1])))
+
+    assert result.status == runs.PARTIAL
+    [failure] = result.failed
+    assert "cannot" in (failure.error or "") or "not valid Unicode" in (failure.error or "")
+    assert shown in (failure.error or "")
+    assert (failure.error or "").isprintable()
+    assert result.count(runs.SYNCED) == 2
+    recorded_ids = recorded(engine, result.run_id)
+    assert [status for status, _ in recorded_ids.values()].count(runs.BATCH_FAILED) == 1
+    for batch_id in good:
+        assert_stored_whole(engine, emulator, batch_id)
+
+
+def test_a_listed_id_with_nul_fails_alone_during_discovery(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """A listed id holding NUL fails its batch (recorded with U+FFFD); the other batches sync."""
+    _put_batches(emulator, ["nul\x00id"])
+
+    result = run_sync(engine, client, SyncOptions(discover=True))
+
+    assert [o.batch_id for o in result.failed] == ["nul\ufffdid"]
+    assert "NUL" in (result.failed[0].error or "")
+    assert recorded(engine, result.run_id)["nul\ufffdid"][0] == runs.BATCH_FAILED
+    assert result.count(runs.SYNCED) == len(emulator.batch_ids()) - 1
+
+
+def test_a_database_refusal_fails_its_batch_and_the_run_goes_on(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """Data the database refuses (a trigger here) fails that batch alone, recorded with why."""
+    victim = emulator.batch_ids()[0]
+    raw = emulator.raw_batch(victim)
+    raw["batch_params"]["label"] = "REFUSE-ME"
+    emulator.put_batch(raw)
+    _refuse_label(engine, "REFUSE-ME")
+
+    result = run_sync(engine, client, SyncOptions(discover=True))
+
+    assert_failed_alone(engine, emulator, result, victim, "the database rejected it")
+
+
+def _refuse_label(engine: Engine, word: str) -> None:
+    """A trigger that makes the database reject a batch whose label is ``word``."""
+    with engine.begin() as connection:
+        if engine.dialect.name == "sqlite":
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse BEFORE INSERT ON batches "
+                f"WHEN NEW.label = '{word}' BEGIN SELECT RAISE(ABORT, 'refused by test'); END"
+            )
+        else:
+            connection.exec_driver_sql(
+                "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN "
+                "RAISE EXCEPTION 'refused by test'; END $$ LANGUAGE plpgsql"
+            )
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse BEFORE INSERT ON batches FOR EACH ROW "
+                f"WHEN (NEW.label = '{word}') EXECUTE FUNCTION refuse()"
+            )
+
+
+def _raising_for(emulator: Emulator, batch_id: str, error: Exception) -> httpx.MockTransport:
+    """The emulator, except that fetching ``batch_id`` raises ``error`` inside the client."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == f"/v1/batches/{batch_id}":
+            raise error
+        return emulator.handle(request)
+
+    return httpx.MockTransport(handle)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), ValueError("odd")],
+    ids=["UnicodeDecodeError", "ValueError"],
+)
+def test_an_unexpected_exception_fails_its_batch_as_an_internal_error(
+    engine: Engine,
+    emulator: Emulator,
+    sleeps: list[float],
+    caplog: pytest.LogCaptureFixture,
+    error: Exception,
+) -> None:
+    """An exception batchsync has no rule for fails that batch only, its traceback logged."""
+    victim = emulator.batch_ids()[1]
+    client = make_client(_raising_for(emulator, victim, error), sleeps)
+
+    with caplog.at_level(logging.INFO, logger="batchsync"):
+        result = run_sync(engine, client, SyncOptions(discover=True))
+
+    name = type(error).__name__
+    assert_failed_alone(
+        engine, emulator, result, victim, f"internal error while fetching or parsing ({name})"
+    )
+    assert "\\xff" not in (result.failed[0].error or "")  # no payload byte quoted
+    assert any(f"{name} while fetching or parsing, at:" in r.getMessage() for r in caplog.records)
+
+
+def _down_for(emulator: Emulator, down: Callable[[str], bool]) -> httpx.MockTransport:
+    """The emulator, with connections refused for the batches ``down`` names."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.startswith("/v1/batches/") and down(path.rsplit("/", 1)[1]):
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        return emulator.handle(request)
+
+    return httpx.MockTransport(handle)
+
+
+def test_api_dying_after_the_first_batch_stops_the_run_with_api_unavailable(
+    engine: Engine, sleeps: list[float]
+) -> None:
+    """After N batches in a row find the API down, the run stops; the rest are not tried."""
+    emulator = Emulator(seed=5, batches=7, calls_per_batch=3)
+    emulator.inject("*", Fault("api_down", after=1))
+    client = make_client(emulator.transport(), sleeps, attempts=3)
+    ids = emulator.batch_ids()
+
+    with pytest.raises(ApiUnavailable, match=f"did not answer for {UNREACHABLE_BATCHES_LIMIT}"):
+        run_sync(engine, client, SyncOptions(batch_ids=tuple(ids)))
+
+    details = [r.url.path for r in emulator.requests if r.url.path != "/v1/batches"]
+    tried = 1 + UNREACHABLE_BATCHES_LIMIT
+    assert len(details) == 1 + 3 * UNREACHABLE_BATCHES_LIMIT  # 3 attempts per dead batch
+    assert {p.rsplit("/", 1)[1] for p in details} == set(ids[:tried])
+    assert_stored_whole(engine, emulator, ids[0])
+    with engine.connect() as connection:
+        run_id = connection.execute(text("select max(id) from sync_runs")).scalar_one()
+    status, error = run_status(engine, run_id)
+    assert status == runs.FAILED
+    assert f"{len(ids) - tried} batch(es) not tried" in (error or "")
+    batches = recorded(engine, run_id)
+    assert set(batches) == set(ids[:tried])
+    for batch_id in ids[1:tried]:
+        assert batches[batch_id][0] == runs.BATCH_FAILED
+        assert "cannot reach" in (batches[batch_id][1] or "")
+
+
+def test_unreachable_batches_separated_by_answers_do_not_stop_the_run(
+    engine: Engine, sleeps: list[float]
+) -> None:
+    """Fewer than N unreachable batches in a row, with answers between, leave the run going."""
+    emulator = Emulator(seed=5, batches=7, calls_per_batch=3)
+    ids = emulator.batch_ids()
+    down = {ids[i] for i in range(len(ids)) if i % 3 != 0}  # two down, one up, ...
+    client = make_client(_down_for(emulator, down.__contains__), sleeps, attempts=2)
+
+    result = run_sync(engine, client, SyncOptions(batch_ids=tuple(ids)))
+
+    assert result.status == runs.PARTIAL
+    assert {o.batch_id for o in result.failed} == down
+    for batch_id in set(ids) - down:
+        assert_stored_whole(engine, emulator, batch_id)
+
+
+def test_a_not_found_batch_between_unreachable_ones_resets_the_count(
+    engine: Engine, sleeps: list[float]
+) -> None:
+    """A batch the API answers (even 404) shows the API is up: the count starts again."""
+    emulator = Emulator(seed=5, batches=6, calls_per_batch=3)
+    ids = emulator.batch_ids()
+    down = set(ids[:2]) | set(ids[3:5])
+    emulator.remove_batch(ids[2])
+    client = make_client(_down_for(emulator, down.__contains__), sleeps, attempts=1)
+
+    result = run_sync(engine, client, SyncOptions(batch_ids=tuple(ids)))
+
+    assert {o.batch_id for o in result.failed} == down | {ids[2]}
+    assert result.count(runs.SYNCED) == 1
+
+
+def test_concurrent_fetching_also_stops_when_the_api_dies(
+    engine: Engine, sleeps: list[float]
+) -> None:
+    """With several fetches in flight, an API that dies still stops the run with exit 5."""
+    emulator = Emulator(seed=5, batches=12, calls_per_batch=2)
+    emulator.inject("*", Fault("api_down", after=2))
+    client = make_client(emulator.transport(), sleeps, attempts=2)
+
+    with pytest.raises(ApiUnavailable):
+        run_sync(
+            engine,
+            client,
+            SyncOptions(discover=False, batch_ids=tuple(emulator.batch_ids()), concurrency=3),
+        )
+
+    tried = {r.url.path for r in emulator.requests}
+    assert len(tried) < len(emulator.batch_ids())
