@@ -6,6 +6,7 @@ import asyncio
 import re
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -549,6 +550,14 @@ def test_fault_rejects_impossible_values(kwargs: dict[str, Any]) -> None:
         ("ID: truncated ", "ID", Fault("truncated")),
         ("ID:invalid_json x2", "ID", Fault("invalid_json", times=2)),
         ("ID:wrong_shape", "ID", Fault("wrong_shape")),
+        ("ID:wrong_encoding", "ID", Fault("wrong_encoding")),
+        ("ID:lone_surrogate x2", "ID", Fault("lone_surrogate", times=2)),
+        ("*:bad_escape", "*", Fault("bad_escape")),
+        ("ID:huge_number", "ID", Fault("huge_number")),
+        ("*:api_down:after=1", "*", Fault("api_down", after=1)),
+        ("*list*:page_cap:size=2", "*list*", Fault("page_cap", size=2)),
+        ("*list*:unsorted:order=shuffled", "*list*", Fault("unsorted", order="shuffled")),
+        ("*list*:unsorted", "*list*", Fault("unsorted", order="descending")),
         (
             "ID:rate_limit:retry_after=Wed, 21 Oct 2015 07:28:00 GMT",
             "ID",
@@ -579,6 +588,10 @@ def test_parse_fault_reads_good_specs(spec: str, target: str, fault: Fault) -> N
         "ID:server_error:colour=red",
         "ID:rate_limit:oops",
         "ID:slow:delay=1:delay=2",
+        "*:api_down:after=-1",
+        "*:api_down:size=2",
+        "*list*:page_cap:size=0",
+        "*list*:unsorted:order=random",
     ],
 )
 def test_parse_fault_rejects_bad_specs(spec: str) -> None:
@@ -1053,3 +1066,113 @@ def test_emulator_refuses_impossible_settings(kwargs: dict[str, Any]) -> None:
     """Negative sizes and ratios outside [0, 1] raise ValueError."""
     with pytest.raises(ValueError, match=r"negative|ratio"):
         Emulator(**kwargs)
+
+
+# -- faults real servers produce, ids of any characters, list modes ----------------------
+
+
+def test_wrong_encoding_sends_plain_json_labelled_gzip(emu: Emulator) -> None:
+    """wrong_encoding: the header says gzip, the bytes on the wire are the plain JSON body."""
+    batch_id = emu.batch_ids()[0]
+    normal = orjson.dumps(emu.raw_batch(batch_id))
+    emu.inject(batch_id, Fault("wrong_encoding"))
+    with (
+        emu.serve() as server,
+        httpx.Client(base_url=server.url, headers={"authorization": KEY}) as client,
+        client.stream("GET", f"/v1/batches/{batch_id}") as response,
+    ):
+        raw = b"".join(response.iter_raw())
+        assert response.headers["content-encoding"] == "gzip"
+    assert raw == normal
+
+
+@pytest.mark.parametrize(
+    "batch_id",
+    ["a/b", "q?x=1", "frag#ment", "100%", "with space", "tab\tnl\n", "caf\u00e9-\u6771\u4eac"],
+)
+def test_ids_with_any_characters_are_served_in_process_and_over_http(
+    emu: Emulator, client: httpx.Client, batch_id: str
+) -> None:
+    """A percent-encoded id reaches its batch, in-process and through the HTTP server."""
+    raw = emu.raw_batch(emu.batch_ids()[0])
+    raw["batch_params"]["id"] = batch_id
+    emu.put_batch(raw)
+    path = "/v1/batches/" + urllib.parse.quote(batch_id, safe="")
+    in_process = client.get(path)
+    with (
+        emu.serve() as server,
+        httpx.Client(base_url=server.url, headers={"authorization": KEY}) as http,
+    ):
+        served = http.get(path)
+        listed = [b["batch_id"] for b in http.get("/v1/batches").json()["batches"]]
+    assert in_process.status_code == served.status_code == 200
+    assert in_process.json()["batch_params"]["id"] == batch_id
+    assert served.content == in_process.content
+    assert batch_id in listed
+
+
+def test_api_down_after_one_batch_refuses_every_later_request(emu: Emulator) -> None:
+    """api_down after=1: one detail is answered, then every request gets no answer at all."""
+    first, second = emu.batch_ids()[:2]
+    emu.inject(*parse_fault("*:api_down:after=1"))
+    with httpx.Client(
+        transport=emu.transport(), base_url=BASE_URL, headers={"authorization": KEY}
+    ) as client:
+        assert client.get("/v1/batches").status_code == 200  # the list is not a batch
+        assert client.get(f"/v1/batches/{first}").status_code == 200
+        for path in (f"/v1/batches/{second}", f"/v1/batches/{first}", "/v1/batches"):
+            with pytest.raises(httpx.ConnectError):
+                client.get(path)
+
+
+def test_api_down_over_http_hangs_up_without_an_answer(emu: Emulator) -> None:
+    """Through the HTTP server, a downed API closes each connection without a response."""
+    emu.inject("*", Fault("api_down"))
+    with (
+        emu.serve() as server,
+        httpx.Client(base_url=server.url, headers={"authorization": KEY}) as client,
+    ):
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.get(f"/v1/batches/{emu.batch_ids()[0]}")
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.get("/v1/batches")
+
+
+@pytest.mark.parametrize("cap", [1, 2, 3])
+def test_page_cap_serves_at_most_that_many_whatever_limit_asks(cap: int) -> None:
+    """page_cap K: each page holds at most K batches even when limit asks for more."""
+    emu = Emulator(batches=5, page_cap=cap)
+    with httpx.Client(
+        transport=emu.transport(), base_url=BASE_URL, headers={"authorization": KEY}
+    ) as client:
+        page = client.get("/v1/batches", params={"limit": 100, "ascending": "true"})
+    assert [b["batch_id"] for b in page.json()["batches"]] == emu.batch_ids()[:cap]
+
+
+@pytest.mark.parametrize("order", ["descending", "shuffled"])
+def test_unsorted_list_ignores_ascending_and_keeps_every_batch(order: Any) -> None:
+    """An unsorted list mode lists every batch once, not oldest first, whatever is asked."""
+    emu = Emulator(batches=8)
+    emu.inject(*parse_fault(f"*list*:unsorted:order={order}"))
+    with httpx.Client(
+        transport=emu.transport(), base_url=BASE_URL, headers={"authorization": KEY}
+    ) as client:
+        listed = [
+            b["batch_id"]
+            for b in client.get("/v1/batches", params={"ascending": "true"}).json()["batches"]
+        ]
+    assert sorted(listed) == sorted(emu.batch_ids())
+    assert listed != emu.batch_ids()
+    if order == "descending":
+        assert listed == emu.batch_ids()[::-1]
+
+
+def test_put_batch_can_serve_a_payload_under_another_id(
+    emu: Emulator, client: httpx.Client
+) -> None:
+    """put_batch(batch_id=...) serves the payload as given, its own id absent or different."""
+    raw = emu.raw_batch(emu.batch_ids()[0])
+    del raw["batch_params"]["id"]
+    emu.put_batch(raw, batch_id="elsewhere")
+    served = client.get("/v1/batches/elsewhere").json()
+    assert "id" not in served["batch_params"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from typing import Any
 
@@ -11,14 +12,15 @@ from sqlalchemy import Engine, select, text
 
 from batchsync import runs, store
 from batchsync.client import BlandClient, Parts
-from batchsync.config import load_database
+from batchsync.config import load_api, load_database
 from batchsync.db import create_db_engine, upgrade
-from batchsync.emulator import Emulator, Fault
+from batchsync.emulator import Emulator, Fault, parse_fault
 from batchsync.errors import AuthError, Interrupted
 from batchsync.models import Base
 from batchsync.payload import parse_batch
 from batchsync.privacy import PhoneMode, PhonePolicy
 from batchsync.sync import Shard, SyncEvents, SyncOptions, run_sync
+from tests.conftest import EMULATOR_URL
 
 DATA_TABLES = ["batches", "calls", "call_transcripts", "queue_status_counts", "errors"]
 BOOKKEEPING = {"synced_at", "sync_run_id"}
@@ -464,6 +466,63 @@ def test_since_and_until_bound_discovery(
     result = run_sync(engine, client, SyncOptions(discover=True, since=first, until=last))
 
     assert [o.batch_id for o in result.outcomes] == [ids[1]]
+
+
+@pytest.mark.parametrize("order", ["descending", "shuffled"])
+def test_unsorted_list_selects_the_same_window_and_warns_once(
+    engine: Engine, sleeps: list[float], order: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A list not oldest first loses no batch of the --since/--until window; one warning says so."""
+    emulator = Emulator(seed=4, batches=9, calls_per_batch=2, list_order=order)
+    ids = emulator.batch_ids()
+    created = [parse_batch(emulator.raw_batch(b), batch_id=b).batch.created_at for b in ids]
+    client = BlandClient(
+        load_api(EMULATOR_URL, emulator.api_key), transport=emulator.transport(), page_size=2
+    )
+
+    with caplog.at_level(logging.WARNING, logger="batchsync"):
+        result = run_sync(
+            engine, client, SyncOptions(discover=True, since=created[2], until=created[7])
+        )
+
+    assert sorted(o.batch_id for o in result.outcomes) == sorted(ids[2:7])
+    warnings = [r.getMessage() for r in caplog.records if "not oldest first" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_sorted_list_gives_no_order_warning(
+    engine: Engine, client: BlandClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A list in the order asked for is not reported."""
+    with caplog.at_level(logging.WARNING, logger="batchsync"):
+        sync_all(engine, client)
+    assert not [r for r in caplog.records if "not oldest first" in r.getMessage()]
+
+
+def test_unsorted_label_filter_checks_every_entry(engine: Engine, sleeps: list[float]) -> None:
+    """--label with a descending list with --until finds every matching batch, not the first."""
+    emulator = Emulator(seed=4, batches=9, calls_per_batch=2, list_order="descending")
+    ids = emulator.batch_ids()
+    label = emulator.raw_batch(ids[0])["batch_params"]["label"]
+    until = parse_batch(emulator.raw_batch(ids[-1]), batch_id=ids[-1]).batch.created_at
+    client = BlandClient(load_api(EMULATOR_URL, emulator.api_key), transport=emulator.transport())
+
+    result = run_sync(engine, client, SyncOptions(discover=True, label=label, until=until))
+
+    expected = {b for b in ids[:-1] if emulator.raw_batch(b)["batch_params"]["label"] == label}
+    assert {o.batch_id for o in result.outcomes} == expected
+
+
+def test_server_capping_page_size_loses_no_batch(engine: Engine, sleeps: list[float]) -> None:
+    """A list served 2 per page when 1000 are asked still syncs every batch."""
+    emulator = Emulator(seed=4, batches=7, calls_per_batch=2)
+    emulator.inject(*parse_fault("*list*:page_cap:size=2"))
+    client = BlandClient(load_api(EMULATOR_URL, emulator.api_key), transport=emulator.transport())
+
+    result = run_sync(engine, client, SyncOptions(discover=True))
+
+    assert result.count(runs.SYNCED) == 7
+    assert _count(engine, "batches") == 7
 
 
 def _detail_requests(emulator: Emulator) -> int:
