@@ -375,8 +375,9 @@ def _utc_date_option(name: str, help_text: str) -> Callable[[F], F]:
 @click.option(
     "--refresh",
     is_flag=True,
-    help="With --all, fetch again even completed batches already stored (content that "
-    "has not changed is still neither parsed nor rewritten).",
+    help="Fetch again even completed batches already stored, and rewrite every batch "
+    "fetched, even unchanged ones: repairs rows changed or deleted by hand and applies an "
+    "upgrade's new mapping. Schedule it weekly and after upgrades.",
 )
 @click.option("--calls/--no-calls", default=True, show_default=True, help="Fetch calls.")
 @click.option(
@@ -817,7 +818,9 @@ def _emulator_options(function: F) -> F:
     "faults",
     multiple=True,
     metavar="SPEC",
-    help="Inject a fault, e.g. 'BATCH_ID:rate_limitx3:retry_after=1' or '*list*:server_error'.",
+    help="Inject a fault, e.g. 'BATCH_ID:rate_limitx3:retry_after=1', '*list*:server_error', "
+    "'*:api_down:after=1', '*list*:page_cap:size=2' or '*list*:unsorted:order=shuffled' "
+    "(kinds: see batchsync.emulator).",
 )
 @_emulator_options
 def emulator(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from sqlalchemy import create_engine, text
 
 from batchsync.cli import (
     EXIT_API,
@@ -93,7 +94,9 @@ def test_sync_json_summary_is_machine_readable(server: EmulatorServer, database_
     assert summary["status"] == "succeeded"
     assert summary["batches"]["synced"] == 3
     assert summary["tables"]["calls"]["inserted"] == 18
-    assert summary["http"]["requests"] == 4
+    # Two list pages (a short page may be a server's cap: only an empty one ends the list)
+    # and three batches.
+    assert summary["http"]["requests"] == 5
     assert "run_id" in summary
 
 
@@ -292,6 +295,9 @@ def test_phone_hash_mode_needs_its_key(server: EmulatorServer, database_url: str
         (Fault("server_error", times=-1, status=503), "gave up after 2 attempts"),
         (Fault("rate_limit", times=-1, retry_after="0"), "rate limited"),
         (Fault("slow", times=-1, delay=2.0), "timed out"),
+        (Fault("wrong_encoding"), "Content-Encoding"),
+        (Fault("bad_escape"), "field (body)"),
+        (Fault("huge_number"), "field (body)"),
     ],
     ids=lambda value: value.kind if isinstance(value, Fault) else "",
 )
@@ -328,6 +334,30 @@ def test_failing_discovery_exits_5(
     assert result.exit_code == EXIT_API
     assert "the batch list" in result.output
     assert "502" in result.output
+
+
+def test_api_dying_mid_run_exits_5_and_says_so(database_url: str) -> None:
+    """An API that stops answering after the first batch stops the run: exit 5, not hours."""
+    emulator = Emulator(seed=3, batches=6, calls_per_batch=2, api_key=KEY)
+    emulator.inject("*", Fault("api_down", after=1))
+    with emulator.serve() as server:
+        env = api_env(server, database_url)
+        result = run(
+            "sync", "--all", "--migrate", "--concurrency", "1", "--retries", "2",
+            "--max-retry-wait", "0", "--json", env=env,
+        )  # fmt: skip
+    assert result.exit_code == EXIT_API, result.output
+    assert "did not answer for 3 batches in a row" in result.output
+    assert "2 batch(es) not tried" in result.output
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            status = connection.execute(text("select status from sync_runs")).scalar_one()
+            recorded = connection.execute(text("select count(*) from sync_run_batches")).scalar()
+    finally:
+        engine.dispose()
+    assert status == "failed"
+    assert recorded == 4  # one synced, three failed; the last two never tried
 
 
 def test_retried_faults_succeed_with_exit_0(
