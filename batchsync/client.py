@@ -339,8 +339,12 @@ class BlandClient:
         try:
             with self._http.stream("GET", path, params=params) as response:
                 if response.status_code >= 300:
-                    response.read()
-                    self._raise_for_status(response, what)
+                    try:
+                        response.read()
+                        message = _error_message(response)
+                    except httpx.DecodingError:  # an error body in the wrong encoding
+                        message = response.reason_phrase or "no message"
+                    self._raise_for_status(response, what, message)
                 try:
                     return consume(response)
                 except httpx.DecodingError:
@@ -362,9 +366,8 @@ class BlandClient:
                 f"{what}: cannot reach {self.settings.base_url} ({type(exc).__name__}: {exc})"
             ) from None
 
-    def _raise_for_status(self, response: httpx.Response, what: str) -> NoReturn:
+    def _raise_for_status(self, response: httpx.Response, what: str, message: str) -> NoReturn:
         status = response.status_code
-        message = _error_message(response)
         if status in (401, 403):
             raise AuthError(
                 f"the Bland API rejected the API key (HTTP {status}: {message}); "

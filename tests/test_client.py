@@ -429,3 +429,14 @@ def test_api_refusing_connections_raises_api_unreachable_after_retries(
     with pytest.raises(ApiUnreachable, match="gave up after 4 attempts"):
         make_client(emulator.transport(), sleeps).fetch_batch(emulator.batch_ids()[0], Parts())
     assert len(sleeps) == 3
+
+
+def test_error_answer_in_the_wrong_encoding_keeps_its_status(sleeps: list[float]) -> None:
+    """A 404 whose body is not in its Content-Encoding is still a 404, not a decoding crash."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        headers = {"content-encoding": "gzip", "content-type": "application/json"}
+        return httpx.Response(404, stream=httpx.ByteStream(b'{"message": "gone"}'), headers=headers)
+
+    with pytest.raises(BatchNotFound, match=r"batch b1: not found \(HTTP 404: Not Found\)"):
+        make_client(httpx.MockTransport(handle), sleeps).fetch_batch("b1", Parts())
