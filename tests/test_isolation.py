@@ -395,3 +395,51 @@ def test_concurrent_fetching_also_stops_when_the_api_dies(
 
     tried = {r.url.path for r in emulator.requests}
     assert len(tried) < len(emulator.batch_ids())
+
+
+@pytest.mark.parametrize("where", ["label", "transcript", "request_data"])
+def test_a_nul_character_never_ends_the_run(
+    engine: Engine, client: BlandClient, emulator: Emulator, where: str
+) -> None:
+    """NUL in text or JSON (PostgreSQL refuses it as is) fails that batch alone or is replaced."""
+    victim = emulator.batch_ids()[1]
+    raw = emulator.raw_batch(victim)
+    if where == "label":
+        raw["batch_params"]["label"] = "nul\x00here"
+    elif where == "transcript":
+        call = next(c for c in raw["call_data"] if c.get("transcripts"))
+        call["transcripts"][0]["text"] = "nul\x00here"
+    else:
+        raw["call_data"][0]["request_data"] = {"note": "nul\x00here"}
+    emulator.put_batch(raw)
+
+    result = run_sync(engine, client, SyncOptions(discover=True))
+
+    if result.failed:
+        assert_failed_alone(engine, emulator, result, victim)
+    else:
+        assert result.status == runs.SUCCEEDED
+    for batch_id in emulator.batch_ids():
+        if batch_id != victim:
+            assert_stored_whole(engine, emulator, batch_id)
+
+
+def test_detail_without_id_is_stored_as_requested_and_one_for_another_batch_fails(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """No id in the detail: the batch requested. Another batch's id: that batch fails alone."""
+    template = emulator.raw_batch(emulator.batch_ids()[0])
+    missing = {**template, "batch_params": dict(template["batch_params"])}
+    del missing["batch_params"]["id"]
+    emulator.put_batch(missing, batch_id="no-id-in-detail")
+    other = {**template, "batch_params": {**template["batch_params"], "id": "someone-else"}}
+    emulator.put_batch(other, batch_id="mismatched")
+
+    result = run_sync(engine, client, SyncOptions(batch_ids=("no-id-in-detail", "mismatched")))
+
+    assert [o.batch_id for o in result.failed] == ["mismatched"]
+    assert "batch mismatched, field batch_params.id" in (result.failed[0].error or "")
+    assert recorded(engine, result.run_id)["mismatched"][0] == runs.BATCH_FAILED
+    assert stored_calls(engine, "no-id-in-detail") == {
+        str(c.get("call_id") or c.get("c_id")) for c in template["call_data"]
+    }
