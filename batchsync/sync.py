@@ -182,8 +182,9 @@ def run_sync(
     Up to ``options.concurrency`` batches are fetched at once; each is written in its own
     transaction, one at a time. When ``stop`` is set, the batch in hand is finished and
     the run ends as interrupted (raises Interrupted). Raises AuthError, ApiError
-    (discovery failed) or DatabaseError after recording the run as failed, and re-raises
-    KeyboardInterrupt after recording it as interrupted.
+    (discovery failed), ApiUnavailable (the API stopped answering) or DatabaseError after
+    recording the run as failed, and re-raises KeyboardInterrupt after recording it as
+    interrupted. Anything else that goes wrong with one batch is that batch's failure.
     """
     events = events or SyncEvents()
     with ExitStack() as stack:
