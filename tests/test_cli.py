@@ -424,3 +424,29 @@ def test_purge_older_than_days(server: EmulatorServer, database_url: str) -> Non
     assert json.loads(kept.output)["deleted"]["batches"] == 0
     gone = run("purge", "--older-than", "1", "--json", env=env)
     assert json.loads(gone.output)["deleted"]["batches"] == 3
+
+
+def test_ids_special_in_urls_sync_over_http_with_exit_0(database_url: str) -> None:
+    """Through a real HTTP server, ids holding '/', '?', '#', '%', spaces or tabs sync whole."""
+    emulator = Emulator(seed=3, batches=1, calls_per_batch=2, api_key=KEY)
+    template = emulator.raw_batch(emulator.batch_ids()[0])
+    special = ["a/b", "q?x=1#frag", "50% off", "tab\there"]
+    for number, batch_id in enumerate(special):
+        raw = {**template, "batch_params": {**template["batch_params"], "id": batch_id}}
+        raw["call_data"] = [
+            {**call, "call_id": f"{batch_id}-{number}-{position}", "transcripts": []}
+            for position, call in enumerate(template["call_data"])
+        ]
+        emulator.put_batch(raw)
+    with emulator.serve() as server:
+        env = api_env(server, database_url)
+        result = run("sync", "--all", "--migrate", "--json", env=env)
+    assert result.exit_code == EXIT_OK, result.output
+    assert json.loads(result.stdout)["batches"]["synced"] == 1 + len(special)
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            stored = set(connection.execute(text("select batch_id from batches")).scalars())
+    finally:
+        engine.dispose()
+    assert set(special) <= stored
