@@ -28,7 +28,7 @@ def test_schema_behind_is_told_to_upgrade(empty_engine: Engine) -> None:
 def test_schema_from_a_newer_version_is_reported(engine: Engine) -> None:
     """A revision this version does not know means batchsync itself is too old."""
     with engine.begin() as connection:
-        connection.execute(text("update alembic_version set version_num = '9999'"))
+        connection.execute(text("update batchsync_alembic_version set version_num = '9999'"))
     with pytest.raises(SchemaOutdatedError, match="newer version"):
         check_schema(engine)
 
