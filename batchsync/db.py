@@ -112,10 +112,23 @@ def _create_sqlite_reader(settings: DatabaseSettings, busy_timeout: float) -> En
             f"no database at {path}: run `batchsync db upgrade` or `batchsync sync` to create it, "
             "or check --database-url"
         )
-    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    resolved = path.resolve()
+    uri = f"file:{quote(str(resolved))}?mode=ro"
 
     def connect() -> sqlite3.Connection:
-        return sqlite3.connect(uri, uri=True, timeout=busy_timeout)
+        connection = sqlite3.connect(uri, uri=True, timeout=busy_timeout)
+        try:
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError as exc:
+            # A WAL database needs its -shm file, which a reader cannot create in a directory
+            # it may not write to. With no -wal file there is nothing but the main file to
+            # read, so read it as it is (immutable: no locks, no -shm).
+            connection.close()
+            wal = resolved.with_name(resolved.name + "-wal")
+            if not (_is_read_only_error(exc) and not wal.exists()):
+                raise
+            return sqlite3.connect(f"{uri}&immutable=1", uri=True, timeout=busy_timeout)
+        return connection
 
     engine = create_engine(
         "sqlite://",
@@ -310,6 +323,20 @@ def _known_revisions() -> set[str]:
     return {rev.revision for rev in script.walk_revisions()}
 
 
+def check_writable(engine: Engine) -> None:
+    """Raise DatabaseReadOnly now if the SQLite file cannot be written, rather than at the
+    first write of a run; changes nothing (the probe is rolled back)."""
+    if engine.dialect.name != "sqlite":
+        return
+    try:
+        with engine.connect() as connection, connection.begin() as transaction:
+            version = int(connection.exec_driver_sql("PRAGMA user_version").scalar_one())
+            connection.exec_driver_sql(f"PRAGMA user_version = {version}")
+            transaction.rollback()
+    except (OperationalError, DBAPIError) as exc:
+        raise unavailable(engine, exc) from None
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Migrate the database to ``revision`` (default: the newest).
 
@@ -317,6 +344,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     ``alembic_version`` by an older batchsync into ``batchsync_alembic_version``, and
     refuses (SchemaConflictError) to create a table whose name someone else already uses.
     """
+    check_writable(engine)
     try:
         command.upgrade(alembic_config(engine), revision)
     except (OperationalError, DBAPIError) as exc:
@@ -325,6 +353,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Migrate the database down to ``revision`` ("base" removes every table)."""
+    check_writable(engine)
     try:
         command.downgrade(alembic_config(engine), revision)
     except (OperationalError, DBAPIError) as exc:
@@ -373,6 +402,10 @@ def is_read_only(exc: BaseException) -> bool:
     """Whether a database error is a refusal to write to a read-only SQLite file."""
     if isinstance(exc, DBAPIError) and exc.orig is not None:
         exc = exc.orig
+    return _is_read_only_error(exc)
+
+
+def _is_read_only_error(exc: BaseException) -> bool:
     name = getattr(exc, "sqlite_errorname", None)
     return (
         isinstance(exc, sqlite3.Error)
