@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -221,4 +222,26 @@ def test_alembic_command_line_moves_an_old_style_revision(database_url: str) -> 
         assert _rows(engine, VERSION_TABLE) == {head_revision()}
         assert "alembic_version" not in inspect(engine).get_table_names()
     finally:
+        engine.dispose()
+
+
+def test_alembic_command_line_honours_the_schema_variable(postgres_url: str) -> None:
+    """`alembic upgrade head` with BATCHSYNC_SCHEMA creates that schema and migrates it."""
+    schema = f"bs_{uuid.uuid4().hex[:10]}"
+    env = {**os.environ, "BATCHSYNC_DATABASE_URL": postgres_url, "BATCHSYNC_SCHEMA": schema}
+    alembic = Path(sys.executable).with_name("alembic")
+    engine = create_db_engine(load_database(postgres_url, schema))
+    try:
+        done = subprocess.run(
+            [str(alembic), "upgrade", "head"], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        assert current_revision(engine) == head_revision()
+        assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names(schema=schema))
+        default = create_db_engine(load_database(postgres_url))
+        assert inspect(default).get_table_names() == []
+        default.dispose()
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         engine.dispose()
