@@ -16,6 +16,7 @@ schema alone, so every table, view, the version table and the SQL written by han
 from __future__ import annotations
 
 import sqlite3
+import weakref
 from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
@@ -51,8 +52,8 @@ LEGACY_VERSION_TABLE: Final = "alembic_version"
 # revision looks like ours only counts as ours when they are there.
 _LEGACY_TABLES: Final = frozenset({"batches", "calls", "sync_runs", "sync_run_batches"})
 
-# Key of Connection.info holding the PostgreSQL schema an engine was created for.
-_SCHEMA_INFO_KEY: Final = "batchsync_schema"
+# The PostgreSQL schema each engine was created for (--schema), for migrations and messages.
+_ENGINE_SCHEMAS: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
 
 
 def json_dumps(value: Any) -> str:
@@ -100,6 +101,7 @@ def create_db_engine(
     if settings.schema is not None:
         # insert=True: the path must be set before any other listener runs SQL.
         event.listen(engine, "connect", _search_path_setter(settings.schema), insert=True)
+        _ENGINE_SCHEMAS[engine] = settings.schema
     return engine
 
 
@@ -131,7 +133,7 @@ def _create_sqlite_reader(settings: DatabaseSettings, busy_timeout: float) -> En
         return connection
 
     engine = create_engine(
-        "sqlite://",
+        settings.url,  # for messages and the dialect; connect() makes the connections
         creator=connect,
         json_serializer=json_dumps,
         json_deserializer=orjson.loads,
@@ -172,7 +174,7 @@ def _begin_deferred(connection: Any) -> None:
 def _search_path_setter(schema: str) -> Callable[[Any, Any], None]:
     statement = f"SET SESSION search_path TO {quote_identifier(schema)}"
 
-    def set_search_path(dbapi_connection: Any, record: Any) -> None:
+    def set_search_path(dbapi_connection: Any, _record: Any) -> None:
         # Outside any transaction, so that a rollback cannot undo it.
         autocommit = dbapi_connection.autocommit
         dbapi_connection.autocommit = True
@@ -180,7 +182,6 @@ def _search_path_setter(schema: str) -> Callable[[Any, Any], None]:
             dbapi_connection.execute(statement)
         finally:
             dbapi_connection.autocommit = autocommit
-        record.info[_SCHEMA_INFO_KEY] = schema
 
     return set_search_path
 
@@ -276,9 +277,9 @@ def refuse_foreign_tables(connection: Connection) -> None:
     taken = sorted(present & set(_table_names()))
     if not taken:
         return
-    schema = configured_schema(connection)
     if connection.dialect.name == "postgresql":
-        where = f"schema {schema or inspector.default_schema_name}"
+        schema = configured_schema(connection) or inspector.default_schema_name
+        where = f"schema {schema}"
         way_out = (
             "pass --schema NAME (or set BATCHSYNC_SCHEMA) to keep batchsync's tables in a "
             "PostgreSQL schema of their own, or use another database"
@@ -308,8 +309,14 @@ def ensure_schema_exists(connection: Connection) -> None:
 
 def configured_schema(connection: Connection) -> str | None:
     """The PostgreSQL schema (``--schema``) this connection's engine was created for."""
-    value = connection.info.get(_SCHEMA_INFO_KEY)
-    return value if isinstance(value, str) else None
+    return _ENGINE_SCHEMAS.get(connection.engine)
+
+
+def describe_location(engine: Engine) -> str:
+    """The database URL (password hidden), with the schema batchsync uses when one is set."""
+    schema = _ENGINE_SCHEMAS.get(engine)
+    where = redact_url(engine.url)
+    return f"{where} (schema {schema})" if schema else where
 
 
 def _table_names() -> list[str]:
@@ -366,7 +373,7 @@ def check_schema(engine: Engine) -> None:
     head = head_revision()
     if current == head:
         return
-    where = redact_url(engine.url)
+    where = describe_location(engine)
     if current is None:
         raise SchemaOutdatedError(
             f"the database at {where} has no batchsync schema; "

@@ -329,3 +329,27 @@ def test_read_only_file_is_readable_and_refuses_writes(
     finally:
         shared_dir.chmod(0o755)
     assert path.read_bytes() == before
+
+
+def test_reader_on_a_file_without_schema_names_the_file(sqlite_url: str, tmp_path: Path) -> None:
+    """`runs` on an existing SQLite file with no schema says which file, and to upgrade."""
+    sqlite3.connect(tmp_path / "batchsync.db").close()
+    result = run("runs", "--database-url", sqlite_url)
+    assert result.exit_code == EXIT_DATABASE
+    assert str(tmp_path / "batchsync.db") in result.output
+    assert "batchsync db upgrade" in result.output
+
+
+def test_reader_in_a_missing_schema_names_the_schema(postgres_url: str, schema_name: str) -> None:
+    """`runs --schema X` before any upgrade names schema X and says to upgrade; creates nothing."""
+    result = run("runs", "--schema", schema_name, "--database-url", postgres_url)
+    assert result.exit_code == EXIT_DATABASE
+    assert f"(schema {schema_name})" in result.output
+    assert "batchsync db upgrade" in result.output
+    admin = create_engine(postgres_admin_url())
+    with admin.connect() as connection:
+        found = connection.execute(
+            text("select 1 from pg_namespace where nspname = :n"), {"n": schema_name}
+        ).first()
+    admin.dispose()
+    assert found is None
