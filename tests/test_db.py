@@ -15,6 +15,7 @@ from batchsync.db import (
     check_writable,
     create_db_engine,
     current_revision,
+    describe_location,
     downgrade,
     upgrade,
 )
@@ -115,3 +116,15 @@ def test_foreign_view_blocks_upgrade_before_anything_is_created(empty_engine: En
     assert "batches" not in inspect(empty_engine).get_table_names()
     with empty_engine.connect() as connection:
         assert connection.execute(text("select x from batch_outcomes")).scalar_one() == 1
+
+
+def test_schema_location_hides_the_password() -> None:
+    """Messages name the --schema schema and never the database password."""
+    settings = load_database("postgresql://u:pw-xyz-789@127.0.0.1:1/x", "bland")
+    engine = create_db_engine(settings)
+    where = describe_location(engine)
+    assert where.endswith("(schema bland)")
+    assert "pw-xyz-789" not in where
+    with pytest.raises(DatabaseUnavailable) as raised:
+        check_schema(engine)
+    assert "pw-xyz-789" not in str(raised.value)
