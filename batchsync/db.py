@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import sqlite3
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Final
@@ -51,6 +52,9 @@ LEGACY_VERSION_TABLE: Final = "alembic_version"
 # Tables every revision that was recorded in alembic_version has: an alembic_version whose
 # revision looks like ours only counts as ours when they are there.
 _LEGACY_TABLES: Final = frozenset({"batches", "calls", "sync_runs", "sync_run_batches"})
+
+# Execution option of a connection that only reads (see :func:`reading`).
+_READING: Final = "batchsync_reading"
 
 # The PostgreSQL schema each engine was created for (--schema), for migrations and messages.
 _ENGINE_SCHEMAS: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
@@ -164,7 +168,19 @@ def _sqlite_configurer(
 
 
 def _begin_immediate(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    if connection.get_execution_options().get(_READING):
+        connection.exec_driver_sql("BEGIN")
+    else:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A connection for reads only: on SQLite its transactions take no write lock (a
+    deferred BEGIN), so in WAL mode it never waits for a writer."""
+    with engine.connect() as connection:
+        connection.execution_options(**{_READING: True})
+        yield connection
 
 
 def _begin_deferred(connection: Any) -> None:

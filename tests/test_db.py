@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import OperationalError
 
 from batchsync import runs
 from batchsync.config import load_database
@@ -17,6 +18,7 @@ from batchsync.db import (
     current_revision,
     describe_location,
     downgrade,
+    reading,
     upgrade,
 )
 from batchsync.errors import (
@@ -25,6 +27,7 @@ from batchsync.errors import (
     SchemaConflictError,
     SchemaOutdatedError,
 )
+from batchsync.store import stored_batches
 
 
 def test_empty_database_is_told_to_upgrade(empty_engine: Engine) -> None:
@@ -128,3 +131,21 @@ def test_schema_location_hides_the_password() -> None:
     with pytest.raises(DatabaseUnavailable) as raised:
         check_schema(engine)
     assert "pw-xyz-789" not in str(raised.value)
+
+
+def test_reading_connection_does_not_wait_for_a_writer(sqlite_url: str) -> None:
+    """A `reading` connection of a writing engine reads while another connection holds the
+    write lock, where an ordinary connection with the same short busy timeout gives up."""
+    settings = load_database(sqlite_url)
+    upgrade(create_db_engine(settings))
+    engine = create_db_engine(settings, busy_timeout=0.05)
+    holder = sqlite3.connect(str(settings.url.database), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with reading(engine) as connection:
+            assert stored_batches(connection) == {}
+        with pytest.raises(OperationalError, match="locked"), engine.connect() as connection:
+            stored_batches(connection)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
