@@ -353,3 +353,22 @@ def test_reader_in_a_missing_schema_names_the_schema(postgres_url: str, schema_n
         ).first()
     admin.dispose()
     assert found is None
+
+
+@pytest.mark.slow
+def test_other_user_reads_while_the_owner_writes(server: EmulatorServer, shared_dir: Path) -> None:
+    """A user who may not write the file or its directory lists runs while the owner holds
+    the write lock (its -wal and -shm files in place)."""
+    path = shared_dir / "batchsync.db"
+    url = f"sqlite:///{path}"
+    assert run("sync", "--all", "--migrate", env=api_env(server, url)).exit_code == EXIT_OK
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("UPDATE sync_runs SET error = 'in progress'")
+    try:
+        done = as_unprivileged("runs", env={"BATCHSYNC_DATABASE_URL": url}, cwd=shared_dir)
+        assert done.returncode == EXIT_OK, done.stderr
+        assert "succeeded" in done.stdout
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
