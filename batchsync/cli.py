@@ -49,6 +49,7 @@ from batchsync.db import (
     check_writable,
     create_db_engine,
     current_revision,
+    describe_location,
     downgrade,
     head_revision,
     upgrade,
@@ -264,14 +265,15 @@ def db_upgrade(revision: str, database_url: str | None, schema: str | None) -> N
     Example:
       BATCHSYNC_DATABASE_URL=postgresql+psycopg://postgres@localhost/bland batchsync db upgrade
     """
-    settings, engine = _open_database(database_url, schema)
+    _, engine = _open_database(database_url, schema)
     before = current_revision(engine)
     upgrade(engine, revision)
     after = current_revision(engine)
+    where = describe_location(engine)
     if before == after:
-        click.echo(f"{settings.display_url}: schema already at {after}")
+        click.echo(f"{where}: schema already at {after}")
     else:
-        click.echo(f"{settings.display_url}: schema upgraded from {before or 'nothing'} to {after}")
+        click.echo(f"{where}: schema upgraded from {before or 'nothing'} to {after}")
 
 
 @db.command("downgrade")
@@ -285,9 +287,10 @@ def db_downgrade(revision: str, database_url: str | None, schema: str | None) ->
     Example:
       batchsync db downgrade base
     """
-    settings, engine = _open_database(database_url, schema)
+    _, engine = _open_database(database_url, schema)
     downgrade(engine, revision)
-    click.echo(f"{settings.display_url}: schema now at {current_revision(engine) or 'nothing'}")
+    now = current_revision(engine) or "nothing"
+    click.echo(f"{describe_location(engine)}: schema now at {now}")
 
 
 @db.command("current")
@@ -298,11 +301,11 @@ def db_current(database_url: str | None, schema: str | None) -> None:
 
     Exits 4 when the schema is missing or behind.
     """
-    settings, engine = _open_database(database_url, schema, read_only=True)
+    _, engine = _open_database(database_url, schema, read_only=True)
     current = current_revision(engine)
     head = head_revision()
     state = "up to date" if current == head else f"behind {head}: run `batchsync db upgrade`"
-    click.echo(f"{settings.display_url}: {current or 'no schema'} ({state})")
+    click.echo(f"{describe_location(engine)}: {current or 'no schema'} ({state})")
     if current != head:
         sys.exit(EXIT_DATABASE)
 

@@ -139,6 +139,7 @@ def test_sync_with_schema_keeps_every_table_in_that_schema(
     current = run("db", "current", env=env)
     assert current.exit_code == EXIT_OK
     assert "up to date" in current.output
+    assert f"(schema {schema_name})" in current.output
     assert run("purge", "--batch", batch_id, env=env).exit_code == EXIT_OK
 
 
