@@ -6,8 +6,10 @@ Exit codes (stable; orchestrators may rely on them):
     1   some batches failed; the others were committed
     2   usage error (bad option or argument)
     3   configuration or authentication error (missing or rejected API key, bad URL)
-    4   the database is unreachable, or its schema is missing or behind
-    5   the Bland API could not be used for the run as a whole (listing batches failed)
+    4   the database is unreachable, missing (SQLite file) or read-only, its schema is missing
+        or behind, or a table name it needs belongs to another application
+    5   the Bland API could not be used for the run as a whole (listing batches failed, or
+        it stopped answering: 3 batches in a row unreachable after their retries)
     70  internal error (a bug): the message says what; -v shows the traceback
     130 interrupted (SIGINT/SIGTERM); the batch in hand was rolled back or committed whole
 """
@@ -37,6 +39,7 @@ from batchsync.config import (
     ENV_API_KEY,
     ENV_BASE_URL,
     ENV_DATABASE_URL,
+    ENV_SCHEMA,
     DatabaseSettings,
     load_api,
     load_database,
@@ -44,8 +47,10 @@ from batchsync.config import (
 )
 from batchsync.db import (
     check_schema,
+    check_writable,
     create_db_engine,
     current_revision,
+    describe_location,
     downgrade,
     head_revision,
     upgrade,
@@ -139,9 +144,23 @@ database_url_option = click.option(
 )
 
 
-def _open_database(database_url: str | None) -> tuple[DatabaseSettings, Engine]:
-    settings = load_database(database_url)
-    return settings, create_db_engine(settings)
+schema_option = click.option(
+    "--schema",
+    envvar=ENV_SCHEMA,
+    show_envvar=True,
+    metavar="NAME",
+    help="PostgreSQL only: keep every batchsync table and view, and its version table, in "
+    "this schema (created when missing) [default: the connection's own]",
+)
+
+
+def _open_database(
+    database_url: str | None, schema: str | None = None, *, read_only: bool = False
+) -> tuple[DatabaseSettings, Engine]:
+    """Build the engine; ``read_only`` for commands that only read (on SQLite: no write
+    lock, never waits for a writer, and a missing file is reported, not created)."""
+    settings = load_database(database_url, schema)
+    return settings, create_db_engine(settings, read_only=read_only)
 
 
 class _Group(click.Group):
@@ -239,50 +258,55 @@ def db() -> None:
 @db.command("upgrade")
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
 @database_url_option
-def db_upgrade(revision: str, database_url: str | None) -> None:
+@schema_option
+def db_upgrade(revision: str, database_url: str | None, schema: str | None) -> None:
     """Create the tables, or migrate them to the newest schema.
 
     \b
     Example:
       BATCHSYNC_DATABASE_URL=postgresql+psycopg://postgres@localhost/bland batchsync db upgrade
     """
-    settings, engine = _open_database(database_url)
+    _, engine = _open_database(database_url, schema)
     before = current_revision(engine)
     upgrade(engine, revision)
     after = current_revision(engine)
+    where = describe_location(engine)
     if before == after:
-        click.echo(f"{settings.display_url}: schema already at {after}")
+        click.echo(f"{where}: schema already at {after}")
     else:
-        click.echo(f"{settings.display_url}: schema upgraded from {before or 'nothing'} to {after}")
+        click.echo(f"{where}: schema upgraded from {before or 'nothing'} to {after}")
 
 
 @db.command("downgrade")
 @click.argument("revision")
 @database_url_option
-def db_downgrade(revision: str, database_url: str | None) -> None:
+@schema_option
+def db_downgrade(revision: str, database_url: str | None, schema: str | None) -> None:
     """Migrate the schema down to REVISION ("base" drops every batchsync table).
 
     \b
     Example:
       batchsync db downgrade base
     """
-    settings, engine = _open_database(database_url)
+    _, engine = _open_database(database_url, schema)
     downgrade(engine, revision)
-    click.echo(f"{settings.display_url}: schema now at {current_revision(engine) or 'nothing'}")
+    now = current_revision(engine) or "nothing"
+    click.echo(f"{describe_location(engine)}: schema now at {now}")
 
 
 @db.command("current")
 @database_url_option
-def db_current(database_url: str | None) -> None:
+@schema_option
+def db_current(database_url: str | None, schema: str | None) -> None:
     """Show the database's schema revision and whether it is up to date.
 
     Exits 4 when the schema is missing or behind.
     """
-    settings, engine = _open_database(database_url)
+    _, engine = _open_database(database_url, schema, read_only=True)
     current = current_revision(engine)
     head = head_revision()
     state = "up to date" if current == head else f"behind {head}: run `batchsync db upgrade`"
-    click.echo(f"{settings.display_url}: {current or 'no schema'} ({state})")
+    click.echo(f"{describe_location(engine)}: {current or 'no schema'} ({state})")
     if current != head:
         sys.exit(EXIT_DATABASE)
 
@@ -443,6 +467,7 @@ def _utc_date_option(name: str, help_text: str) -> Callable[[F], F]:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @_api_options
 @database_url_option
+@schema_option
 def sync(
     batch_ids: tuple[str, ...],
     discover: bool,
@@ -467,6 +492,7 @@ def sync(
     retries: int,
     max_retry_wait: float,
     database_url: str | None,
+    schema: str | None,
 ) -> None:
     """Sync the named batches, or every batch with --all.
 
@@ -489,7 +515,9 @@ def sync(
     if dry_run and migrate:
         raise click.UsageError("--dry-run writes nothing, so it cannot --migrate")
     api = load_api(base_url, api_key, timeout)
-    settings, engine = _open_database(database_url)
+    settings, engine = _open_database(database_url, schema)
+    if not dry_run:
+        check_writable(engine)
     _ensure_schema(engine, migrate)
     phones = load_phone_policy(phone_numbers)
     if ctx.get_parameter_source("phone_numbers") == click.core.ParameterSource.DEFAULT:
@@ -658,18 +686,21 @@ def _print_summary(summary: dict[str, Any]) -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @database_url_option
+@schema_option
 @click.pass_context
-def runs_(ctx: click.Context, limit: int, as_json: bool, database_url: str | None) -> None:
+def runs_(
+    ctx: click.Context, limit: int, as_json: bool, database_url: str | None, schema: str | None
+) -> None:
     """List recent sync runs and their outcome; `runs show ID` details one.
 
     \b
     Example:
       batchsync runs --limit 5
     """
-    ctx.obj = database_url
+    ctx.obj = (database_url, schema)
     if ctx.invoked_subcommand is not None:
         return
-    _, engine = _open_database(database_url)
+    _, engine = _open_database(database_url, schema, read_only=True)
     check_schema(engine)
     recent = runs.list_runs(engine, limit)
     if as_json:
@@ -691,9 +722,14 @@ def runs_(ctx: click.Context, limit: int, as_json: bool, database_url: str | Non
 @click.argument("run_id", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @database_url_option
+@schema_option
 @click.pass_obj
 def runs_show(
-    parent_database_url: str | None, run_id: int, as_json: bool, database_url: str | None
+    parent: tuple[str | None, str | None],
+    run_id: int,
+    as_json: bool,
+    database_url: str | None,
+    schema: str | None,
 ) -> None:
     """Show one run: its options, outcome, and each batch's result.
 
@@ -701,7 +737,7 @@ def runs_show(
     Example:
       batchsync runs show 12
     """
-    _, engine = _open_database(database_url or parent_database_url)
+    _, engine = _open_database(database_url or parent[0], schema or parent[1], read_only=True)
     check_schema(engine)
     found = runs.get_run(engine, run_id)
     if found is None:
@@ -738,6 +774,7 @@ def runs_show(
 @click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @database_url_option
+@schema_option
 def purge(
     batch_ids: tuple[str, ...],
     before: datetime | None,
@@ -745,6 +782,7 @@ def purge(
     dry_run: bool,
     as_json: bool,
     database_url: str | None,
+    schema: str | None,
 ) -> None:
     """Delete batches and all their rows (calls, transcripts, counts, errors).
 
@@ -765,7 +803,8 @@ def purge(
         before = datetime.now(UTC) - timedelta(days=older_than)
     if not batch_ids and before is None:
         raise click.UsageError("name batches with --batch ID, or give --before / --older-than")
-    _, engine = _open_database(database_url)
+    _, engine = _open_database(database_url, schema)
+    check_writable(engine)
     check_schema(engine)
     with engine.connect() as connection, connection.begin() as transaction:
         deleted = purge_batches(connection, batch_ids=batch_ids, before=before)

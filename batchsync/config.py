@@ -7,6 +7,7 @@ This is the one module that reads ``os.environ``; the CLI's options name the sam
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -19,6 +20,7 @@ ENV_API_KEY: Final = "BLAND_API_KEY"
 ENV_BASE_URL: Final = "BLAND_BASE_URL"
 ENV_DATABASE_URL: Final = "BATCHSYNC_DATABASE_URL"
 ENV_PHONE_HASH_KEY: Final = "BATCHSYNC_PHONE_HASH_KEY"
+ENV_SCHEMA: Final = "BATCHSYNC_SCHEMA"
 
 DEFAULT_BASE_URL: Final = "https://api.bland.ai"
 DEFAULT_DATABASE_URL: Final = "sqlite:///batchsync.db"
@@ -47,9 +49,15 @@ class Secret:
         return hash(self._value)
 
 
+# A PostgreSQL identifier that needs no escaping inside quotes; 63 bytes is the server's limit.
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
 @dataclass(frozen=True)
 class DatabaseSettings:
     url: URL = field(repr=False)
+    # PostgreSQL schema holding every batchsync table; None: the connection's default.
+    schema: str | None = None
 
     @property
     def display_url(self) -> str:
@@ -57,7 +65,7 @@ class DatabaseSettings:
         return redact_url(self.url)
 
     def __repr__(self) -> str:
-        return f"DatabaseSettings(url={self.display_url!r})"
+        return f"DatabaseSettings(url={self.display_url!r}, schema={self.schema!r})"
 
 
 @dataclass(frozen=True)
@@ -72,8 +80,9 @@ def env(name: str) -> str | None:
     return os.environ.get(name) or None
 
 
-def load_database(url: str | None) -> DatabaseSettings:
-    """Validate a SQLAlchemy database URL (default: a SQLite file in the working directory)."""
+def load_database(url: str | None, schema: str | None = None) -> DatabaseSettings:
+    """Validate a SQLAlchemy database URL (default: a SQLite file in the working directory)
+    and the PostgreSQL schema to keep batchsync's tables in, if any."""
     text = url or env(ENV_DATABASE_URL) or DEFAULT_DATABASE_URL
     if text.startswith("postgres://"):
         # The spelling Heroku, Airflow and others hand out; SQLAlchemy knows it as postgresql.
@@ -96,7 +105,32 @@ def load_database(url: str | None) -> DatabaseSettings:
     if backend == "postgresql" and parsed.drivername == "postgresql":
         # Plain postgresql:// would pick psycopg2, which is not a dependency.
         parsed = parsed.set(drivername="postgresql+psycopg")
-    return DatabaseSettings(url=parsed)
+    if schema is not None:
+        _check_schema_name(schema, backend)
+    return DatabaseSettings(url=parsed, schema=schema)
+
+
+def _check_schema_name(schema: str, backend: str) -> None:
+    if backend != "postgresql":
+        raise ConfigError(
+            f"--schema ({ENV_SCHEMA}) applies to PostgreSQL only: SQLite has no schemas; "
+            "use another SQLite file instead, or unset it"
+        )
+    if not _SCHEMA_NAME.fullmatch(schema):
+        raise ConfigError(
+            f"--schema ({ENV_SCHEMA}) {schema!r} is not a valid schema name: use letters, "
+            "digits and underscores, not starting with a digit, at most 63 characters"
+        )
+    if schema.lower().startswith("pg_"):
+        raise ConfigError(
+            f"--schema ({ENV_SCHEMA}) {schema!r} cannot start with pg_: PostgreSQL keeps "
+            "those names for its own schemas"
+        )
+
+
+def quote_identifier(name: str) -> str:
+    """Quote a SQL identifier (case kept), doubling any quote inside it."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def load_api(base_url: str | None, api_key: str | None, timeout: float = 30.0) -> ApiSettings:

@@ -2,14 +2,27 @@
 
 Alembic owns the schema. ``upgrade`` runs the migrations shipped inside the package;
 ``check_schema`` refuses to write to a database whose schema is missing or behind.
+
+batchsync records its revision in a version table of its own, ``batchsync_alembic_version``,
+so it can share a database (or a PostgreSQL schema) with another application that uses
+Alembic's default ``alembic_version``. Databases migrated before that table existed are moved
+over by the next upgrade (:func:`adopt_legacy_version`).
+
+On PostgreSQL, ``DatabaseSettings.schema`` sets each connection's ``search_path`` to that
+schema alone, so every table, view, the version table and the SQL written by hand in
+``store`` land there; temporary tables live in ``pg_temp`` whatever the path.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+from urllib.parse import quote
 
 import orjson
 import psycopg
@@ -17,15 +30,34 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
 
-from batchsync.config import DatabaseSettings, redact_url
-from batchsync.errors import DatabaseUnavailable, SchemaOutdatedError
+from batchsync.config import DatabaseSettings, quote_identifier, redact_url
+from batchsync.errors import (
+    DatabaseReadOnly,
+    DatabaseUnavailable,
+    SchemaConflictError,
+    SchemaOutdatedError,
+)
 
 # Seconds a SQLite writer waits for another writer's lock before giving up.
 SQLITE_BUSY_TIMEOUT = 60.0
+
+# Where batchsync records its schema revision; Alembic's default name is left to others.
+VERSION_TABLE: Final = "batchsync_alembic_version"
+LEGACY_VERSION_TABLE: Final = "alembic_version"
+
+# Tables every revision that was recorded in alembic_version has: an alembic_version whose
+# revision looks like ours only counts as ours when they are there.
+_LEGACY_TABLES: Final = frozenset({"batches", "calls", "sync_runs", "sync_run_batches"})
+
+# Execution option of a connection that only reads (see :func:`reading`).
+_READING: Final = "batchsync_reading"
+
+# The PostgreSQL schema each engine was created for (--schema), for migrations and messages.
+_ENGINE_SCHEMAS: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
 
 
 def json_dumps(value: Any) -> str:
@@ -33,45 +65,141 @@ def json_dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode()
 
 
-def create_db_engine(settings: DatabaseSettings) -> Engine:
-    """Create an engine for PostgreSQL (psycopg 3) or SQLite (WAL, foreign keys, busy timeout)."""
+def create_db_engine(
+    settings: DatabaseSettings,
+    *,
+    read_only: bool = False,
+    busy_timeout: float = SQLITE_BUSY_TIMEOUT,
+) -> Engine:
+    """Create an engine for PostgreSQL (psycopg 3) or SQLite (WAL, foreign keys, busy timeout).
+
+    ``read_only`` is for commands that only read: on SQLite it opens the file read-only
+    (never creating it: DatabaseUnavailable when it is missing) and takes no write lock, so
+    it never waits for a writer; on PostgreSQL it changes nothing.
+    """
     url = settings.url
     if url.get_backend_name() == "sqlite":
+        if read_only and url.database and url.database != ":memory:":
+            return _create_sqlite_reader(settings, busy_timeout)
         if url.database and url.database != ":memory:":
             Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url,
             json_serializer=json_dumps,
             json_deserializer=orjson.loads,
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT},
+            connect_args={"timeout": busy_timeout},
             poolclass=NullPool,
         )
-        event.listen(engine, "connect", _configure_sqlite)
+        event.listen(engine, "connect", _sqlite_configurer(busy_timeout, wal=True))
         # pysqlite's own transaction handling defers BEGIN; take it over so each batch's
         # transaction starts when we say and the write lock is taken up front.
         event.listen(engine, "begin", _begin_immediate)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         json_serializer=json_dumps,
         json_deserializer=orjson.loads,
         pool_pre_ping=True,
         connect_args={"connect_timeout": 10, "application_name": "batchsync"},
     )
+    if settings.schema is not None:
+        # insert=True: the path must be set before any other listener runs SQL.
+        event.listen(engine, "connect", _search_path_setter(settings.schema), insert=True)
+        _ENGINE_SCHEMAS[engine] = settings.schema
+    return engine
 
 
-def _configure_sqlite(dbapi_connection: sqlite3.Connection, _record: object) -> None:
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
-    cursor.close()
+def _create_sqlite_reader(settings: DatabaseSettings, busy_timeout: float) -> Engine:
+    """A read-only SQLite engine: mode=ro, no BEGIN IMMEDIATE, never creates the file."""
+    assert settings.url.database is not None
+    path = Path(settings.url.database).expanduser()
+    if not path.is_file():
+        raise DatabaseUnavailable(
+            f"no database at {path}: run `batchsync db upgrade` or `batchsync sync` to create it, "
+            "or check --database-url"
+        )
+    resolved = path.resolve()
+    uri = f"file:{quote(str(resolved))}?mode=ro"
+
+    def connect() -> sqlite3.Connection:
+        connection = sqlite3.connect(uri, uri=True, timeout=busy_timeout)
+        try:
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError as exc:
+            # A WAL database needs its -shm file, which a reader cannot create in a directory
+            # it may not write to. With no -wal file there is nothing but the main file to
+            # read, so read it as it is (immutable: no locks, no -shm).
+            connection.close()
+            wal = resolved.with_name(resolved.name + "-wal")
+            if not (_is_read_only_error(exc) and not wal.exists()):
+                raise
+            return sqlite3.connect(f"{uri}&immutable=1", uri=True, timeout=busy_timeout)
+        return connection
+
+    engine = create_engine(
+        settings.url,  # for messages and the dialect; connect() makes the connections
+        creator=connect,
+        json_serializer=json_dumps,
+        json_deserializer=orjson.loads,
+        poolclass=NullPool,
+    )
+    event.listen(engine, "connect", _sqlite_configurer(busy_timeout, wal=False))
+    # A deferred BEGIN: one consistent snapshot per transaction, and in WAL mode a reader
+    # never waits for a writer.
+    event.listen(engine, "begin", _begin_deferred)
+    return engine
+
+
+def _sqlite_configurer(
+    busy_timeout: float, *, wal: bool
+) -> Callable[[sqlite3.Connection, object], None]:
+    def configure(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        if wal:
+            # Switching to WAL writes the file, so a reader leaves the mode as it finds it.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return configure
 
 
 def _begin_immediate(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    if connection.get_execution_options().get(_READING):
+        connection.exec_driver_sql("BEGIN")
+    else:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A connection for reads only: on SQLite its transactions take no write lock (a
+    deferred BEGIN), so in WAL mode it never waits for a writer."""
+    with engine.connect() as connection:
+        connection.execution_options(**{_READING: True})
+        yield connection
+
+
+def _begin_deferred(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN")
+
+
+def _search_path_setter(schema: str) -> Callable[[Any, Any], None]:
+    statement = f"SET SESSION search_path TO {quote_identifier(schema)}"
+
+    def set_search_path(dbapi_connection: Any, _record: Any) -> None:
+        # Outside any transaction, so that a rollback cannot undo it.
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        try:
+            dbapi_connection.execute(statement)
+        finally:
+            dbapi_connection.autocommit = autocommit
+
+    return set_search_path
 
 
 def migrations_dir() -> Path:
@@ -95,16 +223,151 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
-    """The schema revision the database is at; None for an empty database."""
+    """The schema revision the database is at; None for an empty database.
+
+    A database migrated before batchsync had its own version table is read from
+    ``alembic_version`` (see :func:`legacy_revision`) until the next upgrade moves it.
+    """
     try:
         with engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
+            return read_revision(connection)
+    except (OperationalError, DBAPIError) as exc:
+        raise unavailable(engine, exc) from None
+
+
+def read_revision(connection: Connection) -> str | None:
+    """The batchsync revision recorded on this connection's database (or schema)."""
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision() or legacy_revision(connection)
+
+
+def legacy_revision(connection: Connection) -> str | None:
+    """The batchsync revision held in Alembic's default ``alembic_version``, if any.
+
+    Only counted as batchsync's when the revision is one of batchsync's and batchsync's
+    tables are there: another application's ``alembic_version`` is none of our business.
+    """
+    inspector = inspect(connection)
+    if not inspector.has_table(LEGACY_VERSION_TABLE):
+        return None
+    rows = connection.execute(text(f"SELECT version_num FROM {LEGACY_VERSION_TABLE}")).scalars()
+    ours = [str(revision) for revision in rows if revision in _known_revisions()]
+    if len(ours) != 1:
+        return None
+    if not set(inspector.get_table_names()) >= _LEGACY_TABLES:
+        return None
+    return ours[0]
+
+
+def adopt_legacy_version(connection: Connection) -> None:
+    """Move a batchsync revision from ``alembic_version`` into batchsync's own version table.
+
+    ``alembic_version`` is dropped when that leaves it empty; rows of another application
+    stay where they are. Runs in the caller's transaction.
+    """
+    if MigrationContext.configure(
+        connection, opts={"version_table": VERSION_TABLE}
+    ).get_current_revision():
+        return
+    revision = legacy_revision(connection)
+    if revision is None:
+        return
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    context.stamp(ScriptDirectory.from_config(alembic_config()), revision)
+    connection.execute(
+        text(f"DELETE FROM {LEGACY_VERSION_TABLE} WHERE version_num = :revision"),
+        {"revision": revision},
+    )
+    left = connection.execute(text(f"SELECT count(*) FROM {LEGACY_VERSION_TABLE}")).scalar_one()
+    if left == 0:
+        connection.execute(text(f"DROP TABLE {LEGACY_VERSION_TABLE}"))
+
+
+def refuse_foreign_tables(connection: Connection) -> None:
+    """Raise SchemaConflictError if a table or view batchsync would create is already there
+    without a batchsync revision (someone else's), before anything is created."""
+    if read_revision(connection) is not None:
+        return
+    inspector = inspect(connection)
+    present = set(inspector.get_table_names()) | set(inspector.get_view_names())
+    taken = sorted(present & set(_table_names()))
+    if not taken:
+        return
+    if connection.dialect.name == "postgresql":
+        schema = configured_schema(connection) or inspector.default_schema_name
+        where = f"schema {schema}"
+        way_out = (
+            "pass --schema NAME (or set BATCHSYNC_SCHEMA) to keep batchsync's tables in a "
+            "PostgreSQL schema of their own, or use another database"
+        )
+    else:
+        where = "the SQLite file"
+        way_out = "point --database-url at another SQLite file"
+    names = ", ".join(taken)
+    raise SchemaConflictError(
+        f"{where} at {redact_url(connection.engine.url)} already has {names}, which batchsync "
+        f"did not create (no batchsync schema revision there); batchsync leaves it alone: "
+        f"{way_out}"
+    )
+
+
+def ensure_schema_exists(connection: Connection) -> None:
+    """Create the PostgreSQL schema the engine was configured for, if it is missing."""
+    schema = configured_schema(connection)
+    if schema is None:
+        return
+    exists = connection.execute(
+        text("SELECT 1 FROM pg_namespace WHERE nspname = :name"), {"name": schema}
+    ).first()
+    if exists is None:
+        connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(schema)}"))
+
+
+def configured_schema(connection: Connection) -> str | None:
+    """The PostgreSQL schema (``--schema``) this connection's engine was created for."""
+    return _ENGINE_SCHEMAS.get(connection.engine)
+
+
+def describe_location(engine: Engine) -> str:
+    """The database URL (password hidden), with the schema batchsync uses when one is set."""
+    schema = _ENGINE_SCHEMAS.get(engine)
+    where = redact_url(engine.url)
+    return f"{where} (schema {schema})" if schema else where
+
+
+def _table_names() -> list[str]:
+    from batchsync.models import VIEWS, Base
+
+    return [*Base.metadata.tables, *VIEWS.tables]
+
+
+def _known_revisions() -> set[str]:
+    script = ScriptDirectory.from_config(alembic_config())
+    return {rev.revision for rev in script.walk_revisions()}
+
+
+def check_writable(engine: Engine) -> None:
+    """Raise DatabaseReadOnly now if the SQLite file cannot be written, rather than at the
+    first write of a run; changes nothing (the probe is rolled back)."""
+    if engine.dialect.name != "sqlite":
+        return
+    try:
+        with engine.connect() as connection, connection.begin() as transaction:
+            version = int(connection.exec_driver_sql("PRAGMA user_version").scalar_one())
+            connection.exec_driver_sql(f"PRAGMA user_version = {version}")
+            transaction.rollback()
     except (OperationalError, DBAPIError) as exc:
         raise unavailable(engine, exc) from None
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Migrate the database to ``revision`` (default: the newest)."""
+    """Migrate the database to ``revision`` (default: the newest).
+
+    Creates the configured PostgreSQL schema when missing, moves a revision recorded in
+    ``alembic_version`` by an older batchsync into ``batchsync_alembic_version``, and
+    refuses (SchemaConflictError) to create a table whose name someone else already uses.
+    """
+    check_writable(engine)
     try:
         command.upgrade(alembic_config(engine), revision)
     except (OperationalError, DBAPIError) as exc:
@@ -113,6 +376,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Migrate the database down to ``revision`` ("base" removes every table)."""
+    check_writable(engine)
     try:
         command.downgrade(alembic_config(engine), revision)
     except (OperationalError, DBAPIError) as exc:
@@ -125,15 +389,13 @@ def check_schema(engine: Engine) -> None:
     head = head_revision()
     if current == head:
         return
-    where = redact_url(engine.url)
+    where = describe_location(engine)
     if current is None:
         raise SchemaOutdatedError(
             f"the database at {where} has no batchsync schema; "
             "run `batchsync db upgrade` first (or pass --migrate)"
         )
-    script = ScriptDirectory.from_config(alembic_config())
-    known = {rev.revision for rev in script.walk_revisions()}
-    if current not in known:
+    if current not in _known_revisions():
         raise SchemaOutdatedError(
             f"the database at {where} is at schema revision {current}, which this version of "
             "batchsync does not know (it was written by a newer version); upgrade batchsync"
@@ -150,7 +412,29 @@ def unavailable(engine: Engine, exc: BaseException) -> DatabaseUnavailable:
     password = engine.url.password
     if password:
         first = first.replace(str(password), "***")
+    if is_read_only(exc):
+        return DatabaseReadOnly(
+            f"the database at {redact_url(engine.url)} is read-only ({first}): batchsync can "
+            "read it (`runs`, `db current`) but needs write access to the file and its "
+            "directory to sync or upgrade"
+        )
     return DatabaseUnavailable(f"cannot use the database at {redact_url(engine.url)}: {first}")
+
+
+def is_read_only(exc: BaseException) -> bool:
+    """Whether a database error is a refusal to write to a read-only SQLite file."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    return _is_read_only_error(exc)
+
+
+def _is_read_only_error(exc: BaseException) -> bool:
+    name = getattr(exc, "sqlite_errorname", None)
+    return (
+        isinstance(exc, sqlite3.Error)
+        and isinstance(name, str)
+        and name.startswith("SQLITE_READONLY")
+    )
 
 
 # Errors the drivers raise themselves, where batchsync writes through the driver's cursor

@@ -15,7 +15,9 @@
     ├── Interrupted                 SIGTERM: the batch in hand was finished, the run stopped -> 130
     └── DatabaseError               the database cannot be used
         ├── SchemaOutdatedError     schema missing or behind: run `batchsync db upgrade` -> exit 4
-        └── DatabaseUnavailable     cannot connect, or the connection dropped        -> exit 4
+        ├── SchemaConflictError     a table batchsync would create is someone else's   -> exit 4
+        └── DatabaseUnavailable     cannot connect, the connection dropped, no such file -> exit 4
+            └── DatabaseReadOnly    a write to a read-only SQLite file               -> exit 4
 
 A failure of one batch (BatchNotFound, PayloadError, a per-batch TransientApiError or
 database error while writing it) is recorded against that batch; the run goes on and ends
@@ -104,5 +106,13 @@ class SchemaOutdatedError(DatabaseError):
     """The database schema is missing or older than this version of batchsync."""
 
 
+class SchemaConflictError(DatabaseError):
+    """A table or view batchsync would create already exists and is not batchsync's."""
+
+
 class DatabaseUnavailable(DatabaseError):
-    """The database cannot be reached, or the connection dropped."""
+    """The database cannot be reached, the connection dropped, or the file does not exist."""
+
+
+class DatabaseReadOnly(DatabaseUnavailable):
+    """The database can be read but not written (a read-only SQLite file or directory)."""

@@ -33,7 +33,7 @@ from sqlalchemy import Connection, Engine
 
 from batchsync import runs
 from batchsync.client import BatchSource, FetchedBatch, Parts, Unchanged
-from batchsync.db import DRIVER_ERRORS, describe, is_unavailable, unavailable
+from batchsync.db import DRIVER_ERRORS, describe, is_unavailable, reading, unavailable
 from batchsync.errors import (
     ApiError,
     ApiUnavailable,
@@ -456,7 +456,7 @@ def _plan(
         listed = list(options.batch_ids)
     wanted = [b for b in dict.fromkeys(listed) if _in_shard(b, options)]
     try:
-        with engine.connect() as connection:
+        with reading(engine) as connection:
             stored = stored_batches(connection)
     except DRIVER_ERRORS as exc:
         raise unavailable(engine, exc) from None

@@ -9,6 +9,7 @@ from batchsync.config import (
     Secret,
     load_api,
     load_database,
+    quote_identifier,
     redact,
     redact_url,
     register_secret,
@@ -73,3 +74,29 @@ def test_secrets_compare_by_value() -> None:
     """Two secrets with the same value are equal."""
     assert Secret("a1b2c3") == Secret("a1b2c3")
     assert Secret("a1b2c3") != Secret("zzzzzz")
+
+
+def test_schema_is_kept_for_postgresql() -> None:
+    """A plain identifier is accepted as the PostgreSQL schema, case kept."""
+    settings = load_database("postgresql://u@127.0.0.1/db", "Bland_2")
+    assert settings.schema == "Bland_2"
+    assert "Bland_2" in repr(settings)
+
+
+def test_schema_is_refused_for_sqlite() -> None:
+    """SQLite has no schemas: --schema with a SQLite URL is a configuration error."""
+    with pytest.raises(ConfigError, match="PostgreSQL only"):
+        load_database("sqlite:///x.db", "bland")
+
+
+@pytest.mark.parametrize("name", ["", "my-schema", "9lives", 'a"b', "pg_temp", "x" * 64, "a.b"])
+def test_schema_that_is_not_an_identifier_is_refused(name: str) -> None:
+    """A schema name that is not letters, digits and underscores is a configuration error."""
+    with pytest.raises(ConfigError, match="--schema"):
+        load_database("postgresql://u@127.0.0.1/db", name)
+
+
+def test_quote_identifier_doubles_quotes() -> None:
+    """Quoted identifiers keep their case and cannot be closed early."""
+    assert quote_identifier("Bland") == '"Bland"'
+    assert quote_identifier('a"b') == '"a""b"'

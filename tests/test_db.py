@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
-import pytest
-from sqlalchemy import Engine, text
+import sqlite3
+from pathlib import Path
 
+import pytest
+from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import OperationalError
+
+from batchsync import runs
 from batchsync.config import load_database
-from batchsync.db import check_schema, create_db_engine, current_revision, downgrade, upgrade
-from batchsync.errors import DatabaseUnavailable, SchemaOutdatedError
+from batchsync.db import (
+    check_schema,
+    check_writable,
+    create_db_engine,
+    current_revision,
+    describe_location,
+    downgrade,
+    reading,
+    upgrade,
+)
+from batchsync.errors import (
+    DatabaseReadOnly,
+    DatabaseUnavailable,
+    SchemaConflictError,
+    SchemaOutdatedError,
+)
+from batchsync.store import stored_batches
 
 
 def test_empty_database_is_told_to_upgrade(empty_engine: Engine) -> None:
@@ -28,7 +48,7 @@ def test_schema_behind_is_told_to_upgrade(empty_engine: Engine) -> None:
 def test_schema_from_a_newer_version_is_reported(engine: Engine) -> None:
     """A revision this version does not know means batchsync itself is too old."""
     with engine.begin() as connection:
-        connection.execute(text("update alembic_version set version_num = '9999'"))
+        connection.execute(text("update batchsync_alembic_version set version_num = '9999'"))
     with pytest.raises(SchemaOutdatedError, match="newer version"):
         check_schema(engine)
 
@@ -50,3 +70,82 @@ def test_sqlite_uses_wal_and_foreign_keys(sqlite_url: str) -> None:
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
     downgrade(engine, "base")
     assert current_revision(engine) is None
+
+
+def test_sqlite_reader_does_not_wait_for_a_writer(sqlite_url: str) -> None:
+    """A read-only engine reads at once while another connection holds the write lock,
+    where a writer with the same short busy timeout gives up."""
+    settings = load_database(sqlite_url)
+    upgrade(create_db_engine(settings))
+    holder = sqlite3.connect(str(settings.url.database), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        reader = create_db_engine(settings, read_only=True, busy_timeout=0.05)
+        assert current_revision(reader) is not None
+        check_schema(reader)
+        assert runs.list_runs(reader) == []
+        writer = create_db_engine(settings, busy_timeout=0.05)
+        with pytest.raises(DatabaseUnavailable, match="locked"):
+            check_writable(writer)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_sqlite_reader_never_creates_a_missing_file(tmp_path: Path) -> None:
+    """A read-only engine on a missing file raises DatabaseUnavailable naming the path."""
+    path = tmp_path / "sub" / "none.db"
+    with pytest.raises(DatabaseUnavailable, match=f"no database at {path}"):
+        create_db_engine(load_database(f"sqlite:///{path}"), read_only=True)
+    assert not path.parent.exists()
+
+
+def test_sqlite_reader_cannot_write(sqlite_url: str) -> None:
+    """The read-only engine really is read-only: a write is refused as DatabaseReadOnly."""
+    settings = load_database(sqlite_url)
+    upgrade(create_db_engine(settings))
+    with pytest.raises(DatabaseReadOnly, match="is read-only"):
+        check_writable(create_db_engine(settings, read_only=True))
+
+
+def test_foreign_view_blocks_upgrade_before_anything_is_created(empty_engine: Engine) -> None:
+    """A view named like one of batchsync's, without a batchsync revision, is reported by name."""
+    with empty_engine.begin() as connection:
+        connection.execute(text("create view batch_outcomes as select 1 as x"))
+    with pytest.raises(SchemaConflictError, match="batch_outcomes") as raised:
+        upgrade(empty_engine)
+    assert "--schema" in str(raised.value) or "another SQLite file" in str(raised.value)
+    assert current_revision(empty_engine) is None
+    assert "batches" not in inspect(empty_engine).get_table_names()
+    with empty_engine.connect() as connection:
+        assert connection.execute(text("select x from batch_outcomes")).scalar_one() == 1
+
+
+def test_schema_location_hides_the_password() -> None:
+    """Messages name the --schema schema and never the database password."""
+    settings = load_database("postgresql://u:pw-xyz-789@127.0.0.1:1/x", "bland")
+    engine = create_db_engine(settings)
+    where = describe_location(engine)
+    assert where.endswith("(schema bland)")
+    assert "pw-xyz-789" not in where
+    with pytest.raises(DatabaseUnavailable) as raised:
+        check_schema(engine)
+    assert "pw-xyz-789" not in str(raised.value)
+
+
+def test_reading_connection_does_not_wait_for_a_writer(sqlite_url: str) -> None:
+    """A `reading` connection of a writing engine reads while another connection holds the
+    write lock, where an ordinary connection with the same short busy timeout gives up."""
+    settings = load_database(sqlite_url)
+    upgrade(create_db_engine(settings))
+    engine = create_db_engine(settings, busy_timeout=0.05)
+    holder = sqlite3.connect(str(settings.url.database), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with reading(engine) as connection:
+            assert stored_batches(connection) == {}
+        with pytest.raises(OperationalError, match="locked"), engine.connect() as connection:
+            stored_batches(connection)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()

@@ -5,14 +5,26 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
 
 from batchsync.client import BlandClient
-from batchsync.db import current_revision, downgrade, head_revision, upgrade
+from batchsync.config import load_database
+from batchsync.db import (
+    VERSION_TABLE,
+    check_schema,
+    create_db_engine,
+    current_revision,
+    downgrade,
+    head_revision,
+    upgrade,
+)
+from batchsync.errors import SchemaOutdatedError
 from batchsync.models import VIEWS, Base
 from batchsync.sync import SyncOptions, run_sync
 
@@ -27,7 +39,7 @@ def test_upgrade_downgrade_upgrade_round_trip(empty_engine: Engine) -> None:
 
     downgrade(empty_engine, "base")
     assert current_revision(empty_engine) is None
-    assert set(inspect(empty_engine).get_table_names()) <= {"alembic_version"}
+    assert set(inspect(empty_engine).get_table_names()) <= {"batchsync_alembic_version"}
 
     upgrade(empty_engine)
     assert current_revision(empty_engine) == head_revision()
@@ -37,7 +49,12 @@ def test_migrations_match_the_models(engine: Engine) -> None:
     """Autogenerate finds no difference between the migrated database and the models."""
     with engine.connect() as connection:
         context = MigrationContext.configure(
-            connection, opts={"compare_type": True, "target_metadata": Base.metadata}
+            connection,
+            opts={
+                "compare_type": True,
+                "target_metadata": Base.metadata,
+                "version_table": VERSION_TABLE,
+            },
         )
         diff = compare_metadata(context, Base.metadata)
     assert diff == []
@@ -114,3 +131,117 @@ def test_views_answer_on_synced_data(engine: Engine, client: BlandClient) -> Non
     assert calls == per_batch == per_day == joined
     assert humans == human_sum
     assert 0 <= rate[0] <= rate[1] <= 1
+
+
+def _rows(engine: Engine, table: str) -> set[str]:
+    with engine.connect() as connection:
+        return set(connection.execute(text(f"select version_num from {table}")).scalars())
+
+
+def _make_foreign_alembic_version(engine: Engine, *revisions: str) -> None:
+    """Another application's Alembic bookkeeping, as Alembic itself creates it."""
+    with engine.begin() as connection:
+        connection.execute(
+            text("create table alembic_version (version_num varchar(32) not null primary key)")
+        )
+        for revision in revisions:
+            connection.execute(
+                text("insert into alembic_version values (:revision)"), {"revision": revision}
+            )
+
+
+def _make_old_style(engine: Engine, revision: str, *others: str) -> None:
+    """A database migrated by a batchsync that kept its revision in alembic_version."""
+    upgrade(engine, revision)
+    with engine.begin() as connection:
+        connection.execute(text(f"drop table {VERSION_TABLE}"))
+    _make_foreign_alembic_version(engine, revision, *others)
+
+
+def test_another_apps_alembic_version_is_left_alone(empty_engine: Engine) -> None:
+    """batchsync migrates beside another application's alembic_version without touching it."""
+    _make_foreign_alembic_version(empty_engine, "a1b2c3d4e5f6")
+    assert current_revision(empty_engine) is None
+    upgrade(empty_engine)
+    assert current_revision(empty_engine) == head_revision()
+    check_schema(empty_engine)
+    assert _rows(empty_engine, "alembic_version") == {"a1b2c3d4e5f6"}
+    assert _rows(empty_engine, VERSION_TABLE) == {head_revision()}
+
+
+def test_foreign_revision_named_like_ours_is_not_taken(empty_engine: Engine) -> None:
+    """An alembic_version at '0001' without batchsync's tables is another application's."""
+    _make_foreign_alembic_version(empty_engine, "0001")
+    assert current_revision(empty_engine) is None
+    upgrade(empty_engine)
+    assert _rows(empty_engine, "alembic_version") == {"0001"}
+    assert current_revision(empty_engine) == head_revision()
+
+
+def test_old_style_database_is_read_then_moved_by_upgrade(empty_engine: Engine) -> None:
+    """A revision in alembic_version counts as batchsync's; upgrade moves it and drops the
+    then empty alembic_version."""
+    _make_old_style(empty_engine, "0001")
+    assert current_revision(empty_engine) == "0001"
+    with pytest.raises(SchemaOutdatedError, match="behind"):
+        check_schema(empty_engine)
+    upgrade(empty_engine)
+    assert current_revision(empty_engine) == head_revision()
+    assert _rows(empty_engine, VERSION_TABLE) == {head_revision()}
+    assert "alembic_version" not in inspect(empty_engine).get_table_names()
+
+
+def test_old_style_database_at_head_keeps_working_and_moves(empty_engine: Engine) -> None:
+    """An old-style database already at head passes the schema check; upgrade only moves it."""
+    _make_old_style(empty_engine, head_revision())
+    check_schema(empty_engine)
+    upgrade(empty_engine)
+    assert _rows(empty_engine, VERSION_TABLE) == {head_revision()}
+    assert "alembic_version" not in inspect(empty_engine).get_table_names()
+
+
+def test_shared_alembic_version_gives_up_only_our_row(empty_engine: Engine) -> None:
+    """When alembic_version holds another application's row too, only ours moves."""
+    _make_old_style(empty_engine, "0001", "ffee00112233")
+    upgrade(empty_engine)
+    assert _rows(empty_engine, "alembic_version") == {"ffee00112233"}
+    assert _rows(empty_engine, VERSION_TABLE) == {head_revision()}
+
+
+def test_alembic_command_line_moves_an_old_style_revision(database_url: str) -> None:
+    """`alembic upgrade head` from the checkout also moves a revision out of alembic_version."""
+    engine = create_db_engine(load_database(database_url))
+    try:
+        _make_old_style(engine, "0001")
+        env = {**os.environ, "BATCHSYNC_DATABASE_URL": database_url}
+        alembic = Path(sys.executable).with_name("alembic")
+        done = subprocess.run(
+            [str(alembic), "upgrade", "head"], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        assert _rows(engine, VERSION_TABLE) == {head_revision()}
+        assert "alembic_version" not in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def test_alembic_command_line_honours_the_schema_variable(postgres_url: str) -> None:
+    """`alembic upgrade head` with BATCHSYNC_SCHEMA creates that schema and migrates it."""
+    schema = f"bs_{uuid.uuid4().hex[:10]}"
+    env = {**os.environ, "BATCHSYNC_DATABASE_URL": postgres_url, "BATCHSYNC_SCHEMA": schema}
+    alembic = Path(sys.executable).with_name("alembic")
+    engine = create_db_engine(load_database(postgres_url, schema))
+    try:
+        done = subprocess.run(
+            [str(alembic), "upgrade", "head"], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        assert current_revision(engine) == head_revision()
+        assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names(schema=schema))
+        default = create_db_engine(load_database(postgres_url))
+        assert inspect(default).get_table_names() == []
+        default.dispose()
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        engine.dispose()
