@@ -28,7 +28,7 @@ import orjson
 import tenacity
 
 from batchsync import __version__
-from batchsync.config import ApiSettings
+from batchsync.config import ApiSettings, redact
 from batchsync.errors import (
     ApiError,
     AuthError,
@@ -409,7 +409,12 @@ class _Counted:
 
 
 def _error_message(response: httpx.Response) -> str:
-    """The API's own error message, from either of its error envelopes."""
+    """The API's own error message, from either of its error envelopes, secrets redacted
+    (an API may echo the key it was sent)."""
+    return redact(_api_message(response))
+
+
+def _api_message(response: httpx.Response) -> str:
     try:
         body = orjson.loads(response.content)
     except orjson.JSONDecodeError:
