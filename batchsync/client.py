@@ -322,12 +322,16 @@ class BlandClient:
         if self._limiter is not None:
             self._limiter.acquire()
         self.stats.add(requests=1)
+        started = time.perf_counter()
         try:
             with self._http.stream("GET", path, params=params) as response:
-                if response.status_code >= 300:
-                    response.read()
-                    self._raise_for_status(response, what)
-                return consume(response)
+                try:
+                    if response.status_code >= 300:
+                        response.read()
+                        self._raise_for_status(response, what)
+                    return consume(response)
+                finally:
+                    _log_request(response, time.perf_counter() - started)
         except httpx.TimeoutException as exc:
             raise TransientApiError(
                 f"{what}: timed out ({type(exc).__name__}) at {self.settings.base_url}"
@@ -378,6 +382,22 @@ class BlandClient:
             self.retry.attempts,
             extra={"batch": what, "status": getattr(exc, "status_code", None), "wait": wait},
         )
+
+
+def _log_request(response: httpx.Response, seconds: float) -> None:
+    """One DEBUG line per request (-vv): method, path and query, status, body bytes, time.
+
+    Headers are never logged: the key travels in one."""
+    request = response.request
+    log.debug(
+        "HTTP %s %s -> %d, %d bytes, %.0f ms",
+        request.method,
+        request.url.raw_path.decode("ascii", "replace"),
+        response.status_code,
+        response.num_bytes_downloaded,
+        seconds * 1000,
+        extra={"status": response.status_code, "bytes": response.num_bytes_downloaded},
+    )
 
 
 def _flag(value: bool) -> str:
