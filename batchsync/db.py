@@ -7,6 +7,7 @@ Alembic owns the schema. ``upgrade`` runs the migrations shipped inside the pack
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,13 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from alembic.util import CommandError
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from batchsync.config import DatabaseSettings, redact_url
-from batchsync.errors import DatabaseUnavailable, SchemaOutdatedError
+from batchsync.errors import BadArgument, DatabaseUnavailable, SchemaOutdatedError
 
 # Seconds a SQLite writer waits for another writer's lock before giving up.
 SQLITE_BUSY_TIMEOUT = 60.0
@@ -109,6 +111,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         command.upgrade(alembic_config(engine), revision)
     except (OperationalError, DBAPIError) as exc:
         raise unavailable(engine, exc) from None
+    except CommandError as exc:
+        raise _bad_revision(revision, exc) from None
 
 
 def downgrade(engine: Engine, revision: str) -> None:
@@ -117,22 +121,101 @@ def downgrade(engine: Engine, revision: str) -> None:
         command.downgrade(alembic_config(engine), revision)
     except (OperationalError, DBAPIError) as exc:
         raise unavailable(engine, exc) from None
+    except CommandError as exc:
+        raise _bad_revision(revision, exc) from None
 
 
-def check_schema(engine: Engine) -> None:
-    """Raise SchemaOutdatedError unless the database is at the head revision."""
+def _bad_revision(revision: str, exc: CommandError) -> BadArgument:
+    known = ", ".join(rev.revision for rev in _script().walk_revisions())
+    return BadArgument(
+        f"cannot migrate to revision {revision!r}: {exc} "
+        f"(revisions: {known}, or head / base; `batchsync db current` shows where it is)"
+    )
+
+
+def _script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+@dataclass(frozen=True)
+class DowngradePlan:
+    """What ``downgrade`` to a revision would undo, found by rehearsing it and rolling back."""
+
+    current: str | None
+    target: str
+    revisions: list[tuple[str, str]]  # (revision, its one-line description), newest first
+    tables: list[str]  # tables and views that would be dropped
+    columns: list[str]  # "table.column" dropped from tables that stay
+
+    @property
+    def destructive(self) -> bool:
+        return bool(self.tables or self.columns)
+
+
+def plan_downgrade(engine: Engine, revision: str) -> DowngradePlan:
+    """Rehearse a downgrade in a transaction that is rolled back; report what it would drop.
+
+    Both databases run the migrations' DDL transactionally, so nothing changes.
+    """
+    current = current_revision(engine)
+    try:
+        with engine.connect() as connection:
+            transaction = connection.begin()
+            try:
+                before = _schema_objects(connection)
+                config = alembic_config()
+                config.attributes["connection"] = connection
+                command.downgrade(config, revision)
+                after = _schema_objects(connection)
+            finally:
+                transaction.rollback()
+        undone = list(_script().iterate_revisions(current, revision)) if current else []
+    except (OperationalError, DBAPIError) as exc:
+        raise unavailable(engine, exc) from None
+    except CommandError as exc:
+        raise _bad_revision(revision, exc) from None
+    return DowngradePlan(
+        current=current,
+        target=revision,
+        revisions=[(rev.revision, (rev.doc or "").strip().splitlines()[0]) for rev in undone],
+        tables=sorted(set(before) - set(after)),
+        columns=sorted(
+            f"{table}.{column}"
+            for table, columns in before.items()
+            if table in after
+            for column in columns - after[table]
+        ),
+    )
+
+
+def _schema_objects(connection: Connection) -> dict[str, set[str]]:
+    """Every table and view of batchsync's schema, with its columns."""
+    inspector = inspect(connection)
+    names = [*inspector.get_table_names(), *inspector.get_view_names()]
+    return {
+        name: {column["name"] for column in inspector.get_columns(name)}
+        for name in names
+        if name != "alembic_version"
+    }
+
+
+def check_schema(engine: Engine, *, can_migrate: bool = False) -> None:
+    """Raise SchemaOutdatedError unless the database is at the head revision.
+
+    ``can_migrate``: the command has --migrate, so the message may suggest it.
+    """
     current = current_revision(engine)
     head = head_revision()
     if current == head:
         return
     where = redact_url(engine.url)
+    migrate = " (or pass --migrate)" if can_migrate else ""
     if current is None:
         raise SchemaOutdatedError(
             f"the database at {where} has no batchsync schema; "
-            "run `batchsync db upgrade` first (or pass --migrate)"
+            f"run `batchsync db upgrade` first{migrate}"
         )
-    script = ScriptDirectory.from_config(alembic_config())
-    known = {rev.revision for rev in script.walk_revisions()}
+    known = {rev.revision for rev in _script().walk_revisions()}
     if current not in known:
         raise SchemaOutdatedError(
             f"the database at {where} is at schema revision {current}, which this version of "
@@ -140,7 +223,7 @@ def check_schema(engine: Engine) -> None:
         )
     raise SchemaOutdatedError(
         f"the database at {where} is at schema revision {current}, behind {head}; "
-        "run `batchsync db upgrade` (or pass --migrate)"
+        f"run `batchsync db upgrade`{migrate}"
     )
 
 
