@@ -88,6 +88,11 @@ def load_database(url: str | None) -> DatabaseSettings:
             f"{ENV_DATABASE_URL} is not a database URL; expected e.g. sqlite:///batchsync.db "
             "or postgresql+psycopg://user@host/dbname"
         ) from None
+    except ValueError:  # SQLAlchemy reads the port with int(); the URL may hold a password
+        raise ConfigError(
+            f"{ENV_DATABASE_URL} has a port that is not a number; expected e.g. "
+            "postgresql+psycopg://user@host:5432/dbname"
+        ) from None
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise ConfigError(

@@ -240,8 +240,8 @@ def test_purge_deletes_a_batch_in_one_go_and_reports_it(
     victim = emulator.batch_ids()[0]
 
     preview = run("purge", "--batch", victim, "--dry-run", "--json", env=env)
-    done = run("purge", "--batch", victim, "--json", env=env)
-    again = run("purge", "--batch", victim, "--json", env=env)
+    done = run("purge", "--batch", victim, "--json", "--yes", env=env)
+    again = run("purge", "--batch", victim, "--json", "--yes", env=env)
 
     assert json.loads(preview.output) == {**json.loads(done.output), "dry_run": True}
     deleted = json.loads(done.output)["deleted"]
@@ -257,7 +257,7 @@ def test_purge_before_a_date_and_without_arguments(
     env = api_env(server, database_url)
     run("sync", "--all", "--migrate", env=env)
     assert run("purge", env=env).exit_code == EXIT_USAGE
-    result = run("purge", "--before", "2100-01-01", env=env)
+    result = run("purge", "--before", "2100-01-01", "--yes", env=env)
     assert result.exit_code == EXIT_OK
     assert "deleted 3 batches" in result.output
 
@@ -390,7 +390,7 @@ def test_purge_older_than_days(server: EmulatorServer, database_url: str) -> Non
     """`purge --older-than DAYS` deletes batches created more than DAYS days ago."""
     env = api_env(server, database_url)
     run("sync", "--all", "--migrate", env=env)
-    kept = run("purge", "--older-than", "100000", "--json", env=env)
+    kept = run("purge", "--older-than", "100000", "--json", "--yes", env=env)
     assert json.loads(kept.output)["deleted"]["batches"] == 0
-    gone = run("purge", "--older-than", "1", "--json", env=env)
+    gone = run("purge", "--older-than", "1", "--json", "--yes", env=env)
     assert json.loads(gone.output)["deleted"]["batches"] == 3
