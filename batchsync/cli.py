@@ -292,7 +292,12 @@ def _logging_params() -> list[click.Parameter]:
 
 @cli.group()
 def db() -> None:
-    """Create, migrate and inspect the database schema (Alembic)."""
+    """Create, migrate and inspect the database schema (Alembic).
+
+    \b
+    Example:
+      batchsync db upgrade && batchsync db current
+    """
 
 
 @db.command("upgrade")

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote, quote_plus, urlsplit
 
+import click
 import pytest
 from click.testing import CliRunner, Result
+from sqlalchemy import MetaData, select
 
 from batchsync.cli import (
     EXIT_API,
@@ -21,6 +28,8 @@ from batchsync.cli import (
     EXIT_USAGE,
     cli,
 )
+from batchsync.config import load_database
+from batchsync.db import create_db_engine
 from batchsync.emulator import Emulator, EmulatorServer, Fault
 
 KEY = "sk-test-5f2c9e0b7a"
@@ -49,12 +58,22 @@ def api_env(server: EmulatorServer, database_url: str, key: str = KEY) -> dict[s
     }
 
 
+def command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Every command of the tree under ``group``, as the words that invoke it."""
+    for name, command in group.commands.items():
+        yield (*prefix, name)
+        if isinstance(command, click.Group):
+            yield from command_paths(command, (*prefix, name))
+
+
 def test_every_command_has_help_with_an_example() -> None:
-    """`--help` of each command describes it and shows an example."""
-    for args in (["db", "upgrade"], ["sync"], ["demo"], ["emulator"], ["runs"], ["runs", "show"]):
-        result = run(*args, "--help")
-        assert result.exit_code == 0
-        assert "Example" in result.output, args
+    """`--help` of every command in the tree, found by walking it, shows an example."""
+    paths = list(command_paths(cli))
+    assert ("db", "current") in paths
+    for path in paths:
+        result = run(*path, "--help")
+        assert result.exit_code == 0, path
+        assert "Example" in result.output, path
 
 
 def test_help_shows_environment_variables_but_never_their_values() -> None:
@@ -394,3 +413,150 @@ def test_purge_older_than_days(server: EmulatorServer, database_url: str) -> Non
     assert json.loads(kept.output)["deleted"]["batches"] == 0
     gone = run("purge", "--older-than", "1", "--json", "--yes", env=env)
     assert json.loads(gone.output)["deleted"]["batches"] == 3
+
+
+# -- secrets the API echoes back --------------------------------------------------------------
+
+ECHOED_KEY = 'sk-live_9f/2c+e0"b7-5a1d'
+ECHO_BATCHES = ["echo-404", "echo-400", "echo-422", "echo-429", "echo-500", "echo-503"]
+
+
+def key_spellings(key: str) -> list[str]:
+    """The key as an API may quote it: raw, percent-encoded, form-encoded, JSON-escaped."""
+    return [key, quote(key, safe=""), quote_plus(key), json.dumps(key)[1:-1]]
+
+
+class EchoingApi(http.server.ThreadingHTTPServer):
+    """A Bland API double that answers errors quoting the key it was sent, in every form.
+
+    ``list_status``: the status of the batch list (200 lists ECHO_BATCHES); each batch
+    "echo-NNN" answers HTTP NNN, and every batch answers ``detail_status`` when it is set.
+    """
+
+    def __init__(self, list_status: int, detail_status: int | None = None) -> None:
+        self.list_status = list_status
+        self.detail_status = detail_status
+        super().__init__(("127.0.0.1", 0), EchoingHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class EchoingHandler(http.server.BaseHTTPRequestHandler):
+    server: EchoingApi
+
+    def do_GET(self) -> None:
+        key = self.headers.get("authorization", "")
+        path = urlsplit(self.path).path
+        if path == "/v1/batches":
+            status = self.server.list_status
+            ok_body = {"batches": [{"batch_id": b} for b in ECHO_BATCHES]}
+        else:
+            batch_id = path.rsplit("/", 1)[-1]
+            status = self.server.detail_status or int(batch_id.rpartition("-")[2])
+            ok_body = {}
+        if status == 200:
+            self.answer(200, ok_body)
+            return
+        echoed = " | ".join(
+            [f"Bearer {key}", *key_spellings(key), f"url=/v1/batches?api_key={quote(key)}"]
+        )
+        envelope: dict[str, Any] = (
+            {"message": f"bad request for key {echoed}"}
+            if status % 2
+            else {"errors": [{"error": "E", "message": f"key {echoed} refused"}]}
+        )
+        self.answer(status, envelope)
+
+    def answer(self, status: int, body: dict[str, Any]) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        if status == 429:
+            self.send_header("retry-after", "0")
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the test reads batchsync's output, not the double's."""
+
+
+@contextmanager
+def echoing_api(list_status: int, detail_status: int | None = None) -> Iterator[EchoingApi]:
+    server = EchoingApi(list_status, detail_status)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def every_stored_text(database_url: str) -> str:
+    """Every value of every row of every table, as text."""
+    engine = create_db_engine(load_database(database_url))
+    try:
+        metadata = MetaData()
+        metadata.reflect(engine)
+        with engine.connect() as connection:
+            return "\n".join(
+                repr(tuple(row))
+                for table in metadata.sorted_tables
+                for row in connection.execute(select(table))
+            )
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("list_status", "detail_status", "exit_code"),
+    [
+        pytest.param(401, None, EXIT_CONFIG, id="list-401"),
+        pytest.param(403, None, EXIT_CONFIG, id="list-403"),
+        pytest.param(404, None, EXIT_API, id="list-404"),
+        pytest.param(422, None, EXIT_API, id="list-422"),
+        pytest.param(429, None, EXIT_API, id="list-429"),
+        pytest.param(500, None, EXIT_API, id="list-500"),
+        pytest.param(200, None, EXIT_PARTIAL, id="detail-4xx-429-5xx"),
+        pytest.param(200, 401, EXIT_CONFIG, id="detail-401"),
+        pytest.param(200, 403, EXIT_CONFIG, id="detail-403"),
+    ],
+)
+def test_api_echoing_the_key_in_errors_leaks_it_into_no_output_or_table(
+    database_url: str, list_status: int, detail_status: int | None, exit_code: int
+) -> None:
+    """An API quoting the key in any error body (any status, list or detail, raw,
+    encoded or escaped) leaves it in no stdout, stderr (text or JSON logs, -vv) or row."""
+    run("db", "upgrade", "--database-url", database_url)
+    outputs = []
+    with echoing_api(list_status, detail_status) as api:
+        env = {"BLAND_BASE_URL": api.url, "BLAND_API_KEY": ECHOED_KEY}
+        for log_format in ("text", "json"):
+            for extra in ([], ["--json"]):
+                result = run(
+                    "-vv",
+                    "--log-format",
+                    log_format,
+                    "sync",
+                    "--all",
+                    "--retries",
+                    "1",
+                    "--database-url",
+                    database_url,
+                    *extra,
+                    env=env,
+                )
+                assert result.exit_code == exit_code, result.output
+                outputs += [result.stdout, result.stderr]
+        outputs += [run("runs", "--json", "--database-url", database_url).stdout]
+        outputs += [run("runs", "show", "1", "--database-url", database_url).stdout]
+    seen = "\n".join(outputs)
+    stored = every_stored_text(database_url)
+    assert "***" in seen  # the echoed text did come through, redacted
+    assert "***" in stored
+    for spelling in [*key_spellings(ECHOED_KEY), "9f/2c", "9f%2F2c"]:
+        assert spelling not in seen
+        assert spelling not in stored
