@@ -560,3 +560,130 @@ def test_api_echoing_the_key_in_errors_leaks_it_into_no_output_or_table(
     for spelling in [*key_spellings(ECHOED_KEY), "9f/2c", "9f%2F2c"]:
         assert spelling not in seen
         assert spelling not in stored
+
+
+# -- every user error has its exit code ------------------------------------------------------
+
+
+def test_database_url_with_a_port_that_is_not_a_number_exits_3_without_the_password() -> None:
+    """A port that is not a number is a configuration error (3), not an internal one (70)."""
+    url = "postgresql+psycopg://u:pw-9a8b7c@127.0.0.1:notaport/db"
+    result = run("runs", "--database-url", url)
+    assert result.exit_code == EXIT_CONFIG
+    assert "port" in result.stderr
+    assert "pw-9a8b7c" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_database_host_that_does_not_resolve_exits_4() -> None:
+    """A host name that does not resolve means the database is unreachable: exit 4."""
+    result = run("runs", "--database-url", "postgresql+psycopg://u@nonexistent.invalid/db")
+    assert result.exit_code == EXIT_DATABASE
+    assert "nonexistent.invalid" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["db", "upgrade", "--revision", "no-such-rev"], id="upgrade"),
+        pytest.param(["db", "downgrade", "no-such-rev", "--yes"], id="downgrade"),
+        pytest.param(["db", "downgrade", "no-such-rev", "--dry-run"], id="downgrade-dry-run"),
+    ],
+)
+def test_unknown_revision_is_a_usage_error_naming_the_known_ones(
+    database_url: str, args: list[str]
+) -> None:
+    """An unknown schema revision exits 2 with a message listing the revisions there are."""
+    run("db", "upgrade", "--database-url", database_url)
+    result = run(*args, "--database-url", database_url)
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "'no-such-rev'" in result.stderr
+    assert "0001" in result.stderr
+    assert "internal error" not in result.stderr
+
+
+@pytest.mark.parametrize("shard", ["3/2", "2/2", "1/0", "x/4", "1-4"])
+def test_shard_that_does_not_exist_is_a_usage_error(shard: str, sqlite_url: str) -> None:
+    """--shard K/N with K >= N, N = 0 or not K/N at all exits 2, naming --shard."""
+    result = run("sync", "--all", "--shard", shard, "--database-url", sqlite_url)
+    assert result.exit_code == EXIT_USAGE
+    assert "--shard" in result.stderr
+
+
+def test_since_after_until_is_a_usage_error(sqlite_url: str) -> None:
+    """An empty window (--since at or after --until) exits 2 instead of syncing nothing."""
+    for since, until in (("2025-02-01", "2025-01-01"), ("2025-01-01", "2025-01-01")):
+        result = run("sync", "--all", "--since", since, "--until", until, "--database-url",
+                     sqlite_url, env={"BLAND_API_KEY": KEY})  # fmt: skip
+        assert result.exit_code == EXIT_USAGE
+        assert "--since" in result.stderr
+        assert "before --until" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("2025-01-01", "2025-01-01T00:00:00+00:00"),
+        ("2025-01-01T06:30:00", "2025-01-01T06:30:00+00:00"),
+        ("2025-01-01T06:30:00Z", "2025-01-01T06:30:00+00:00"),
+        ("2025-01-01T06:30:00+00:00", "2025-01-01T06:30:00+00:00"),
+        ("2025-01-01T06:30:00+02:00", "2025-01-01T04:30:00+00:00"),
+        ("2025-01-01 06:30:00", "2025-01-01T06:30:00+00:00"),
+        ("2025-01-01 06:30:00.123456-05:00", "2025-01-01T11:30:00.123456+00:00"),
+    ],
+)
+def test_since_accepts_what_orchestrators_render_converted_to_utc(
+    server: EmulatorServer, sqlite_url: str, given: str, expected: str
+) -> None:
+    """--since takes a date, a datetime with T or a space, Z or an offset; offsets are
+    converted to UTC (not relabelled) in the recorded run options."""
+    env = api_env(server, sqlite_url)
+    result = run("sync", "--all", "--migrate", "--since", given, "--json", env=env)
+    assert result.exit_code == EXIT_OK, result.output
+    shown = json.loads(run("runs", "show", "1", "--json", env=env).stdout)
+    assert shown["options"]["since"] == expected
+
+
+def test_before_rejects_text_that_is_not_a_date(sqlite_url: str) -> None:
+    """`purge --before` with words instead of a date is a usage error naming the forms."""
+    result = run("purge", "--before", "last week", "--database-url", sqlite_url)
+    assert result.exit_code == EXIT_USAGE
+    assert "ISO-8601" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["sync", "--all", "--json", "--no-such-option"], id="unknown-option"),
+        pytest.param(["sync", "--json"], id="no-batches"),
+        pytest.param(["sync", "--all", "--json", "--shard", "3/2"], id="bad-shard"),
+        pytest.param(["sync", "--all", "--json", "--since", "soon"], id="bad-date"),
+        pytest.param(["runs", "--json", "--limit", "0"], id="runs-bad-limit"),
+        pytest.param(["purge", "--json"], id="purge-no-selection"),
+    ],
+)
+def test_json_usage_error_prints_one_json_object_with_exit_2(
+    sqlite_url: str, args: list[str]
+) -> None:
+    """With --json, a usage error still ends with exactly one JSON object on stdout."""
+    result = run(*args, env={"BATCHSYNC_DATABASE_URL": sqlite_url})
+    assert result.exit_code == EXIT_USAGE
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "failed"
+    assert summary["exit_code"] == EXIT_USAGE
+    assert summary["error"]
+    assert "Usage:" in result.stderr
+
+
+def test_json_error_after_the_run_started_carries_its_run_id(database_url: str) -> None:
+    """A run that fails once recorded (here: the key rejected mid-run) names its run id."""
+    run("db", "upgrade", "--database-url", database_url)
+    with echoing_api(list_status=200, detail_status=401) as api:
+        env = {"BLAND_BASE_URL": api.url, "BLAND_API_KEY": KEY}
+        result = run("sync", "--all", "--json", "--database-url", database_url, env=env)
+    assert result.exit_code == EXIT_CONFIG, result.output
+    summary = json.loads(result.stdout)
+    assert summary["run_id"] == 1
+    assert summary["status"] == "failed"
+    assert summary["exit_code"] == EXIT_CONFIG
