@@ -5,6 +5,8 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import pty
+import re
 import subprocess
 import sys
 import threading
@@ -687,3 +689,126 @@ def test_json_error_after_the_run_started_carries_its_run_id(database_url: str) 
     assert summary["run_id"] == 1
     assert summary["status"] == "failed"
     assert summary["exit_code"] == EXIT_CONFIG
+
+
+# -- logs an operator can use ----------------------------------------------------------------
+
+
+def test_vv_logs_every_http_request_with_its_figures_and_never_the_key(
+    server: EmulatorServer, database_url: str
+) -> None:
+    """-vv writes one line per request: method, path with query, status, bytes, ms."""
+    env = api_env(server, database_url)
+    result = run("-vv", "--log-format", "json", "sync", "--all", "--migrate", "--json", env=env)
+    assert result.exit_code == EXIT_OK, result.output
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    requests = [line for line in lines if line["message"].startswith("HTTP GET ")]
+    assert len(requests) == json.loads(result.stdout)["http"]["requests"]
+    for line in requests:
+        assert re.fullmatch(
+            r"HTTP GET /v1/batches\S* -> 200, \d+ bytes, \d+ ms", line["message"]
+        ), line
+        assert line["status"] == 200
+    assert any("?" in line["message"] for line in requests)  # the query is kept
+    assert KEY not in result.stderr
+
+
+def test_v_logs_every_batch_outcome_off_a_terminal(
+    server: EmulatorServer, database_url: str, emulator: Emulator
+) -> None:
+    """-v logs each batch's outcome (synced, unchanged, skipped, failed) without a terminal."""
+    env = api_env(server, database_url)
+    first, second, third = emulator.batch_ids()
+    emulator.inject(third, Fault("not_found"))
+    synced = run("-v", "sync", first, second, third, "--migrate", env=env)
+    unchanged = run("-v", "sync", first, env=env)
+    skipped = run("-v", "sync", "--all", env=env)
+
+    assert f"batch {first}: synced" in synced.stderr
+    assert f"batch {third}: failed" in synced.stderr
+    assert f"batch {first}: unchanged" in unchanged.stderr
+    completed = [b for b in (first, second) if emulator.raw_batch(b).get("status") == "completed"]
+    assert completed
+    for batch_id in completed:
+        assert f"batch {batch_id}: skipped" in skipped.stderr
+
+
+def test_on_a_terminal_progress_shows_batches_per_second_and_outcomes_are_logged(
+    server: EmulatorServer, sqlite_url: str
+) -> None:
+    """On a terminal, -v still logs each outcome, and the bar's rate is in batches/s, so
+    unchanged batches (whose calls are not parsed) do not make it read 0 calls/s."""
+    env = {**os.environ, **api_env(server, sqlite_url)}
+    assert run("sync", "--all", "--migrate", env=api_env(server, sqlite_url)).exit_code == 0
+    leader, follower = pty.openpty()
+    try:
+        process = subprocess.run(
+            [sys.executable, "-m", "batchsync", "-v", "sync", "--all", "--refresh"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            text=True,
+            timeout=60,
+        )
+        os.close(follower)
+        terminal = b""
+        while chunk := _read_pty(leader):
+            terminal += chunk
+    finally:
+        os.close(leader)
+    shown = terminal.decode()
+    assert process.returncode == EXIT_OK, shown
+    assert "batches/s" in shown
+    assert "calls/s" not in shown
+    assert ": unchanged" in shown
+
+
+def _read_pty(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: the other end is closed and everything was read
+        return b""
+
+
+def test_runs_show_prints_options_as_json(server: EmulatorServer, database_url: str) -> None:
+    """`runs show` prints the run's options as one JSON object, not a Python dict."""
+    env = api_env(server, database_url)
+    run("sync", "--all", "--migrate", "--phone-numbers", "drop", env=env)
+    shown = run("runs", "show", "1", env=env)
+    options_line = next(line for line in shown.stdout.splitlines() if "options:" in line)
+    options = json.loads(options_line.split("options:", 1)[1])
+    assert options["all"] is True
+    assert options["phone_numbers"] == "drop"
+
+
+def test_one_batch_reads_singular(
+    server: EmulatorServer, database_url: str, emulator: Emulator
+) -> None:
+    """The summary says "1 batch synced", not "1 batches"."""
+    env = api_env(server, database_url)
+    result = run("sync", emulator.batch_ids()[0], "--migrate", env=env)
+    assert "1 batch synced" in result.stdout
+    assert "1 batches" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["runs"], id="runs"),
+        pytest.param(["runs", "show", "1"], id="runs-show"),
+        pytest.param(["purge", "--batch", "b1", "--dry-run"], id="purge"),
+    ],
+)
+def test_read_only_commands_do_not_suggest_migrate(database_url: str, args: list[str]) -> None:
+    """On a database without the schema, commands without --migrate do not advise it."""
+    result = run(*args, "--database-url", database_url)
+    assert result.exit_code == EXIT_DATABASE
+    assert "batchsync db upgrade" in result.stderr
+    assert "--migrate" not in result.stderr
+
+
+def test_sync_without_schema_suggests_migrate(database_url: str) -> None:
+    """`sync`, which has --migrate, does suggest it."""
+    result = run("sync", "--all", "--database-url", database_url, env={"BLAND_API_KEY": KEY})
+    assert result.exit_code == EXIT_DATABASE
+    assert "--migrate" in result.stderr
