@@ -19,7 +19,7 @@ from urllib.parse import quote, quote_plus, urlsplit
 import click
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import MetaData, select
+from sqlalchemy import MetaData, inspect, select, text
 
 from batchsync.cli import (
     EXIT_API,
@@ -812,3 +812,114 @@ def test_sync_without_schema_suggests_migrate(database_url: str) -> None:
     result = run("sync", "--all", "--database-url", database_url, env={"BLAND_API_KEY": KEY})
     assert result.exit_code == EXIT_DATABASE
     assert "--migrate" in result.stderr
+
+
+# -- destructive commands ask first ----------------------------------------------------------
+
+
+def stored_batch_count(database_url: str) -> int:
+    engine = create_db_engine(load_database(database_url))
+    try:
+        with engine.connect() as connection:
+            return int(connection.execute(text("select count(*) from batches")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["purge", "--before", "2100-01-01"], id="purge"),
+        pytest.param(["purge", "--older-than", "1", "--json"], id="purge-json"),
+        pytest.param(["db", "downgrade", "0001"], id="downgrade"),
+        pytest.param(["db", "downgrade", "base"], id="downgrade-base"),
+    ],
+)
+def test_destructive_command_off_a_terminal_without_yes_exits_2_and_changes_nothing(
+    server: EmulatorServer, database_url: str, args: list[str]
+) -> None:
+    """Without a terminal to ask on, purge and downgrade refuse unless given --yes."""
+    env = api_env(server, database_url)
+    run("sync", "--all", "--migrate", env=env)
+    result = run(*args, env=env)
+    assert result.exit_code == EXIT_USAGE
+    assert "--yes" in result.stderr
+    assert stored_batch_count(database_url) == 3
+    assert "up to date" in run("db", "current", env=env).stdout
+
+
+def test_downgrade_dry_run_lists_revisions_and_what_they_drop_and_changes_nothing(
+    server: EmulatorServer, database_url: str
+) -> None:
+    """`db downgrade --dry-run` names each revision it would undo and each table and view
+    it would drop, and leaves schema and rows as they were."""
+    env = api_env(server, database_url)
+    run("sync", "--all", "--migrate", env=env)
+    to_0001 = run("db", "downgrade", "0001", "--dry-run", env=env)
+    to_base = run("db", "downgrade", "base", "--dry-run", env=env)
+
+    assert to_0001.exit_code == EXIT_OK, to_0001.output
+    assert "0002" in to_0001.stdout
+    assert "drops table or view batch_outcomes" in to_0001.stdout
+    assert "drops table or view calls\n" not in to_0001.stdout
+    assert "would undo 2 revisions" in to_base.stdout
+    assert "drops table or view calls\n" in to_base.stdout
+    assert "drops table or view sync_runs\n" in to_base.stdout
+    assert stored_batch_count(database_url) == 3
+    assert "up to date" in run("db", "current", env=env).stdout
+
+
+def test_downgrade_with_yes_drops_what_the_dry_run_listed(
+    server: EmulatorServer, database_url: str
+) -> None:
+    """`db downgrade 0001 --yes` runs without asking; the views the dry run named are gone."""
+    env = api_env(server, database_url)
+    run("sync", "--all", "--migrate", env=env)
+    result = run("db", "downgrade", "0001", "--yes", env=env)
+    assert result.exit_code == EXIT_OK, result.output
+    assert "schema now at 0001" in result.stdout
+    engine = create_db_engine(load_database(database_url))
+    assert "batch_outcomes" not in inspect(engine).get_view_names()
+    engine.dispose()
+    nothing_left = run("db", "downgrade", "0001", env=env)
+    assert nothing_left.exit_code == EXIT_OK
+    assert "nothing to undo" in nothing_left.stdout
+
+
+def run_on_terminal(args: list[str], answer: bytes, env: dict[str, str]) -> tuple[int, str]:
+    """Run batchsync as a process whose stdin and stderr are a terminal; answer its prompt."""
+    leader, follower = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "batchsync", *args],
+            env={**os.environ, **env},
+            stdin=follower,
+            stdout=subprocess.PIPE,
+            stderr=follower,
+        )
+        os.close(follower)
+        shown = b""
+        while b"[y/N]" not in shown and (chunk := _read_pty(leader)):
+            shown += chunk
+        os.write(leader, answer)
+        stdout, _ = process.communicate(timeout=60)
+        while chunk := _read_pty(leader):
+            shown += chunk
+    finally:
+        os.close(leader)
+    return process.returncode, shown.decode() + stdout.decode()
+
+
+@pytest.mark.parametrize(
+    ("answer", "left"), [pytest.param(b"n\n", 3, id="declined"), pytest.param(b"y\n", 0, id="yes")]
+)
+def test_purge_on_a_terminal_asks_first(
+    server: EmulatorServer, sqlite_url: str, answer: bytes, left: int
+) -> None:
+    """On a terminal `purge` says what it would delete and deletes only on a yes."""
+    env = api_env(server, sqlite_url)
+    run("sync", "--all", "--migrate", env=env)
+    code, shown = run_on_terminal(["purge", "--before", "2100-01-01"], answer, env)
+    assert code == EXIT_OK, shown
+    assert "Delete 3 batches and" in shown
+    assert stored_batch_count(sqlite_url) == left
