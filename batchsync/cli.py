@@ -507,7 +507,12 @@ class UtcDateTime(click.ParamType[datetime, Any]):
 
 def _utc_date_option(name: str, help_text: str) -> Callable[[F], F]:
     """A date or datetime option, read as UTC unless it carries an offset."""
-    return click.option(name, type=UtcDateTime(), metavar="DATE", help=help_text)
+    return click.option(
+        name,
+        type=UtcDateTime(),
+        metavar="DATE",
+        help=f"{help_text} A date or ISO-8601 datetime (Z, +02:00 or none for UTC).",
+    )
 
 
 def _parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Shard | None:
