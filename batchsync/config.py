@@ -90,8 +90,8 @@ def load_database(url: str | None) -> DatabaseSettings:
         ) from None
     except ValueError:  # SQLAlchemy reads the port with int(); the URL may hold a password
         raise ConfigError(
-            f"{ENV_DATABASE_URL} has a port that is not a number; expected e.g. "
-            "postgresql+psycopg://user@host:5432/dbname"
+            f"{ENV_DATABASE_URL} has a host or port that cannot be read (the port must be a "
+            "number); expected e.g. postgresql+psycopg://user@host:5432/dbname"
         ) from None
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):

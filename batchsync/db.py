@@ -40,7 +40,14 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
     url = settings.url
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
-            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(url.database).expanduser().parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseUnavailable(
+                    f"cannot create the folder of the SQLite file {redact_url(url)}: "
+                    f"{exc.strerror or type(exc).__name__}"
+                ) from None
         engine = create_engine(
             url,
             json_serializer=json_dumps,

@@ -923,3 +923,10 @@ def test_purge_on_a_terminal_asks_first(
     assert code == EXIT_OK, shown
     assert "Delete 3 batches and" in shown
     assert stored_batch_count(sqlite_url) == left
+
+
+def test_sqlite_file_in_a_folder_that_cannot_be_created_exits_4() -> None:
+    """A SQLite path whose folder cannot be made is an unusable database (4), not a bug."""
+    result = run("runs", "--database-url", "sqlite:////proc/no-such-folder/batchsync.db")
+    assert result.exit_code == EXIT_DATABASE
+    assert "cannot create the folder" in result.stderr
