@@ -54,5 +54,6 @@ def configure(level: int, fmt: str = "text", stream: TextIO | None = None) -> No
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False
-    # httpx logs every request at INFO; keep it for -vv.
-    logging.getLogger("httpx").setLevel(logging.DEBUG if level < logging.DEBUG else logging.WARNING)
+    # batchsync logs each request itself at -vv (with bytes and time); httpx's own INFO line
+    # would only repeat it wherever a host application (Airflow, Dagster) logs the root logger.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
