@@ -930,3 +930,15 @@ def test_sqlite_file_in_a_folder_that_cannot_be_created_exits_4() -> None:
     result = run("runs", "--database-url", "sqlite:////proc/no-such-folder/batchsync.db")
     assert result.exit_code == EXIT_DATABASE
     assert "cannot create the folder" in result.stderr
+
+
+def test_downgrade_on_a_terminal_asks_and_a_no_keeps_the_schema(sqlite_url: str) -> None:
+    """On a terminal `db downgrade` names what it would drop and, declined, drops nothing."""
+    env = {"BATCHSYNC_DATABASE_URL": sqlite_url}
+    run("db", "upgrade", env=env)
+    code, shown = run_on_terminal(["db", "downgrade", "base"], b"n\n", env)
+    assert code == EXIT_OK, shown
+    assert "dropping" in shown
+    assert "sync_runs" in shown
+    assert "cancelled" in shown
+    assert "up to date" in run("db", "current", env=env).stdout
