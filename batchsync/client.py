@@ -332,11 +332,17 @@ class BlandClient:
                     return consume(response)
                 finally:
                     _log_request(response, time.perf_counter() - started)
-        except httpx.TimeoutException as exc:
-            raise TransientApiError(
-                f"{what}: timed out ({type(exc).__name__}) at {self.settings.base_url}"
-            ) from None
         except httpx.TransportError as exc:
+            log.debug(
+                "HTTP GET %s -> %s, %.0f ms",
+                path,
+                type(exc).__name__,
+                (time.perf_counter() - started) * 1000,
+            )
+            if isinstance(exc, httpx.TimeoutException):
+                raise TransientApiError(
+                    f"{what}: timed out ({type(exc).__name__}) at {self.settings.base_url}"
+                ) from None
             raise TransientApiError(
                 f"{what}: cannot reach {self.settings.base_url} ({type(exc).__name__}: {exc})"
             ) from None
