@@ -4,7 +4,7 @@ Exit codes (stable; orchestrators may rely on them):
 
     0   every batch synced (or was unchanged / skipped)
     1   some batches failed; the others were committed
-    2   usage error (bad option or argument)
+    2   usage error (bad option or argument, unknown revision, --yes missing off a terminal)
     3   configuration or authentication error (missing or rejected API key, bad URL)
     4   the database is unreachable, missing (SQLite file) or read-only, its schema is missing
         or behind, or a table name it needs belongs to another application
@@ -16,6 +16,7 @@ Exit codes (stable; orchestrators may rely on them):
 
 from __future__ import annotations
 
+import io
 import logging
 import signal
 import sys
@@ -31,9 +32,9 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 import orjson
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
-from batchsync import __version__, logs, runs
+from batchsync import __version__, logs, runs, store
 from batchsync.client import BlandClient, Parts, RetryPolicy
 from batchsync.config import (
     ENV_API_KEY,
@@ -46,6 +47,7 @@ from batchsync.config import (
     redact,
 )
 from batchsync.db import (
+    DowngradePlan,
     check_schema,
     check_writable,
     create_db_engine,
@@ -53,20 +55,20 @@ from batchsync.db import (
     describe_location,
     downgrade,
     head_revision,
+    plan_downgrade,
     upgrade,
 )
 from batchsync.errors import (
     ApiError,
     AuthError,
+    BadArgument,
     BatchsyncError,
     ConfigError,
     DatabaseError,
     Interrupted,
     PayloadError,
 )
-from batchsync.models import Base
-from batchsync.privacy import PhoneMode, PhonePolicy, load_phone_policy
-from batchsync.store import purge_batches, stored_phone_policies
+from batchsync.privacy import PhoneMode, load_phone_policy, refuse_clear_numbers_over_protected
 from batchsync.sync import RunResult, Shard, SyncEvents, SyncOptions, run_sync
 
 EXIT_OK = 0
@@ -83,6 +85,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _exit_code(exc: BatchsyncError) -> int:
+    if isinstance(exc, BadArgument):
+        return EXIT_USAGE
     if isinstance(exc, AuthError | ConfigError):
         return EXIT_CONFIG
     if isinstance(exc, DatabaseError):
@@ -94,6 +98,16 @@ def _exit_code(exc: BatchsyncError) -> int:
     return EXIT_PARTIAL
 
 
+def _echo(text: str = "", *, err: bool = False, nl: bool = True) -> None:
+    """Print, secrets redacted: every line batchsync prints goes through here."""
+    click.echo(redact(text), err=err, nl=nl)
+
+
+def _echo_json(value: Any, *, indent: bool = False) -> None:
+    option = orjson.OPT_INDENT_2 if indent else 0
+    _echo(orjson.dumps(value, default=str, option=option).decode())
+
+
 def _fail(ctx: click.Context, message: str, code: int) -> NoReturn:
     """End with one error line on stderr (a JSON log line with --log-format json) and,
     for a command run with --json, a JSON summary on stdout, so both streams stay parseable."""
@@ -101,11 +115,29 @@ def _fail(ctx: click.Context, message: str, code: int) -> NoReturn:
     if _root_params(ctx).get("log_format") == "json":
         log.error("%s", message, extra={"exit_code": code})
     else:
-        click.echo(f"batchsync: error: {message}", err=True)
+        _echo(f"batchsync: error: {message}", err=True)
     if ctx.meta.get("json_summary"):
-        status = "interrupted" if code == EXIT_INTERRUPTED else "failed"
-        click.echo(orjson.dumps({"status": status, "error": message, "exit_code": code}).decode())
+        _echo_json(_failure_json(message, code, ctx.meta.get("run_id")))
     sys.exit(code)
+
+
+def _failure_json(message: str, code: int, run_id: int | None = None) -> dict[str, Any]:
+    """The one JSON object a --json command prints when it ends in an error."""
+    status = "interrupted" if code == EXIT_INTERRUPTED else "failed"
+    return {"status": status, "run_id": run_id, "error": message, "exit_code": code}
+
+
+def _json_option(help_text: str) -> Callable[[F], F]:
+    """--json: print one JSON object on stdout, on success and on every error alike."""
+
+    def remember(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+        if value:
+            ctx.meta["json_summary"] = True
+        return value
+
+    return click.option(
+        "--json", "as_json", is_flag=True, is_eager=True, callback=remember, help=help_text
+    )
 
 
 def _root_params(ctx: click.Context) -> dict[str, Any]:
@@ -166,6 +198,33 @@ def _open_database(
 class _Group(click.Group):
     """Turn our errors into one clear line and an exit code; keep secrets out of tracebacks."""
 
+    def main(  # type: ignore[override]
+        self,
+        args: list[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the command line; a usage error, which click raises before any command runs,
+        still ends with one line on stderr, exit 2, and with --json, the JSON object."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            code = super().main(argv, prog_name, complete_var, False, **extra)
+        except click.ClickException as exc:
+            shown = io.StringIO()
+            exc.show(file=shown)
+            _echo(shown.getvalue(), err=True, nl=False)
+            if "--json" in argv:
+                _echo_json(_failure_json(exc.format_message(), exc.exit_code))
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            _echo("Aborted!", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -178,7 +237,7 @@ class _Group(click.Group):
         except Exception as exc:
             verbose = _root_params(ctx).get("verbose", 0)
             if verbose:
-                click.echo(redact(traceback.format_exc()), err=True)
+                _echo(traceback.format_exc(), err=True)
             _fail(
                 ctx,
                 f"internal error, {type(exc).__name__}: {exc}"
@@ -252,7 +311,12 @@ def _logging_params() -> list[click.Parameter]:
 
 @cli.group()
 def db() -> None:
-    """Create, migrate and inspect the database schema (Alembic)."""
+    """Create, migrate and inspect the database schema (Alembic).
+
+    \b
+    Example:
+      batchsync db upgrade && batchsync db current
+    """
 
 
 @db.command("upgrade")
@@ -272,26 +336,83 @@ def db_upgrade(revision: str, database_url: str | None, schema: str | None) -> N
     after = current_revision(engine)
     where = describe_location(engine)
     if before == after:
-        click.echo(f"{where}: schema already at {after}")
+        _echo(f"{where}: schema already at {after}")
     else:
-        click.echo(f"{where}: schema upgraded from {before or 'nothing'} to {after}")
+        _echo(f"{where}: schema upgraded from {before or 'nothing'} to {after}")
+
+
+yes_option = click.option(
+    "--yes", "-y", is_flag=True, help="Do it without asking (required when not on a terminal)."
+)
+
+
+def _confirm(question: str, *, yes: bool) -> bool:
+    """Ask on a terminal; elsewhere require --yes (a usage error without it)."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise click.UsageError(
+            "this deletes data and there is no terminal to ask on: pass --yes to confirm "
+            "(or --dry-run to see what would go)"
+        )
+    if click.confirm(question, default=False, err=True):
+        return True
+    _echo("cancelled: nothing was changed", err=True)
+    return False
 
 
 @db.command("downgrade")
 @click.argument("revision")
+@click.option(
+    "--dry-run", is_flag=True, help="List the revisions it would undo and what they drop."
+)
+@yes_option
 @database_url_option
 @schema_option
-def db_downgrade(revision: str, database_url: str | None, schema: str | None) -> None:
+def db_downgrade(
+    revision: str, dry_run: bool, yes: bool, database_url: str | None, schema: str | None
+) -> None:
     """Migrate the schema down to REVISION ("base" drops every batchsync table).
 
+    Every downgrade drops tables, views or columns, and their data with them: it asks
+    first on a terminal, and needs --yes anywhere else.
+
     \b
-    Example:
-      batchsync db downgrade base
+    Examples:
+      batchsync db downgrade 0001 --dry-run
+      batchsync db downgrade base --yes
     """
     _, engine = _open_database(database_url, schema)
+    where = describe_location(engine)
+    plan = plan_downgrade(engine, revision)
+    if dry_run or not plan.revisions:
+        _print_downgrade_plan(where, plan, dry_run=dry_run)
+        return
+    if not _confirm(_downgrade_question(where, plan), yes=yes):
+        return
     downgrade(engine, revision)
-    now = current_revision(engine) or "nothing"
-    click.echo(f"{describe_location(engine)}: schema now at {now}")
+    _echo(f"{where}: schema now at {current_revision(engine) or 'nothing'}")
+
+
+def _downgrade_question(where: str, plan: DowngradePlan) -> str:
+    dropped = ", ".join([*plan.tables, *plan.columns]) or "nothing"
+    return f"Downgrade {where} to {plan.target}, dropping {dropped} and the data in them?"
+
+
+def _print_downgrade_plan(where: str, plan: DowngradePlan, *, dry_run: bool) -> None:
+    if not plan.revisions:
+        _echo(f"{where}: schema at {plan.current or 'nothing'}; nothing to undo")
+        return
+    _echo(
+        f"{where}: would undo {_plural(len(plan.revisions), 'revision')} "
+        f"({plan.current} -> {plan.target}):"
+    )
+    for revision, description in plan.revisions:
+        _echo(f"  {revision}  {description}")
+    for name in plan.tables:
+        _echo(f"  drops table or view {name}")
+    for column in plan.columns:
+        _echo(f"  drops column {column}")
 
 
 @db.command("current")
@@ -301,12 +422,16 @@ def db_current(database_url: str | None, schema: str | None) -> None:
     """Show the database's schema revision and whether it is up to date.
 
     Exits 4 when the schema is missing or behind.
+
+    \b
+    Example:
+      batchsync db current || batchsync db upgrade
     """
     _, engine = _open_database(database_url, schema, read_only=True)
     current = current_revision(engine)
     head = head_revision()
     state = "up to date" if current == head else f"behind {head}: run `batchsync db upgrade`"
-    click.echo(f"{describe_location(engine)}: {current or 'no schema'} ({state})")
+    _echo(f"{describe_location(engine)}: {current or 'no schema'} ({state})")
     if current != head:
         sys.exit(EXIT_DATABASE)
 
@@ -321,7 +446,7 @@ def db_docs() -> None:
     """
     from batchsync.schema_docs import render_schema_markdown
 
-    click.echo(render_schema_markdown(), nl=False)
+    _echo(render_schema_markdown(), nl=False)
 
 
 # -- sync -------------------------------------------------------------------------------------
@@ -377,20 +502,57 @@ def _api_options(function: F) -> F:
     return function
 
 
-def _parse_day(
-    _ctx: click.Context, _param: click.Parameter, value: datetime | None
-) -> datetime | None:
-    return value.replace(tzinfo=UTC) if value and value.tzinfo is None else value
+class UtcDateTime(click.ParamType[datetime, Any]):
+    """A date or ISO-8601 datetime as orchestrators render it, converted to UTC.
+
+    Accepts 2025-01-01, 2025-01-01T06:00:00, 2025-01-01 06:00:00, a trailing Z and an
+    offset (+02:00 is converted, not relabelled); a time without a zone is UTC.
+    """
+
+    name = "datetime"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            parsed = value
+        else:
+            try:
+                parsed = datetime.fromisoformat(str(value).strip())
+            except ValueError:
+                self.fail(
+                    f"{value!r} is not a date or ISO-8601 datetime (e.g. 2025-01-01, "
+                    "2025-01-01T06:00:00Z, 2025-01-01 06:00:00+02:00)",
+                    param,
+                    ctx,
+                )
+        if parsed.tzinfo is None:
+            return parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
 
 
 def _utc_date_option(name: str, help_text: str) -> Callable[[F], F]:
-    """A YYYY-MM-DD[THH:MM:SS] option read as UTC."""
+    """A date or datetime option, read as UTC unless it carries an offset."""
     return click.option(
         name,
-        type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
-        callback=_parse_day,
-        help=help_text,
+        type=UtcDateTime(),
+        metavar="DATE",
+        help=f"{help_text} A date or ISO-8601 datetime (Z, +02:00 or none for UTC).",
     )
+
+
+def _parse_shard(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Shard | None:
+    if value is None:
+        return None
+    try:
+        return Shard.parse(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _plural(count: int, singular: str, plural: str | None = None) -> str:
+    """'1 batch', '2 batches', '0 batches'."""
+    return f"{count:,} {singular if count == 1 else (plural or singular + 's')}"
 
 
 @cli.command()
@@ -427,6 +589,7 @@ def _utc_date_option(name: str, help_text: str) -> Callable[[F], F]:
     metavar="K/N",
     envvar="BATCHSYNC_SHARD",
     show_envvar=True,
+    callback=_parse_shard,
     help="Only the batches of shard K of N (0-based, stable hash of the batch id), "
     "to spread one backfill over N workers.",
 )
@@ -464,7 +627,7 @@ def _utc_date_option(name: str, help_text: str) -> Callable[[F], F]:
     help="Fetch and validate; report what would be inserted, updated and deleted; write nothing.",
 )
 @click.option("--migrate", is_flag=True, help="Upgrade the schema first if it is behind.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@_json_option("Print one JSON summary object on stdout, on success and on error.")
 @_api_options
 @database_url_option
 @schema_option
@@ -479,7 +642,7 @@ def sync(
     label: str | None,
     since: datetime | None,
     until: datetime | None,
-    shard: str | None,
+    shard: Shard | None,
     concurrency: int,
     max_requests_per_second: float | None,
     phone_numbers: str,
@@ -507,21 +670,26 @@ def sync(
       batchsync sync --all --no-transcripts --json | jq .status
     """
     ctx = click.get_current_context()
-    ctx.meta["json_summary"] = as_json
     if discover == bool(batch_ids):
         raise click.UsageError("name one or more BATCH_IDs, or pass --all (not both)")
     if not discover and (campaign_id or label or since or until):
         raise click.UsageError("--campaign-id, --label, --since and --until only apply with --all")
+    if since is not None and until is not None and since >= until:
+        raise click.UsageError(
+            f"--since ({since.isoformat()}) must be before --until ({until.isoformat()})"
+        )
     if dry_run and migrate:
         raise click.UsageError("--dry-run writes nothing, so it cannot --migrate")
     api = load_api(base_url, api_key, timeout)
     settings, engine = _open_database(database_url, schema)
     if not dry_run:
         check_writable(engine)
-    _ensure_schema(engine, migrate)
+    if migrate:
+        upgrade(engine)
+    check_schema(engine, can_migrate=True)
     phones = load_phone_policy(phone_numbers)
     if ctx.get_parameter_source("phone_numbers") == click.core.ParameterSource.DEFAULT:
-        _refuse_clear_numbers_over_protected(engine, phones)
+        refuse_clear_numbers_over_protected(phones, store.stored_phone_policies(engine))
     options = SyncOptions(
         batch_ids=batch_ids,
         discover=discover,
@@ -531,7 +699,7 @@ def sync(
         since=since,
         until=until,
         label=label,
-        shard=Shard.parse(shard) if shard else None,
+        shard=shard,
         concurrency=concurrency,
         phones=phones,
         dry_run=dry_run,
@@ -547,66 +715,79 @@ def sync(
     sys.exit(EXIT_PARTIAL if result.failed else EXIT_OK)
 
 
-def _refuse_clear_numbers_over_protected(engine: Engine, phones: PhonePolicy) -> None:
-    """Stop a run that, only by leaving --phone-numbers unset, would un-hash stored numbers."""
-    if phones.mode is not PhoneMode.KEEP:
-        return
-    protected = stored_phone_policies(engine) - {PhoneMode.KEEP.value}
-    if protected:
-        modes = ", ".join(sorted(tag.partition(":")[0] for tag in protected))
-        raise ConfigError(
-            f"batches in this database were stored with --phone-numbers {modes}; this run "
-            "would store their numbers in clear. Set --phone-numbers (or "
-            "BATCHSYNC_PHONE_NUMBERS) to hash or drop, or to keep to mean it"
-        )
-
-
-def _ensure_schema(engine: Engine, migrate: bool) -> None:
-    if migrate:
-        upgrade(engine)
-    check_schema(engine)
-
-
 def _run(
     engine: Engine, client: BlandClient, options: SyncOptions, *, as_json: bool, database: str
 ) -> RunResult:
+    ctx = click.get_current_context()
     started = time.monotonic()
-    with _stop_on_sigterm() as stop, _progress(enabled=not as_json) as events:
+    with _stop_on_sigterm() as stop, _progress(ctx, enabled=not as_json) as events:
         result = run_sync(engine, client, options, events=events, stop=stop)
-    elapsed = time.monotonic() - started
-    summary = _summary(result, elapsed, client, database)
+    summary = {
+        **result.as_json(),
+        "database": database,
+        "http": {
+            "requests": client.stats.requests,
+            "retries": client.stats.retries,
+            "bytes": client.stats.bytes_received,
+        },
+        "duration_seconds": round(time.monotonic() - started, 3),
+    }
     if as_json:
-        click.echo(orjson.dumps(summary).decode())
+        _echo_json(summary)
     else:
         _print_summary(summary)
     return result
 
 
-class _ProgressEvents(SyncEvents):
-    def __init__(self, bar_factory: Callable[[int], Any]) -> None:
+class _RunEvents(SyncEvents):
+    """Remember the run id (for the error summary), log each batch's outcome (-v), and
+    move the progress bar when there is one."""
+
+    def __init__(self, ctx: click.Context, bar_factory: Callable[[int], Any] | None) -> None:
+        self._ctx = ctx
         self._factory = bar_factory
         self.bar: Any = None
-        self._calls = 0
+        self._fetched = 0
         self._started = time.monotonic()
+
+    def started(self, run_id: int | None) -> None:
+        self._ctx.meta["run_id"] = run_id
 
     def planned(self, to_fetch: int, skipped: int) -> None:
         if skipped:
-            log.info("%d completed batches already stored: not fetched", skipped)
+            log.info(
+                "%s already stored and complete: not fetched",
+                _plural(skipped, "completed batch", "completed batches"),
+            )
         self._started = time.monotonic()
-        self.bar = self._factory(to_fetch)
+        if self._factory is not None:
+            self.bar = self._factory(to_fetch)
 
     def batch_done(self, outcome: runs.BatchOutcome) -> None:
-        self._calls += outcome.calls or 0
+        calls = "" if outcome.calls is None else f" ({_plural(outcome.calls, 'call')})"
+        log.info(
+            "batch %s: %s%s",
+            outcome.batch_id,
+            outcome.status,
+            calls,
+            extra={"batch": outcome.batch_id, "outcome": outcome.status},
+        )
+        if outcome.status == runs.SKIPPED:
+            return  # never fetched: not part of the bar
+        self._fetched += 1
         if self.bar is not None:
-            rate = self._calls / max(time.monotonic() - self._started, 1e-6)
-            self.bar.update(1, f"{rate:,.0f} calls/s")
+            # Batches per second: a rate of calls would fall to nothing on unchanged
+            # batches, which are fetched but not parsed, so their calls are not counted.
+            rate = self._fetched / max(time.monotonic() - self._started, 1e-6)
+            self.bar.update(1, f"{rate:,.1f} batches/s")
 
 
 @contextmanager
-def _progress(*, enabled: bool) -> Iterator[SyncEvents]:
-    """A progress bar (count, rate, ETA) on stderr when it is a terminal; nothing otherwise."""
+def _progress(ctx: click.Context, *, enabled: bool) -> Iterator[SyncEvents]:
+    """A progress bar (count, rate, ETA) on stderr when it is a terminal; outcomes are
+    logged (-v) either way."""
     if not (enabled and sys.stderr.isatty()):
-        yield SyncEvents()
+        yield _RunEvents(ctx, None)
         return
     bars: list[Any] = []
 
@@ -624,59 +805,27 @@ def _progress(*, enabled: bool) -> Iterator[SyncEvents]:
         return bar
 
     try:
-        yield _ProgressEvents(factory)
+        yield _RunEvents(ctx, factory)
     finally:
         for bar in bars:
             bar.__exit__(None, None, None)
 
 
-def _summary(
-    result: RunResult, elapsed: float, client: BlandClient, database: str
-) -> dict[str, Any]:
-    tables: dict[str, dict[str, int]] = {}
-    for outcome in result.outcomes:
-        for table, change in outcome.changes.items():
-            totals = tables.setdefault(table, {"inserted": 0, "updated": 0, "deleted": 0})
-            totals["inserted"] += change.inserted
-            totals["updated"] += change.updated
-            totals["deleted"] += change.deleted
-    return {
-        "run_id": result.run_id,
-        "status": result.status,
-        "dry_run": result.run_id is None,
-        "database": database,
-        "batches": {
-            status: result.count(status)
-            for status in (runs.SYNCED, runs.UNCHANGED, runs.SKIPPED, runs.BATCH_FAILED)
-        },
-        "failed": [{"batch_id": o.batch_id, "error": o.error} for o in result.failed],
-        "tables": tables,
-        "http": {
-            "requests": client.stats.requests,
-            "retries": client.stats.retries,
-            "bytes": client.stats.bytes_received,
-        },
-        "started_at": result.started_at.isoformat(),
-        "finished_at": result.finished_at.isoformat() if result.finished_at else None,
-        "duration_seconds": round(elapsed, 3),
-    }
-
-
 def _print_summary(summary: dict[str, Any]) -> None:
     batches = summary["batches"]
     run = "dry run (nothing written)" if summary["dry_run"] else f"run {summary['run_id']}"
-    click.echo(
+    _echo(
         f"{run} {summary['status']} in {summary['duration_seconds']:.1f}s: "
-        f"{batches['synced']} batches synced, {batches['unchanged']} unchanged, "
-        f"{batches['skipped']} skipped, {batches['failed']} failed"
+        f"{_plural(batches['synced'], 'batch', 'batches')} synced, {batches['unchanged']} "
+        f"unchanged, {batches['skipped']} skipped, {batches['failed']} failed"
     )
     for table, c in summary["tables"].items():
-        click.echo(
+        _echo(
             f"  {table:<20} {c['inserted']:>8} inserted {c['updated']:>8} updated "
             f"{c['deleted']:>8} deleted"
         )
     for failure in summary["failed"]:
-        click.echo(f"  failed: {failure['error']}")
+        _echo(f"  failed: {failure['error']}")
 
 
 # -- runs -------------------------------------------------------------------------------------
@@ -684,7 +833,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 @cli.group("runs", invoke_without_command=True)
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_json_option("Print JSON instead of a table.")
 @database_url_option
 @schema_option
 @click.pass_context
@@ -704,14 +853,14 @@ def runs_(
     check_schema(engine)
     recent = runs.list_runs(engine, limit)
     if as_json:
-        click.echo(orjson.dumps(recent, default=str, option=orjson.OPT_INDENT_2).decode())
+        _echo_json(recent, indent=True)
         return
     if not recent:
-        click.echo("no runs yet")
+        _echo("no runs yet")
         return
-    click.echo(f"{'id':>5}  {'started (UTC)':<19}  {'status':<11} synced unchanged skipped failed")
+    _echo(f"{'id':>5}  {'started (UTC)':<19}  {'status':<11} synced unchanged skipped failed")
     for run in recent:
-        click.echo(
+        _echo(
             f"{run['id']:>5}  {run['started_at']:%Y-%m-%d %H:%M:%S}  {run['status']:<11} "
             f"{run['batches_synced']:>6} {run['batches_unchanged']:>9} "
             f"{run['batches_skipped']:>7} {run['batches_failed']:>6}"
@@ -720,7 +869,7 @@ def runs_(
 
 @runs_.command("show")
 @click.argument("run_id", type=int)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_json_option("Print JSON.")
 @database_url_option
 @schema_option
 @click.pass_obj
@@ -744,19 +893,17 @@ def runs_show(
         raise click.BadParameter(f"there is no run {run_id}", param_hint="RUN_ID")
     run, batches = found
     if as_json:
-        click.echo(
-            orjson.dumps(
-                {**run, "batches": batches}, default=str, option=orjson.OPT_INDENT_2
-            ).decode()
-        )
+        _echo_json({**run, "batches": batches}, indent=True)
         return
     for key, value in run.items():
-        click.echo(f"{key:>18}: {value}")
+        if key == "options":
+            value = orjson.dumps(value, default=str).decode()
+        _echo(f"{key:>18}: {value}")
     for batch in batches:
         line = f"  {batch['batch_id']}  {batch['status']}"
         if batch["error"]:
             line += f"  {batch['error']}"
-        click.echo(line)
+        _echo(line)
 
 
 # -- purge ------------------------------------------------------------------------------------
@@ -772,7 +919,8 @@ def runs_show(
     help="Delete every batch created more than DAYS days ago (for retention jobs).",
 )
 @click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@yes_option
+@_json_option("Print the counts as JSON.")
 @database_url_option
 @schema_option
 def purge(
@@ -780,6 +928,7 @@ def purge(
     before: datetime | None,
     older_than: int | None,
     dry_run: bool,
+    yes: bool,
     as_json: bool,
     database_url: str | None,
     schema: str | None,
@@ -788,12 +937,13 @@ def purge(
 
     For retention policies. Runs in one transaction and reports what it removed.
     A later `sync` brings a purged batch back unless it is excluded there too.
+    It asks first on a terminal, and needs --yes anywhere else (not with --dry-run).
 
     \b
     Examples:
-      batchsync purge --batch 6f1b8c2e-...
+      batchsync purge --batch 6f1b8c2e-... --yes
       batchsync purge --before 2025-01-01 --dry-run
-      batchsync purge --older-than 90
+      batchsync purge --older-than 90 --yes
 
     Batches without a creation time are never matched by a date.
     """
@@ -806,17 +956,22 @@ def purge(
     _, engine = _open_database(database_url, schema)
     check_writable(engine)
     check_schema(engine)
-    with engine.connect() as connection, connection.begin() as transaction:
-        deleted = purge_batches(connection, batch_ids=batch_ids, before=before)
-        if dry_run:
-            transaction.rollback()
+    if not dry_run:
+        would = store.purge(engine, batch_ids=batch_ids, before=before, dry_run=True)
+        question = (
+            f"Delete {_plural(would['batches'], 'batch', 'batches')} and "
+            f"{_plural(sum(would.values()) - would['batches'], 'row')} of their data?"
+        )
+        if would["batches"] and not _confirm(question, yes=yes):
+            return
+    deleted = store.purge(engine, batch_ids=batch_ids, before=before, dry_run=dry_run)
     if as_json:
-        click.echo(orjson.dumps({"dry_run": dry_run, "deleted": deleted}).decode())
+        _echo_json({"dry_run": dry_run, "deleted": deleted})
         return
     verb = "would delete" if dry_run else "deleted"
-    click.echo(f"{verb} {deleted['batches']} batches:")
+    _echo(f"{verb} {_plural(deleted['batches'], 'batch', 'batches')}:")
     for table, count in deleted.items():
-        click.echo(f"  {table:<20} {count:>8} rows")
+        _echo(f"  {table:<20} {_plural(count, 'row'):>13}")
 
 
 # -- emulator and demo -----------------------------------------------------------------------
@@ -891,12 +1046,12 @@ def emulator(
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     with server:
-        click.echo(f"Bland API emulator on {server.url} (API key: {api_key}); Ctrl-C stops it")
-        click.echo(f"  BLAND_BASE_URL={server.url} BLAND_API_KEY={api_key} batchsync sync --all")
+        _echo(f"Bland API emulator on {server.url} (API key: {api_key}); Ctrl-C stops it")
+        _echo(f"  BLAND_BASE_URL={server.url} BLAND_API_KEY={api_key} batchsync sync --all")
         try:
             server.serve_forever()
         except KeyboardInterrupt:
-            click.echo("stopped")
+            _echo("stopped")
 
 
 @cli.command()
@@ -924,17 +1079,15 @@ def demo(database: Path, seed: int, batches: int, calls: int) -> None:
     settings, engine = _open_database(f"sqlite:///{database}")
     upgrade(engine)
     api = load_api("http://bland-emulator.local", emu.api_key)
-    click.echo(f"Syncing {batches} emulated batches into {database} ...")
+    _echo(f"Syncing {_plural(batches, 'emulated batch', 'emulated batches')} into {database} ...")
     with BlandClient(api, transport=emu.transport()) as client:
         result = _run(
             engine, client, SyncOptions(discover=True), as_json=False, database=settings.display_url
         )
-    click.echo(f"\nRows in {database}:")
-    with engine.connect() as connection:
-        for table in Base.metadata.sorted_tables:
-            count = connection.execute(select(func.count()).select_from(table)).scalar_one()
-            click.echo(f"  {table.name:<20} {count:>8}")
-    click.echo(
+    _echo(f"\nRows in {database}:")
+    for table, count in store.row_counts(engine).items():
+        _echo(f"  {table:<20} {count:>8}")
+    _echo(
         f"\nTry: sqlite3 -header -column {database} "
         "'select answered_by, count(*) from calls group by 1'"
     )

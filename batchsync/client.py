@@ -29,7 +29,7 @@ import orjson
 import tenacity
 
 from batchsync import __version__
-from batchsync.config import ApiSettings
+from batchsync.config import ApiSettings, redact
 from batchsync.errors import (
     ApiError,
     ApiUnreachable,
@@ -336,32 +336,42 @@ class BlandClient:
         if self._limiter is not None:
             self._limiter.acquire()
         self.stats.add(requests=1)
+        started = time.perf_counter()
         try:
             with self._http.stream("GET", path, params=params) as response:
-                if response.status_code >= 300:
-                    try:
-                        response.read()
-                        message = _error_message(response)
-                    except httpx.DecodingError:  # an error body in the wrong encoding
-                        message = response.reason_phrase or "no message"
-                    self._raise_for_status(response, what, message)
                 try:
-                    return consume(response)
-                except httpx.DecodingError:
-                    # The body is not in the Content-Encoding its headers name. The
-                    # decoder's own message may quote body bytes, so it is not repeated.
-                    encoding = response.headers.get("content-encoding", "none")
-                    raise PayloadError(
-                        "the body does not decode as its Content-Encoding header says "
-                        f"({encoding})",
-                        batch_id=batch_id,
-                        field="(body)",
-                    ) from None
-        except httpx.TimeoutException as exc:
-            raise ApiUnreachable(
-                f"{what}: timed out ({type(exc).__name__}) at {self.settings.base_url}"
-            ) from None
+                    if response.status_code >= 300:
+                        try:
+                            response.read()
+                            message = _error_message(response)
+                        except httpx.DecodingError:  # an error body in the wrong encoding
+                            message = response.reason_phrase or "no message"
+                        self._raise_for_status(response, what, message)
+                    try:
+                        return consume(response)
+                    except httpx.DecodingError:
+                        # The body is not in the Content-Encoding its headers name. The
+                        # decoder's own message may quote body bytes, so it is not repeated.
+                        encoding = response.headers.get("content-encoding", "none")
+                        raise PayloadError(
+                            "the body does not decode as its Content-Encoding header says "
+                            f"({encoding})",
+                            batch_id=batch_id,
+                            field="(body)",
+                        ) from None
+                finally:
+                    _log_request(response, time.perf_counter() - started)
         except httpx.TransportError as exc:
+            log.debug(
+                "HTTP GET %s -> %s, %.0f ms",
+                path,
+                type(exc).__name__,
+                (time.perf_counter() - started) * 1000,
+            )
+            if isinstance(exc, httpx.TimeoutException):
+                raise ApiUnreachable(
+                    f"{what}: timed out ({type(exc).__name__}) at {self.settings.base_url}"
+                ) from None
             raise ApiUnreachable(
                 f"{what}: cannot reach {self.settings.base_url} ({type(exc).__name__}: {exc})"
             ) from None
@@ -428,6 +438,22 @@ def batch_path_segment(batch_id: str) -> str:
         ) from None
 
 
+def _log_request(response: httpx.Response, seconds: float) -> None:
+    """One DEBUG line per request (-vv): method, path and query, status, body bytes, time.
+
+    Headers are never logged: the key travels in one."""
+    request = response.request
+    log.debug(
+        "HTTP %s %s -> %d, %d bytes, %.0f ms",
+        request.method,
+        request.url.raw_path.decode("ascii", "replace"),
+        response.status_code,
+        response.num_bytes_downloaded,
+        seconds * 1000,
+        extra={"status": response.status_code, "bytes": response.num_bytes_downloaded},
+    )
+
+
 def _flag(value: bool) -> str:
     return "true" if value else "false"
 
@@ -457,7 +483,12 @@ class _Counted:
 
 
 def _error_message(response: httpx.Response) -> str:
-    """The API's own error message, from either of its error envelopes."""
+    """The API's own error message, from either of its error envelopes, secrets redacted
+    (an API may echo the key it was sent)."""
+    return redact(_api_message(response))
+
+
+def _api_message(response: httpx.Response) -> str:
     try:
         body = orjson.loads(response.content)
     except orjson.JSONDecodeError:

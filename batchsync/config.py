@@ -6,10 +6,12 @@ This is the one module that reads ``os.environ``; the CLI's options name the sam
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Final
+from urllib.parse import quote, quote_plus
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -94,6 +96,11 @@ def load_database(url: str | None, schema: str | None = None) -> DatabaseSetting
             f"{ENV_DATABASE_URL} is not a database URL; expected e.g. sqlite:///batchsync.db "
             "or postgresql+psycopg://user@host/dbname"
         ) from None
+    except ValueError:  # SQLAlchemy reads the port with int(); the URL may hold a password
+        raise ConfigError(
+            f"{ENV_DATABASE_URL} has a host or port that cannot be read (the port must be a "
+            "number); expected e.g. postgresql+psycopg://user@host:5432/dbname"
+        ) from None
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise ConfigError(
@@ -155,22 +162,55 @@ def redact_url(url: URL | str) -> str:
 
 
 _KNOWN_SECRETS: set[str] = set()
+_pattern: re.Pattern[str] | None = None
 
 
 def register_secret(value: str | None) -> None:
     """Remember a secret so :func:`redact` can strip it from any text about to be shown."""
+    global _pattern
     if value and len(value) >= 4:
         _KNOWN_SECRETS.add(value)
+        _pattern = None
+
+
+def _spellings(secret: str) -> set[str]:
+    """The forms a secret takes when a server echoes it back: as is, percent-encoded
+    (path, query or form style) and JSON-escaped (ASCII-only or not, slashes escaped or not)."""
+    escaped = json.dumps(secret)[1:-1]
+    return {
+        secret,
+        quote(secret, safe=""),
+        quote(secret, safe="/"),
+        quote_plus(secret),
+        escaped,
+        escaped.replace("/", "\\/"),
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+    }
+
+
+def _secrets_pattern() -> re.Pattern[str] | None:
+    global _pattern
+    if _pattern is None and _KNOWN_SECRETS:
+        spellings = {form for secret in _KNOWN_SECRETS for form in _spellings(secret)}
+        # Longest first, so a secret is replaced whole rather than by a shorter one inside it;
+        # case-insensitive, since percent-escapes come in both cases (%2F, %2f).
+        alternatives = sorted(spellings, key=len, reverse=True)
+        _pattern = re.compile("|".join(map(re.escape, alternatives)), re.IGNORECASE)
+    return _pattern
 
 
 def redact(text: str) -> str:
-    """Replace every registered secret in ``text`` with ***."""
-    for secret in sorted(_KNOWN_SECRETS, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, "***")
-    return text
+    """Replace every registered secret in ``text``, in any spelling of it, with ***.
+
+    Every text batchsync prints, logs or stores passes through here: its own messages and
+    what the API sent back, which may quote the key (in clear, URL-encoded or JSON-escaped).
+    """
+    pattern = _secrets_pattern()
+    return text if pattern is None else pattern.sub("***", text)
 
 
 def forget_secrets() -> None:
     """Drop every registered secret (for tests)."""
+    global _pattern
     _KNOWN_SECRETS.clear()
+    _pattern = None

@@ -19,6 +19,7 @@ import sqlite3
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Final
@@ -30,12 +31,14 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from batchsync.config import DatabaseSettings, quote_identifier, redact_url
 from batchsync.errors import (
+    BadArgument,
     DatabaseReadOnly,
     DatabaseUnavailable,
     SchemaConflictError,
@@ -82,7 +85,14 @@ def create_db_engine(
         if read_only and url.database and url.database != ":memory:":
             return _create_sqlite_reader(settings, busy_timeout)
         if url.database and url.database != ":memory:":
-            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(url.database).expanduser().parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseUnavailable(
+                    f"cannot create the folder of the SQLite file {redact_url(url)}: "
+                    f"{exc.strerror or type(exc).__name__}"
+                ) from None
         engine = create_engine(
             url,
             json_serializer=json_dumps,
@@ -217,7 +227,7 @@ def alembic_config(engine: Engine | None = None) -> Config:
 
 
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    head = _script().get_current_head()
     assert head is not None
     return head
 
@@ -273,7 +283,7 @@ def adopt_legacy_version(connection: Connection) -> None:
     if revision is None:
         return
     context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
-    context.stamp(ScriptDirectory.from_config(alembic_config()), revision)
+    context.stamp(_script(), revision)
     connection.execute(
         text(f"DELETE FROM {LEGACY_VERSION_TABLE} WHERE version_num = :revision"),
         {"revision": revision},
@@ -342,8 +352,7 @@ def _table_names() -> list[str]:
 
 
 def _known_revisions() -> set[str]:
-    script = ScriptDirectory.from_config(alembic_config())
-    return {rev.revision for rev in script.walk_revisions()}
+    return {rev.revision for rev in _script().walk_revisions()}
 
 
 def check_writable(engine: Engine) -> None:
@@ -372,6 +381,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         command.upgrade(alembic_config(engine), revision)
     except (OperationalError, DBAPIError) as exc:
         raise unavailable(engine, exc) from None
+    except CommandError as exc:
+        raise _bad_revision(revision, exc) from None
 
 
 def downgrade(engine: Engine, revision: str) -> None:
@@ -381,19 +392,99 @@ def downgrade(engine: Engine, revision: str) -> None:
         command.downgrade(alembic_config(engine), revision)
     except (OperationalError, DBAPIError) as exc:
         raise unavailable(engine, exc) from None
+    except CommandError as exc:
+        raise _bad_revision(revision, exc) from None
 
 
-def check_schema(engine: Engine) -> None:
-    """Raise SchemaOutdatedError unless the database is at the head revision."""
+def _bad_revision(revision: str, exc: CommandError) -> BadArgument:
+    known = ", ".join(rev.revision for rev in _script().walk_revisions())
+    return BadArgument(
+        f"cannot migrate to revision {revision!r}: {exc} "
+        f"(revisions: {known}, or head / base; `batchsync db current` shows where it is)"
+    )
+
+
+def _script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+@dataclass(frozen=True)
+class DowngradePlan:
+    """What ``downgrade`` to a revision would undo, found by rehearsing it and rolling back."""
+
+    current: str | None
+    target: str
+    revisions: list[tuple[str, str]]  # (revision, its one-line description), newest first
+    tables: list[str]  # tables and views that would be dropped
+    columns: list[str]  # "table.column" dropped from tables that stay
+
+    @property
+    def destructive(self) -> bool:
+        return bool(self.tables or self.columns)
+
+
+def plan_downgrade(engine: Engine, revision: str) -> DowngradePlan:
+    """Rehearse a downgrade in a transaction that is rolled back; report what it would drop.
+
+    Both databases run the migrations' DDL transactionally, so nothing changes.
+    """
+    current = current_revision(engine)
+    try:
+        with engine.connect() as connection:
+            transaction = connection.begin()
+            try:
+                before = _schema_objects(connection)
+                config = alembic_config()
+                config.attributes["connection"] = connection
+                command.downgrade(config, revision)
+                after = _schema_objects(connection)
+            finally:
+                transaction.rollback()
+        undone = list(_script().iterate_revisions(current, revision)) if current else []
+    except (OperationalError, DBAPIError) as exc:
+        raise unavailable(engine, exc) from None
+    except CommandError as exc:
+        raise _bad_revision(revision, exc) from None
+    return DowngradePlan(
+        current=current,
+        target=revision,
+        revisions=[(rev.revision, (rev.doc or "").strip().splitlines()[0]) for rev in undone],
+        tables=sorted(set(before) - set(after)),
+        columns=sorted(
+            f"{table}.{column}"
+            for table, columns in before.items()
+            if table in after
+            for column in columns - after[table]
+        ),
+    )
+
+
+def _schema_objects(connection: Connection) -> dict[str, set[str]]:
+    """Every table and view of batchsync's schema, with its columns."""
+    inspector = inspect(connection)
+    names = [*inspector.get_table_names(), *inspector.get_view_names()]
+    return {
+        name: {column["name"] for column in inspector.get_columns(name)}
+        for name in names
+        if name not in ("alembic_version", VERSION_TABLE)
+    }
+
+
+def check_schema(engine: Engine, *, can_migrate: bool = False) -> None:
+    """Raise SchemaOutdatedError unless the database is at the head revision.
+
+    ``can_migrate``: the command has --migrate, so the message may suggest it.
+    """
     current = current_revision(engine)
     head = head_revision()
     if current == head:
         return
     where = describe_location(engine)
+    migrate = " (or pass --migrate)" if can_migrate else ""
     if current is None:
         raise SchemaOutdatedError(
             f"the database at {where} has no batchsync schema; "
-            "run `batchsync db upgrade` first (or pass --migrate)"
+            f"run `batchsync db upgrade` first{migrate}"
         )
     if current not in _known_revisions():
         raise SchemaOutdatedError(
@@ -402,7 +493,7 @@ def check_schema(engine: Engine) -> None:
         )
     raise SchemaOutdatedError(
         f"the database at {where} is at schema revision {current}, behind {head}; "
-        "run `batchsync db upgrade` (or pass --migrate)"
+        f"run `batchsync db upgrade`{migrate}"
     )
 
 

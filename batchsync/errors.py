@@ -1,6 +1,7 @@
 """Every error batchsync raises on purpose, as one tree.
 
     BatchsyncError                  base; its message is safe to print (never holds a secret)
+    ├── BadArgument                 an argument naming nothing that exists (a revision) -> 2
     ├── ConfigError                 bad option or environment value            -> exit 3
     ├── ApiError                    the Bland API answered badly or not at all
     │   ├── AuthError               401/403: the API key is wrong; stops the run -> exit 3
@@ -31,6 +32,10 @@ from __future__ import annotations
 
 class BatchsyncError(Exception):
     """Base of every error batchsync raises on purpose."""
+
+
+class BadArgument(BatchsyncError):
+    """A command-line argument that names nothing that exists, such as a schema revision."""
 
 
 class ConfigError(BatchsyncError):

@@ -24,9 +24,19 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+# Carriage return and erase-line: a log line on a terminal replaces the progress bar's line
+# instead of being glued to its end; the bar redraws itself below on its next update.
+_CLEAR_LINE = "\r\x1b[K"
+
+
 class TextFormatter(logging.Formatter):
+    def __init__(self, *, terminal: bool = False) -> None:
+        super().__init__()
+        self._prefix = _CLEAR_LINE if terminal else ""
+
     def format(self, record: logging.LogRecord) -> str:
-        return redact(f"batchsync: {record.levelname.lower()}: {record.getMessage()}")
+        line = redact(f"batchsync: {record.levelname.lower()}: {record.getMessage()}")
+        return self._prefix + line
 
 
 class JsonFormatter(logging.Formatter):
@@ -45,8 +55,10 @@ class JsonFormatter(logging.Formatter):
 
 def configure(level: int, fmt: str = "text", stream: TextIO | None = None) -> None:
     """Send batchsync's logs to stderr at ``level`` in ``fmt`` ("text" or "json")."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    target = stream or sys.stderr
+    handler = logging.StreamHandler(target)
+    terminal = target.isatty()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(terminal=terminal))
     handler.addFilter(RedactingFilter())
     root = logging.getLogger("batchsync")
     for old in list(root.handlers):
@@ -54,5 +66,6 @@ def configure(level: int, fmt: str = "text", stream: TextIO | None = None) -> No
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False
-    # httpx logs every request at INFO; keep it for -vv.
-    logging.getLogger("httpx").setLevel(logging.DEBUG if level < logging.DEBUG else logging.WARNING)
+    # batchsync logs each request itself at -vv (with bytes and time); httpx's own INFO line
+    # would only repeat it wherever a host application (Airflow, Dagster) logs the root logger.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

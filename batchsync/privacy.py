@@ -73,6 +73,23 @@ def load_phone_policy(mode: str) -> PhonePolicy:
     return PhonePolicy(PhoneMode(mode), Secret(key) if key else None)
 
 
+def refuse_clear_numbers_over_protected(policy: PhonePolicy, stored_policies: set[str]) -> None:
+    """Stop a run that, only by leaving --phone-numbers unset, would un-hash stored numbers.
+
+    ``stored_policies``: the policy tags the stored batches were written under.
+    """
+    if policy.mode is not PhoneMode.KEEP:
+        return
+    protected = stored_policies - {PhoneMode.KEEP.value}
+    if protected:
+        modes = ", ".join(sorted(tag.partition(":")[0] for tag in protected))
+        raise ConfigError(
+            f"batches in this database were stored with --phone-numbers {modes}; this run "
+            "would store their numbers in clear. Set --phone-numbers (or "
+            "BATCHSYNC_PHONE_NUMBERS) to hash or drop, or to keep to mean it"
+        )
+
+
 def apply_phone_policy(parsed: ParsedBatch, policy: PhonePolicy) -> ParsedBatch:
     """The batch with its phone numbers kept, hashed or dropped as ``policy`` says."""
     if policy.mode is PhoneMode.KEEP:

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Table, func, insert, select, update
 
 from batchsync import __version__
+from batchsync.config import redact
 from batchsync.models import SyncRun, SyncRunBatch
 from batchsync.store import BatchChanges
 
@@ -103,7 +104,7 @@ def record_outcome(
             run_id=run_id,
             batch_id=outcome.batch_id,
             status=outcome.status,
-            error=outcome.error,
+            error=_redacted(outcome.error),
             calls=outcome.calls,
             row_changes=outcome.changes_json(),
             finished_at=finished_at,
@@ -145,13 +146,18 @@ def finish_run(
             .values(
                 status=status,
                 finished_at=finished_at,
-                error=error,
+                error=_redacted(error),
                 batches_synced=counts[SYNCED],
                 batches_unchanged=counts[UNCHANGED],
                 batches_skipped=counts[SKIPPED],
                 batches_failed=counts[BATCH_FAILED],
             )
         )
+
+
+def _redacted(error: str | None) -> str | None:
+    """An error as stored: never with a secret in it, whatever text it was built from."""
+    return None if error is None else redact(error)
 
 
 def list_runs(engine: Engine, limit: int = 20) -> list[dict[str, Any]]:

@@ -22,13 +22,14 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 import psycopg
-from sqlalchemy import Column, Connection, Engine, Table, and_, delete, or_, select
+from sqlalchemy import Column, Connection, Engine, Table, and_, delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.types import JSON, DateTime
 
 from batchsync.db import json_dumps
 from batchsync.models import (
+    Base,
     Batch,
     BatchError,
     Call,
@@ -526,3 +527,30 @@ def purge_batches(
         result = connection.execute(delete(table).where(table.c.batch_id.in_(chosen)))
         deleted[str(table.name)] = int(result.rowcount)
     return deleted
+
+
+def purge(
+    engine: Engine,
+    *,
+    batch_ids: Sequence[str] = (),
+    before: datetime | None = None,
+    dry_run: bool = False,
+) -> dict[str, int]:
+    """Delete batches as :func:`purge_batches` does, in one transaction of its own; with
+    ``dry_run`` the transaction is rolled back, so the counts say what would go."""
+    with engine.connect() as connection, connection.begin() as transaction:
+        deleted = purge_batches(connection, batch_ids=batch_ids, before=before)
+        if dry_run:
+            transaction.rollback()
+    return deleted
+
+
+def row_counts(engine: Engine) -> dict[str, int]:
+    """The number of rows in each batchsync table, in dependency order."""
+    with engine.connect() as connection:
+        return {
+            str(table.name): int(
+                connection.execute(select(func.count()).select_from(table)).scalar_one()
+            )
+            for table in Base.metadata.sorted_tables
+        }

@@ -157,15 +157,43 @@ class RunResult:
     def failed(self) -> list[BatchOutcome]:
         return [o for o in self.outcomes if o.status == runs.BATCH_FAILED]
 
+    def as_json(self) -> dict[str, Any]:
+        """The run's outcome as the JSON summary prints it: batch counts, failures, and the
+        rows inserted, updated and deleted per table."""
+        tables: dict[str, dict[str, int]] = {}
+        for outcome in self.outcomes:
+            for table, change in outcome.changes.items():
+                totals = tables.setdefault(table, {"inserted": 0, "updated": 0, "deleted": 0})
+                totals["inserted"] += change.inserted
+                totals["updated"] += change.updated
+                totals["deleted"] += change.deleted
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "dry_run": self.run_id is None,
+            "batches": {
+                status: self.count(status)
+                for status in (runs.SYNCED, runs.UNCHANGED, runs.SKIPPED, runs.BATCH_FAILED)
+            },
+            "failed": [{"batch_id": o.batch_id, "error": o.error} for o in self.failed],
+            "tables": tables,
+            "error": self.error,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+        }
+
 
 class SyncEvents:
     """Hooks for progress reporting; the default does nothing."""
+
+    def started(self, run_id: int | None) -> None:
+        """The run is recorded as ``run_id`` (None for a dry run, which records nothing)."""
 
     def planned(self, to_fetch: int, skipped: int) -> None:
         """Discovery is done: ``to_fetch`` batches will be fetched."""
 
     def batch_done(self, outcome: BatchOutcome) -> None:
-        """One batch has its outcome (committed)."""
+        """One batch has its outcome (committed); skipped batches too, before any fetch."""
 
 
 def run_sync(
@@ -193,6 +221,7 @@ def run_sync(
         except DRIVER_ERRORS as exc:
             raise unavailable(engine, exc) from None
         result = RunResult(run_id=ledger.run_id, status=runs.RUNNING, started_at=clock())
+        events.started(ledger.run_id)
         try:
             to_fetch, skipped, stored = _plan(engine, source, options)
             if stop is not None and stop.is_set():
@@ -200,6 +229,8 @@ def run_sync(
             ledger.skipped(skipped)
             result.outcomes.extend(BatchOutcome(b, runs.SKIPPED) for b in skipped)
             events.planned(len(to_fetch), len(skipped))
+            for batch_id in skipped:
+                events.batch_done(BatchOutcome(batch_id, runs.SKIPPED))
             unreachable = 0
             for batch_id, fetched in _fetch_all(source, to_fetch, options, stored):
                 outcome = _store(engine, ledger, batch_id, fetched, options)
@@ -399,7 +430,6 @@ def _store(
         )
     except Exception as exc:  # a fault of one batch must not end the run: record it
         return ledger.failure(batch_id, _internal_error(batch_id, "writing", exc))
-    log.info("batch %s: %s", batch_id, outcome.status, extra={"batch": batch_id})
     return outcome
 
 

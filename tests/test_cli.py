@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import pty
+import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote, quote_plus, urlsplit
 
+import click
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import create_engine, text
+from sqlalchemy import MetaData, create_engine, inspect, select, text
 
 from batchsync.cli import (
     EXIT_API,
@@ -22,6 +30,8 @@ from batchsync.cli import (
     EXIT_USAGE,
     cli,
 )
+from batchsync.config import load_database
+from batchsync.db import create_db_engine
 from batchsync.emulator import Emulator, EmulatorServer, Fault
 
 KEY = "sk-test-5f2c9e0b7a"
@@ -50,12 +60,22 @@ def api_env(server: EmulatorServer, database_url: str, key: str = KEY) -> dict[s
     }
 
 
+def command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Every command of the tree under ``group``, as the words that invoke it."""
+    for name, command in group.commands.items():
+        yield (*prefix, name)
+        if isinstance(command, click.Group):
+            yield from command_paths(command, (*prefix, name))
+
+
 def test_every_command_has_help_with_an_example() -> None:
-    """`--help` of each command describes it and shows an example."""
-    for args in (["db", "upgrade"], ["sync"], ["demo"], ["emulator"], ["runs"], ["runs", "show"]):
-        result = run(*args, "--help")
-        assert result.exit_code == 0
-        assert "Example" in result.output, args
+    """`--help` of every command in the tree, found by walking it, shows an example."""
+    paths = list(command_paths(cli))
+    assert ("db", "current") in paths
+    for path in paths:
+        result = run(*path, "--help")
+        assert result.exit_code == 0, path
+        assert "Example" in result.output, path
 
 
 def test_help_shows_environment_variables_but_never_their_values() -> None:
@@ -243,8 +263,8 @@ def test_purge_deletes_a_batch_in_one_go_and_reports_it(
     victim = emulator.batch_ids()[0]
 
     preview = run("purge", "--batch", victim, "--dry-run", "--json", env=env)
-    done = run("purge", "--batch", victim, "--json", env=env)
-    again = run("purge", "--batch", victim, "--json", env=env)
+    done = run("purge", "--batch", victim, "--json", "--yes", env=env)
+    again = run("purge", "--batch", victim, "--json", "--yes", env=env)
 
     assert json.loads(preview.output) == {**json.loads(done.output), "dry_run": True}
     deleted = json.loads(done.output)["deleted"]
@@ -260,7 +280,7 @@ def test_purge_before_a_date_and_without_arguments(
     env = api_env(server, database_url)
     run("sync", "--all", "--migrate", env=env)
     assert run("purge", env=env).exit_code == EXIT_USAGE
-    result = run("purge", "--before", "2100-01-01", env=env)
+    result = run("purge", "--before", "2100-01-01", "--yes", env=env)
     assert result.exit_code == EXIT_OK
     assert "deleted 3 batches" in result.output
 
@@ -420,9 +440,9 @@ def test_purge_older_than_days(server: EmulatorServer, database_url: str) -> Non
     """`purge --older-than DAYS` deletes batches created more than DAYS days ago."""
     env = api_env(server, database_url)
     run("sync", "--all", "--migrate", env=env)
-    kept = run("purge", "--older-than", "100000", "--json", env=env)
+    kept = run("purge", "--older-than", "100000", "--json", "--yes", env=env)
     assert json.loads(kept.output)["deleted"]["batches"] == 0
-    gone = run("purge", "--older-than", "1", "--json", env=env)
+    gone = run("purge", "--older-than", "1", "--json", "--yes", env=env)
     assert json.loads(gone.output)["deleted"]["batches"] == 3
 
 
@@ -450,3 +470,530 @@ def test_ids_special_in_urls_sync_over_http_with_exit_0(database_url: str) -> No
     finally:
         engine.dispose()
     assert set(special) <= stored
+
+
+# -- secrets the API echoes back --------------------------------------------------------------
+
+ECHOED_KEY = 'sk-live_9f/2c+e0"b7-5a1d'
+ECHO_BATCHES = ["echo-404", "echo-400", "echo-422", "echo-429", "echo-500", "echo-503"]
+
+
+def key_spellings(key: str) -> list[str]:
+    """The key as an API may quote it: raw, percent-encoded, form-encoded, JSON-escaped."""
+    return [key, quote(key, safe=""), quote_plus(key), json.dumps(key)[1:-1]]
+
+
+class EchoingApi(http.server.ThreadingHTTPServer):
+    """A Bland API double that answers errors quoting the key it was sent, in every form.
+
+    ``list_status``: the status of the batch list (200 lists ECHO_BATCHES); each batch
+    "echo-NNN" answers HTTP NNN, and every batch answers ``detail_status`` when it is set.
+    """
+
+    def __init__(self, list_status: int, detail_status: int | None = None) -> None:
+        self.list_status = list_status
+        self.detail_status = detail_status
+        super().__init__(("127.0.0.1", 0), EchoingHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class EchoingHandler(http.server.BaseHTTPRequestHandler):
+    server: EchoingApi
+
+    def do_GET(self) -> None:
+        key = self.headers.get("authorization", "")
+        path = urlsplit(self.path).path
+        if path == "/v1/batches":
+            status = self.server.list_status
+            ok_body = {"batches": [{"batch_id": b} for b in ECHO_BATCHES]}
+        else:
+            batch_id = path.rsplit("/", 1)[-1]
+            status = self.server.detail_status or int(batch_id.rpartition("-")[2])
+            ok_body = {}
+        if status == 200:
+            self.answer(200, ok_body)
+            return
+        echoed = " | ".join(
+            [f"Bearer {key}", *key_spellings(key), f"url=/v1/batches?api_key={quote(key)}"]
+        )
+        envelope: dict[str, Any] = (
+            {"message": f"bad request for key {echoed}"}
+            if status % 2
+            else {"errors": [{"error": "E", "message": f"key {echoed} refused"}]}
+        )
+        self.answer(status, envelope)
+
+    def answer(self, status: int, body: dict[str, Any]) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        if status == 429:
+            self.send_header("retry-after", "0")
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the test reads batchsync's output, not the double's."""
+
+
+@contextmanager
+def echoing_api(list_status: int, detail_status: int | None = None) -> Iterator[EchoingApi]:
+    server = EchoingApi(list_status, detail_status)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def every_stored_text(database_url: str) -> str:
+    """Every value of every row of every table, as text."""
+    engine = create_db_engine(load_database(database_url))
+    try:
+        metadata = MetaData()
+        metadata.reflect(engine)
+        with engine.connect() as connection:
+            return "\n".join(
+                repr(tuple(row))
+                for table in metadata.sorted_tables
+                for row in connection.execute(select(table))
+            )
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("list_status", "detail_status", "exit_code"),
+    [
+        pytest.param(401, None, EXIT_CONFIG, id="list-401"),
+        pytest.param(403, None, EXIT_CONFIG, id="list-403"),
+        pytest.param(404, None, EXIT_API, id="list-404"),
+        pytest.param(422, None, EXIT_API, id="list-422"),
+        pytest.param(429, None, EXIT_API, id="list-429"),
+        pytest.param(500, None, EXIT_API, id="list-500"),
+        pytest.param(200, None, EXIT_PARTIAL, id="detail-4xx-429-5xx"),
+        pytest.param(200, 401, EXIT_CONFIG, id="detail-401"),
+        pytest.param(200, 403, EXIT_CONFIG, id="detail-403"),
+    ],
+)
+def test_api_echoing_the_key_in_errors_leaks_it_into_no_output_or_table(
+    database_url: str, list_status: int, detail_status: int | None, exit_code: int
+) -> None:
+    """An API quoting the key in any error body (any status, list or detail, raw,
+    encoded or escaped) leaves it in no stdout, stderr (text or JSON logs, -vv) or row."""
+    run("db", "upgrade", "--database-url", database_url)
+    outputs = []
+    with echoing_api(list_status, detail_status) as api:
+        env = {"BLAND_BASE_URL": api.url, "BLAND_API_KEY": ECHOED_KEY}
+        for log_format in ("text", "json"):
+            for extra in ([], ["--json"]):
+                result = run(
+                    "-vv",
+                    "--log-format",
+                    log_format,
+                    "sync",
+                    "--all",
+                    "--retries",
+                    "1",
+                    "--database-url",
+                    database_url,
+                    *extra,
+                    env=env,
+                )
+                assert result.exit_code == exit_code, result.output
+                outputs += [result.stdout, result.stderr]
+        outputs += [run("runs", "--json", "--database-url", database_url).stdout]
+        outputs += [run("runs", "show", "1", "--database-url", database_url).stdout]
+    seen = "\n".join(outputs)
+    stored = every_stored_text(database_url)
+    assert "***" in seen  # the echoed text did come through, redacted
+    assert "***" in stored
+    for spelling in [*key_spellings(ECHOED_KEY), "9f/2c", "9f%2F2c"]:
+        assert spelling not in seen
+        assert spelling not in stored
+
+
+# -- every user error has its exit code ------------------------------------------------------
+
+
+def test_database_url_with_a_port_that_is_not_a_number_exits_3_without_the_password() -> None:
+    """A port that is not a number is a configuration error (3), not an internal one (70)."""
+    url = "postgresql+psycopg://u:pw-9a8b7c@127.0.0.1:notaport/db"
+    result = run("runs", "--database-url", url)
+    assert result.exit_code == EXIT_CONFIG
+    assert "port" in result.stderr
+    assert "pw-9a8b7c" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_database_host_that_does_not_resolve_exits_4() -> None:
+    """A host name that does not resolve means the database is unreachable: exit 4."""
+    result = run("runs", "--database-url", "postgresql+psycopg://u@nonexistent.invalid/db")
+    assert result.exit_code == EXIT_DATABASE
+    assert "nonexistent.invalid" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["db", "upgrade", "--revision", "no-such-rev"], id="upgrade"),
+        pytest.param(["db", "downgrade", "no-such-rev", "--yes"], id="downgrade"),
+        pytest.param(["db", "downgrade", "no-such-rev", "--dry-run"], id="downgrade-dry-run"),
+    ],
+)
+def test_unknown_revision_is_a_usage_error_naming_the_known_ones(
+    database_url: str, args: list[str]
+) -> None:
+    """An unknown schema revision exits 2 with a message listing the revisions there are."""
+    run("db", "upgrade", "--database-url", database_url)
+    result = run(*args, "--database-url", database_url)
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "'no-such-rev'" in result.stderr
+    assert "0001" in result.stderr
+    assert "internal error" not in result.stderr
+
+
+@pytest.mark.parametrize("shard", ["3/2", "2/2", "1/0", "x/4", "1-4"])
+def test_shard_that_does_not_exist_is_a_usage_error(shard: str, sqlite_url: str) -> None:
+    """--shard K/N with K >= N, N = 0 or not K/N at all exits 2, naming --shard."""
+    result = run("sync", "--all", "--shard", shard, "--database-url", sqlite_url)
+    assert result.exit_code == EXIT_USAGE
+    assert "--shard" in result.stderr
+
+
+def test_since_after_until_is_a_usage_error(sqlite_url: str) -> None:
+    """An empty window (--since at or after --until) exits 2 instead of syncing nothing."""
+    for since, until in (("2025-02-01", "2025-01-01"), ("2025-01-01", "2025-01-01")):
+        result = run("sync", "--all", "--since", since, "--until", until, "--database-url",
+                     sqlite_url, env={"BLAND_API_KEY": KEY})  # fmt: skip
+        assert result.exit_code == EXIT_USAGE
+        assert "--since" in result.stderr
+        assert "before --until" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("2025-01-01", "2025-01-01T00:00:00+00:00"),
+        ("2025-01-01T06:30:00", "2025-01-01T06:30:00+00:00"),
+        ("2025-01-01T06:30:00Z", "2025-01-01T06:30:00+00:00"),
+        ("2025-01-01T06:30:00+00:00", "2025-01-01T06:30:00+00:00"),
+        ("2025-01-01T06:30:00+02:00", "2025-01-01T04:30:00+00:00"),
+        ("2025-01-01 06:30:00", "2025-01-01T06:30:00+00:00"),
+        ("2025-01-01 06:30:00.123456-05:00", "2025-01-01T11:30:00.123456+00:00"),
+    ],
+)
+def test_since_accepts_what_orchestrators_render_converted_to_utc(
+    server: EmulatorServer, sqlite_url: str, given: str, expected: str
+) -> None:
+    """--since takes a date, a datetime with T or a space, Z or an offset; offsets are
+    converted to UTC (not relabelled) in the recorded run options."""
+    env = api_env(server, sqlite_url)
+    result = run("sync", "--all", "--migrate", "--since", given, "--json", env=env)
+    assert result.exit_code == EXIT_OK, result.output
+    shown = json.loads(run("runs", "show", "1", "--json", env=env).stdout)
+    assert shown["options"]["since"] == expected
+
+
+def test_before_rejects_text_that_is_not_a_date(sqlite_url: str) -> None:
+    """`purge --before` with words instead of a date is a usage error naming the forms."""
+    result = run("purge", "--before", "last week", "--database-url", sqlite_url)
+    assert result.exit_code == EXIT_USAGE
+    assert "ISO-8601" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["sync", "--all", "--json", "--no-such-option"], id="unknown-option"),
+        pytest.param(["sync", "--json"], id="no-batches"),
+        pytest.param(["sync", "--all", "--json", "--shard", "3/2"], id="bad-shard"),
+        pytest.param(["sync", "--all", "--json", "--since", "soon"], id="bad-date"),
+        pytest.param(["runs", "--json", "--limit", "0"], id="runs-bad-limit"),
+        pytest.param(["purge", "--json"], id="purge-no-selection"),
+    ],
+)
+def test_json_usage_error_prints_one_json_object_with_exit_2(
+    sqlite_url: str, args: list[str]
+) -> None:
+    """With --json, a usage error still ends with exactly one JSON object on stdout."""
+    result = run(*args, env={"BATCHSYNC_DATABASE_URL": sqlite_url})
+    assert result.exit_code == EXIT_USAGE
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "failed"
+    assert summary["exit_code"] == EXIT_USAGE
+    assert summary["error"]
+    assert "Usage:" in result.stderr
+
+
+def test_json_error_after_the_run_started_carries_its_run_id(database_url: str) -> None:
+    """A run that fails once recorded (here: the key rejected mid-run) names its run id."""
+    run("db", "upgrade", "--database-url", database_url)
+    with echoing_api(list_status=200, detail_status=401) as api:
+        env = {"BLAND_BASE_URL": api.url, "BLAND_API_KEY": KEY}
+        result = run("sync", "--all", "--json", "--database-url", database_url, env=env)
+    assert result.exit_code == EXIT_CONFIG, result.output
+    summary = json.loads(result.stdout)
+    assert summary["run_id"] == 1
+    assert summary["status"] == "failed"
+    assert summary["exit_code"] == EXIT_CONFIG
+
+
+# -- logs an operator can use ----------------------------------------------------------------
+
+
+def test_vv_logs_every_http_request_with_its_figures_and_never_the_key(
+    server: EmulatorServer, database_url: str
+) -> None:
+    """-vv writes one line per request: method, path with query, status, bytes, ms."""
+    env = api_env(server, database_url)
+    result = run("-vv", "--log-format", "json", "sync", "--all", "--migrate", "--json", env=env)
+    assert result.exit_code == EXIT_OK, result.output
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    requests = [line for line in lines if line["message"].startswith("HTTP GET ")]
+    assert len(requests) == json.loads(result.stdout)["http"]["requests"]
+    for line in requests:
+        assert re.fullmatch(
+            r"HTTP GET /v1/batches\S* -> 200, \d+ bytes, \d+ ms", line["message"]
+        ), line
+        assert line["status"] == 200
+    assert any("?" in line["message"] for line in requests)  # the query is kept
+    assert KEY not in result.stderr
+
+
+def test_v_logs_every_batch_outcome_off_a_terminal(
+    server: EmulatorServer, database_url: str, emulator: Emulator
+) -> None:
+    """-v logs each batch's outcome (synced, unchanged, skipped, failed) without a terminal."""
+    env = api_env(server, database_url)
+    first, second, third = emulator.batch_ids()
+    emulator.inject(third, Fault("not_found"))
+    synced = run("-v", "sync", first, second, third, "--migrate", env=env)
+    unchanged = run("-v", "sync", first, env=env)
+    skipped = run("-v", "sync", "--all", env=env)
+
+    assert f"batch {first}: synced" in synced.stderr
+    assert f"batch {third}: failed" in synced.stderr
+    assert f"batch {first}: unchanged" in unchanged.stderr
+    completed = [b for b in (first, second) if emulator.raw_batch(b).get("status") == "completed"]
+    assert completed
+    for batch_id in completed:
+        assert f"batch {batch_id}: skipped" in skipped.stderr
+
+
+def test_on_a_terminal_progress_shows_batches_per_second_and_outcomes_are_logged(
+    server: EmulatorServer, sqlite_url: str
+) -> None:
+    """On a terminal, -v still logs each outcome, and the bar's rate is in batches/s, so
+    unchanged batches (whose calls are not parsed) do not make it read 0 calls/s."""
+    env = {**os.environ, **api_env(server, sqlite_url)}
+    assert run("sync", "--all", "--migrate", env=api_env(server, sqlite_url)).exit_code == 0
+    leader, follower = pty.openpty()
+    try:
+        process = subprocess.run(
+            [sys.executable, "-m", "batchsync", "-v", "sync", "--all", "--refresh"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            text=True,
+            timeout=60,
+        )
+        os.close(follower)
+        terminal = b""
+        while chunk := _read_pty(leader):
+            terminal += chunk
+    finally:
+        os.close(leader)
+    shown = terminal.decode()
+    assert process.returncode == EXIT_OK, shown
+    assert "batches/s" in shown
+    assert "calls/s" not in shown
+    assert ": unchanged" in shown
+
+
+def _read_pty(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: the other end is closed and everything was read
+        return b""
+
+
+def test_runs_show_prints_options_as_json(server: EmulatorServer, database_url: str) -> None:
+    """`runs show` prints the run's options as one JSON object, not a Python dict."""
+    env = api_env(server, database_url)
+    run("sync", "--all", "--migrate", "--phone-numbers", "drop", env=env)
+    shown = run("runs", "show", "1", env=env)
+    options_line = next(line for line in shown.stdout.splitlines() if "options:" in line)
+    options = json.loads(options_line.split("options:", 1)[1])
+    assert options["all"] is True
+    assert options["phone_numbers"] == "drop"
+
+
+def test_one_batch_reads_singular(
+    server: EmulatorServer, database_url: str, emulator: Emulator
+) -> None:
+    """The summary says "1 batch synced", not "1 batches"."""
+    env = api_env(server, database_url)
+    result = run("sync", emulator.batch_ids()[0], "--migrate", env=env)
+    assert "1 batch synced" in result.stdout
+    assert "1 batches" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["runs"], id="runs"),
+        pytest.param(["runs", "show", "1"], id="runs-show"),
+        pytest.param(["purge", "--batch", "b1", "--dry-run"], id="purge"),
+    ],
+)
+def test_read_only_commands_do_not_suggest_migrate(database_url: str, args: list[str]) -> None:
+    """On a database without the schema, commands without --migrate do not advise it."""
+    result = run(*args, "--database-url", database_url)
+    assert result.exit_code == EXIT_DATABASE
+    assert "batchsync db upgrade" in result.stderr
+    assert "--migrate" not in result.stderr
+
+
+def test_sync_without_schema_suggests_migrate(database_url: str) -> None:
+    """`sync`, which has --migrate, does suggest it."""
+    result = run("sync", "--all", "--database-url", database_url, env={"BLAND_API_KEY": KEY})
+    assert result.exit_code == EXIT_DATABASE
+    assert "--migrate" in result.stderr
+
+
+# -- destructive commands ask first ----------------------------------------------------------
+
+
+def stored_batch_count(database_url: str) -> int:
+    engine = create_db_engine(load_database(database_url))
+    try:
+        with engine.connect() as connection:
+            return int(connection.execute(text("select count(*) from batches")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["purge", "--before", "2100-01-01"], id="purge"),
+        pytest.param(["purge", "--older-than", "1", "--json"], id="purge-json"),
+        pytest.param(["db", "downgrade", "0001"], id="downgrade"),
+        pytest.param(["db", "downgrade", "base"], id="downgrade-base"),
+    ],
+)
+def test_destructive_command_off_a_terminal_without_yes_exits_2_and_changes_nothing(
+    server: EmulatorServer, database_url: str, args: list[str]
+) -> None:
+    """Without a terminal to ask on, purge and downgrade refuse unless given --yes."""
+    env = api_env(server, database_url)
+    run("sync", "--all", "--migrate", env=env)
+    result = run(*args, env=env)
+    assert result.exit_code == EXIT_USAGE
+    assert "--yes" in result.stderr
+    assert stored_batch_count(database_url) == 3
+    assert "up to date" in run("db", "current", env=env).stdout
+
+
+def test_downgrade_dry_run_lists_revisions_and_what_they_drop_and_changes_nothing(
+    server: EmulatorServer, database_url: str
+) -> None:
+    """`db downgrade --dry-run` names each revision it would undo and each table and view
+    it would drop, and leaves schema and rows as they were."""
+    env = api_env(server, database_url)
+    run("sync", "--all", "--migrate", env=env)
+    to_0001 = run("db", "downgrade", "0001", "--dry-run", env=env)
+    to_base = run("db", "downgrade", "base", "--dry-run", env=env)
+
+    assert to_0001.exit_code == EXIT_OK, to_0001.output
+    assert "0002" in to_0001.stdout
+    assert "drops table or view batch_outcomes" in to_0001.stdout
+    assert "drops table or view calls\n" not in to_0001.stdout
+    assert "would undo 2 revisions" in to_base.stdout
+    assert "drops table or view calls\n" in to_base.stdout
+    assert "drops table or view sync_runs\n" in to_base.stdout
+    assert stored_batch_count(database_url) == 3
+    assert "up to date" in run("db", "current", env=env).stdout
+
+
+def test_downgrade_with_yes_drops_what_the_dry_run_listed(
+    server: EmulatorServer, database_url: str
+) -> None:
+    """`db downgrade 0001 --yes` runs without asking; the views the dry run named are gone."""
+    env = api_env(server, database_url)
+    run("sync", "--all", "--migrate", env=env)
+    result = run("db", "downgrade", "0001", "--yes", env=env)
+    assert result.exit_code == EXIT_OK, result.output
+    assert "schema now at 0001" in result.stdout
+    engine = create_db_engine(load_database(database_url))
+    assert "batch_outcomes" not in inspect(engine).get_view_names()
+    engine.dispose()
+    nothing_left = run("db", "downgrade", "0001", env=env)
+    assert nothing_left.exit_code == EXIT_OK
+    assert "nothing to undo" in nothing_left.stdout
+
+
+def run_on_terminal(args: list[str], answer: bytes, env: dict[str, str]) -> tuple[int, str]:
+    """Run batchsync as a process whose stdin and stderr are a terminal; answer its prompt."""
+    leader, follower = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "batchsync", *args],
+            env={**os.environ, **env},
+            stdin=follower,
+            stdout=subprocess.PIPE,
+            stderr=follower,
+        )
+        os.close(follower)
+        shown = b""
+        while b"[y/N]" not in shown and (chunk := _read_pty(leader)):
+            shown += chunk
+        os.write(leader, answer)
+        stdout, _ = process.communicate(timeout=60)
+        while chunk := _read_pty(leader):
+            shown += chunk
+    finally:
+        os.close(leader)
+    return process.returncode, shown.decode() + stdout.decode()
+
+
+@pytest.mark.parametrize(
+    ("answer", "left"), [pytest.param(b"n\n", 3, id="declined"), pytest.param(b"y\n", 0, id="yes")]
+)
+def test_purge_on_a_terminal_asks_first(
+    server: EmulatorServer, sqlite_url: str, answer: bytes, left: int
+) -> None:
+    """On a terminal `purge` says what it would delete and deletes only on a yes."""
+    env = api_env(server, sqlite_url)
+    run("sync", "--all", "--migrate", env=env)
+    code, shown = run_on_terminal(["purge", "--before", "2100-01-01"], answer, env)
+    assert code == EXIT_OK, shown
+    assert "Delete 3 batches and" in shown
+    assert stored_batch_count(sqlite_url) == left
+
+
+def test_sqlite_file_in_a_folder_that_cannot_be_created_exits_4() -> None:
+    """A SQLite path whose folder cannot be made is an unusable database (4), not a bug."""
+    result = run("runs", "--database-url", "sqlite:////proc/no-such-folder/batchsync.db")
+    assert result.exit_code == EXIT_DATABASE
+    assert "cannot create the folder" in result.stderr
+
+
+def test_downgrade_on_a_terminal_asks_and_a_no_keeps_the_schema(sqlite_url: str) -> None:
+    """On a terminal `db downgrade` names what it would drop and, declined, drops nothing."""
+    env = {"BATCHSYNC_DATABASE_URL": sqlite_url}
+    run("db", "upgrade", env=env)
+    code, shown = run_on_terminal(["db", "downgrade", "base"], b"n\n", env)
+    assert code == EXIT_OK, shown
+    assert "dropping" in shown
+    assert "sync_runs" in shown
+    assert "cancelled" in shown
+    assert "up to date" in run("db", "current", env=env).stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
+from batchsync import logs
 from batchsync.client import BlandClient, Parts, RateLimiter, RetryPolicy, _retry_after
 from batchsync.config import load_api
 from batchsync.emulator import Emulator, Fault
@@ -440,3 +442,23 @@ def test_error_answer_in_the_wrong_encoding_keeps_its_status(sleeps: list[float]
 
     with pytest.raises(BatchNotFound, match=r"batch b1: not found \(HTTP 404: Not Found\)"):
         make_client(httpx.MockTransport(handle), sleeps).fetch_batch("b1", Parts())
+
+
+def test_request_log_names_a_request_that_got_no_answer() -> None:
+    """At -vv a request that fails before any answer is logged with the error's kind."""
+    stream = io.StringIO()
+    logs.configure(5, "text", stream)
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    api = load_api(EMULATOR_URL, "sk-request-log-1234")
+    with (
+        BlandClient(
+            api, transport=httpx.MockTransport(refuse), retry=RetryPolicy(attempts=1)
+        ) as client,
+        pytest.raises(TransientApiError),
+    ):
+        list(client.iter_batches())
+    assert "HTTP GET /v1/batches -> ConnectError" in stream.getvalue()
+    assert "sk-request-log-1234" not in stream.getvalue()

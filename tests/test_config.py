@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+from urllib.parse import quote, quote_plus
+
 import pytest
 
 from batchsync.config import (
@@ -100,3 +104,31 @@ def test_quote_identifier_doubles_quotes() -> None:
     """Quoted identifiers keep their case and cannot be closed early."""
     assert quote_identifier("Bland") == '"Bland"'
     assert quote_identifier('a"b') == '"a""b"'
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        pytest.param(lambda k: k, id="as-is"),
+        pytest.param(lambda k: f"Bearer {k}", id="bearer"),
+        pytest.param(lambda k: quote(k, safe=""), id="percent-encoded"),
+        pytest.param(lambda k: quote(k, safe="").lower(), id="percent-encoded-lowercase"),
+        pytest.param(quote_plus, id="form-encoded"),
+        pytest.param(lambda k: json.dumps(k), id="json-escaped"),
+        pytest.param(lambda k: json.dumps(k).replace("/", "\\/"), id="json-escaped-slashes"),
+    ],
+)
+def test_redact_hides_a_key_in_every_spelling_a_server_echoes(spelling: Any) -> None:
+    """A registered key is replaced whether it comes back raw, URL-encoded or JSON-escaped."""
+    key = 'sk-live_9f/2c+e0"b7 x'
+    register_secret(key)
+    text = f"invalid credentials: {spelling(key)}"
+    assert redact(text).startswith("invalid credentials: ")
+    assert "9f" not in redact(text)
+    assert "***" in redact(text)
+
+
+def test_redact_leaves_text_alone_without_secrets() -> None:
+    """With nothing registered, or a value too short to be a key, text passes unchanged."""
+    register_secret("abc")
+    assert redact("abc and more") == "abc and more"

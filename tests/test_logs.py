@@ -32,3 +32,19 @@ def test_text_lines_are_prefixed_and_levels_filter() -> None:
     logging.getLogger("batchsync.x").info("hidden")
     logging.getLogger("batchsync.x").error("shown")
     assert stream.getvalue() == "batchsync: error: shown\n"
+
+
+class TerminalStream(io.StringIO):
+    """A stream that says it is a terminal, as stderr does under a person's shell."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_text_lines_on_a_terminal_clear_the_progress_bar_line_first() -> None:
+    """On a terminal each log line starts by erasing the current line (the progress bar),
+    so the two are never glued together; off a terminal lines are plain."""
+    stream = TerminalStream()
+    logs.configure(logging.INFO, "text", stream)
+    logging.getLogger("batchsync.x").info("batch b1: synced")
+    assert stream.getvalue() == "\r\x1b[Kbatchsync: info: batch b1: synced\n"

@@ -14,7 +14,13 @@ from batchsync.config import Secret
 from batchsync.emulator import Emulator
 from batchsync.errors import ConfigError
 from batchsync.payload import parse_batch
-from batchsync.privacy import PhoneMode, PhonePolicy, apply_phone_policy, load_phone_policy
+from batchsync.privacy import (
+    PhoneMode,
+    PhonePolicy,
+    apply_phone_policy,
+    load_phone_policy,
+    refuse_clear_numbers_over_protected,
+)
 from batchsync.sync import SyncOptions, run_sync
 
 KEY = Secret("k3y-for-hmac-tests")
@@ -104,3 +110,12 @@ def test_switching_to_hash_rewrites_completed_batches(
     assert "hash:" in str(recorded)
     again = run_sync(engine, client, SyncOptions(discover=True, phones=HASH))
     assert again.count(runs.SYNCED) == 0
+
+
+def test_default_keep_over_hashed_batches_is_refused_and_explicit_policies_pass() -> None:
+    """Keeping numbers in clear over batches stored hashed or dropped raises ConfigError
+    naming the stored modes; hash or drop, or nothing protected stored, pass."""
+    with pytest.raises(ConfigError, match="hash"):
+        refuse_clear_numbers_over_protected(PhonePolicy(), {"keep", "hash:ab12"})
+    refuse_clear_numbers_over_protected(PhonePolicy(), {"keep"})
+    refuse_clear_numbers_over_protected(PhonePolicy(PhoneMode.DROP), {"hash:ab12"})

@@ -4,6 +4,7 @@ stopped by SIGTERM; and no secret in any output or table, whatever happens."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import selectors
 import signal
@@ -316,6 +317,26 @@ def test_sigterm_finishes_the_batch_in_hand_and_records_the_run(
     assert 0 < synced < len(big_emulator.batch_ids())
     assert whole == synced
     engine.dispose()
+
+
+def test_sigterm_with_json_prints_one_object_carrying_the_run_id(
+    database_url: str, big_emulator: Emulator, served: EmulatorServer
+) -> None:
+    """SIGTERM under --json: stdout is one JSON object, status interrupted, with the run id."""
+    env = env_for(served, database_url)
+    assert batchsync("db", "upgrade", env=env).returncode == 0
+    for batch_id in big_emulator.batch_ids():
+        big_emulator.inject(batch_id, Fault("slow", delay=0.7))
+    process = spawn("sync", "--all", "--concurrency", "1", "--json", env=env)
+    wait_for_batches(database_url, 1)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 130, stderr
+    summary = json.loads(stdout)
+    assert summary["status"] == "interrupted"
+    assert summary["run_id"] == 1
+    assert summary["exit_code"] == 130
 
 
 def test_no_secret_in_any_output_log_or_table(

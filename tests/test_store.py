@@ -7,7 +7,15 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, text
 
 from batchsync.payload import ParsedBatch, parse_batch
-from batchsync.store import Fingerprint, TableChanges, lock_batch, stored_fingerprint, write_batch
+from batchsync.store import (
+    Fingerprint,
+    TableChanges,
+    lock_batch,
+    purge,
+    row_counts,
+    stored_fingerprint,
+    write_batch,
+)
 
 PRINT = Fingerprint("h", "calls,transcripts,analysis", "keep")
 
@@ -186,3 +194,27 @@ def test_call_moving_to_a_new_batch_is_upserted_not_duplicated(engine: Engine) -
     with engine.connect() as connection:
         owners = dict(connection.execute(text("select call_id, batch_id from calls")).all())
     assert owners == {"c0": "b2", "c1": "b2", "c2": "b1"}
+
+
+def test_purge_dry_run_counts_what_purge_then_deletes(engine: Engine) -> None:
+    """store.purge with dry_run reports the rows and keeps them; without it, they go."""
+    write(engine, parse(payload(calls=3, lines=2)))
+    before = row_counts(engine)
+
+    preview = purge(engine, batch_ids=["b1"], dry_run=True)
+    assert row_counts(engine) == before
+    deleted = purge(engine, batch_ids=["b1"])
+
+    assert preview == deleted
+    assert deleted["batches"] == 1
+    assert deleted["calls"] == 3
+    assert deleted["call_transcripts"] == 6
+    after = row_counts(engine)
+    assert after["batches"] == after["calls"] == after["call_transcripts"] == 0
+
+
+def test_purge_before_a_date_spares_newer_batches(engine: Engine) -> None:
+    """store.purge(before=...) deletes only batches created before the date."""
+    write(engine, parse(payload()))  # created 2025-03-01 08:00 UTC
+    assert purge(engine, before=datetime(2025, 3, 1, 8, tzinfo=UTC))["batches"] == 0
+    assert purge(engine, before=datetime(2025, 3, 1, 8, 1, tzinfo=UTC))["batches"] == 1

@@ -648,3 +648,18 @@ def test_concurrent_fetching_gives_the_same_rows(
     upgrade(serial)
     sync_all(serial, client, concurrency=1)
     assert snapshot(engine, bookkeeping=False) == snapshot(serial, bookkeeping=False)
+
+
+def test_run_result_as_json_sums_changes_per_table_and_names_failures(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """RunResult.as_json counts outcomes, totals row changes per table, lists failures."""
+    first = emulator.batch_ids()[0]
+    result = run_sync(engine, client, SyncOptions(batch_ids=(first, "missing-batch")))
+    summary = result.as_json()
+    assert summary["run_id"] == result.run_id
+    assert summary["status"] == runs.PARTIAL
+    assert summary["batches"] == {"synced": 1, "unchanged": 0, "skipped": 0, "failed": 1}
+    assert summary["failed"][0]["batch_id"] == "missing-batch"
+    assert summary["tables"]["calls"]["inserted"] == len(emulator.raw_batch(first)["call_data"])
+    assert summary["finished_at"] is not None
