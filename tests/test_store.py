@@ -186,3 +186,78 @@ def test_call_moving_to_a_new_batch_is_upserted_not_duplicated(engine: Engine) -
     with engine.connect() as connection:
         owners = dict(connection.execute(text("select call_id, batch_id from calls")).all())
     assert owners == {"c0": "b2", "c1": "b2", "c2": "b1"}
+
+
+def lines_by_call(engine: Engine) -> dict[str, list[tuple[int, str, str]]]:
+    """Every stored transcript line, grouped by call: (line_id, batch_id, text)."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text("select call_id, line_id, batch_id, text from call_transcripts order by 1, 2")
+        ).all()
+    grouped: dict[str, list[tuple[int, str, str]]] = {}
+    for call_id, line_id, batch_id, line_text in rows:
+        grouped.setdefault(call_id, []).append((line_id, batch_id, line_text))
+    return grouped
+
+
+def write_b2(engine: Engine, raw: dict, *, transcripts: bool = True) -> dict:  # type: ignore[type-arg]
+    raw["batch_params"]["id"] = "b2"
+    parsed = parse_batch(raw, batch_id="b2", transcripts_requested=transcripts)
+    with engine.begin() as connection:
+        lock_batch(connection, "b2")
+        return write_batch(connection, parsed, run_id=2, synced_at=T0, fingerprint=PRINT)
+
+
+def moved_call(line_ids: list[int]) -> dict:  # type: ignore[type-arg]
+    """A batch b2 whose one call is b1's call c1, with the given transcript line ids."""
+    raw = payload(calls=0)
+    raw["call_data"] = [
+        {"c_id": "c1", "transcripts": [{"id": i, "text": f"b2 line {i}"} for i in line_ids]}
+    ]
+    return raw
+
+
+def test_moved_call_keeps_only_the_new_batchs_lines_when_ids_differ(engine: Engine) -> None:
+    """A call moved to a batch whose lines have new ids loses every line of its old batch."""
+    write(engine, parse(payload()))  # c1 holds lines 100 and 101 under b1
+    changes = write_b2(engine, moved_call([500]))
+    assert lines_by_call(engine)["c1"] == [(500, "b2", "b2 line 500")]
+    assert changes["call_transcripts"].deleted == 2
+
+
+def test_moved_call_keeps_only_the_new_batchs_lines_when_ids_overlap(engine: Engine) -> None:
+    """A call moved with some of its old line ids keeps those, rewritten, and loses the rest."""
+    write(engine, parse(payload()))
+    write_b2(engine, moved_call([101, 102]))
+    assert lines_by_call(engine)["c1"] == [(101, "b2", "b2 line 101"), (102, "b2", "b2 line 102")]
+
+
+def test_moved_call_without_lines_in_the_new_batch_keeps_none(engine: Engine) -> None:
+    """A call moved to a batch whose response gives it no lines keeps no line of the old one."""
+    write(engine, parse(payload()))
+    write_b2(engine, moved_call([]))
+    assert "c1" not in lines_by_call(engine)
+
+
+def test_moved_call_loses_old_lines_when_transcripts_were_not_requested(engine: Engine) -> None:
+    """Without transcripts for the new batch, a moved call keeps no line of its old batch,
+    while the new batch's own calls keep the lines an earlier sync stored for them."""
+    write(engine, parse(payload()))  # b1: c0, c1, c2
+    raw = payload(calls=0)
+    raw["call_data"] = [{"c_id": "d0", "transcripts": [{"id": 900, "text": "own"}]}]
+    write_b2(engine, raw)  # b2: d0 with its own line
+    raw["call_data"] = [{"c_id": "d0"}, {"c_id": "c1"}]
+    write_b2(engine, raw, transcripts=False)
+    lines = lines_by_call(engine)
+    assert "c1" not in lines
+    assert lines["d0"] == [(900, "b2", "own")]
+    assert lines["c0"] == [(0, "b1", "line 0"), (1, "b1", "line 1")]
+
+
+def test_lines_of_calls_that_stay_are_untouched_by_another_batchs_move(engine: Engine) -> None:
+    """Only the moved call's lines go: the old batch's other calls keep theirs."""
+    write(engine, parse(payload()))
+    write_b2(engine, moved_call([500]))
+    lines = lines_by_call(engine)
+    assert [line_id for line_id, _, _ in lines["c2"]] == [200, 201]
+    assert all(batch_id == "b1" for _, batch_id, _ in lines["c2"])
