@@ -14,11 +14,14 @@ the database driver without another copy.
 from __future__ import annotations
 
 import email.utils
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, NamedTuple
 
 import ijson
+import orjson
 
 from batchsync.errors import PayloadError
 
@@ -174,45 +177,213 @@ def parse_batch(raw: Any, *, batch_id: str, transcripts_requested: bool = True) 
     return _assemble(raw, calls, batch_id)
 
 
+# -- decoding a body: one meaning for every body, whole or streamed ----------------------------
+#
+# A body is decoded whole (orjson, fast) or as it streams in (ijson, bounded memory). Both
+# give the same records and the same errors because the streaming parser is the reference:
+# the whole-body path uses orjson only for bodies on which orjson is exact, and hands every
+# other body, and every body orjson refuses, to the streaming parser.
+#
+# What both paths do to every body before decoding it:
+# - a leading UTF-8 byte order mark is dropped;
+# - the escapes PostgreSQL cannot store, \u0000 and a UTF-16 surrogate that is not half of a
+#   pair, become \uFFFD (the replacement character), in keys and values alike, so a batch is
+#   never refused for one character and both databases hold the same text.
+# Numbers keep their value: integers of any size stay exact, others become floats; a number
+# beyond the float range (1e400) is refused. Nesting deeper than MAX_DEPTH is refused.
+
+MAX_DEPTH = 1024  # what orjson decodes; deeper bodies fail on both paths alike
+_BOM = b"\xef\xbb\xbf"
+_UNSTORABLE_ESCAPE = re.compile(
+    rb"\\u(?:0000"
+    rb"|[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<![dD][89abAB][0-9a-fA-F]{2}\\u)[dD][c-fC-F][0-9a-fA-F]{2})"
+)
+# A cheap test for whether a body may hold such an escape (false positives are harmless).
+_MAYBE_UNSTORABLE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+# A number of 19 digits or more may be beyond 64 bits, where orjson rounds to a float.
+_LONG_NUMBER = re.compile(rb"[-:,\[\s][0-9]{19}")
+# Bytes after an escape's start that decide whether it is replaced (an escape and its pair).
+_LOOKAHEAD = 12
+_LOOKBEHIND = 8
+
+
+def parse_batch_body(
+    body: bytes, *, batch_id: str, transcripts_requested: bool = True
+) -> ParsedBatch:
+    """Parse a whole ``GET /v1/batches/{id}`` body; gives exactly what
+    :func:`parse_batch_stream` gives for the same bytes, records or PayloadError."""
+    fast = body[3:] if body.startswith(_BOM) else body
+    if _MAYBE_UNSTORABLE.search(fast):
+        fast = _UNSTORABLE_ESCAPE.sub(_replacement, fast)
+    if not _LONG_NUMBER.search(fast):
+        try:
+            raw = orjson.loads(fast)
+        except orjson.JSONDecodeError:
+            pass  # the streaming parser says why, in the same words for both paths
+        else:
+            return parse_batch(raw, batch_id=batch_id, transcripts_requested=transcripts_requested)
+    return parse_batch_stream(
+        (body,), batch_id=batch_id, transcripts_requested=transcripts_requested
+    )
+
+
+def _replacement(match: re.Match[bytes]) -> bytes:
+    """\\uFFFD for an escape, unless its backslash is itself escaped (an odd run before it)."""
+    data, index = match.string, match.start() - 1
+    while index >= 0 and data[index] == 0x5C:
+        index -= 1
+    return match.group() if (match.start() - 1 - index) % 2 else b"\\uFFFD"
+
+
+def _without_bom(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    head = b""
+    iterator = iter(chunks)
+    for chunk in iterator:
+        head += chunk
+        if len(head) >= len(_BOM):
+            break
+    yield head[3:] if head.startswith(_BOM) else head
+    yield from iterator
+
+
+def _replace_unstorable(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The chunks with the escapes PostgreSQL cannot store replaced, as in the whole body.
+
+    Only a few bytes are held back between chunks: enough to see the pair of a surrogate
+    and the backslashes before an escape, so the result does not depend on the chunking.
+    """
+    head = b""  # bytes already passed on, kept for what comes before the next escape
+    tail = b""  # bytes not passed on yet
+    for chunk in chunks:
+        tail += chunk
+        if len(tail) <= _LOOKAHEAD:
+            continue
+        data = head + tail
+        stop = len(data) - _LOOKAHEAD
+        data = _replace_between(data, len(head), stop)
+        yield data[len(head) : stop]
+        keep = max(0, stop - _LOOKBEHIND)
+        while keep > 0 and data[keep - 1] == 0x5C:
+            keep -= 1
+        head, tail = data[keep:stop], data[stop:]
+    data = head + tail
+    yield _replace_between(data, len(head), len(data))[len(head) :]
+
+
+def _replace_between(data: bytes, start: int, stop: int) -> bytes:
+    """``data`` with the escapes that begin in [start, stop) replaced."""
+    if not _MAYBE_UNSTORABLE.search(data, start):
+        return data
+    parts: list[bytes] = []
+    done = 0
+    for match in _UNSTORABLE_ESCAPE.finditer(data, start):
+        if match.start() >= stop:
+            break
+        replacement = _replacement(match)
+        if replacement != match.group():
+            parts += (data[done : match.start()], replacement)
+            done = match.end()
+    if not parts:
+        return data
+    parts.append(data[done:])
+    return b"".join(parts)
+
+
 def parse_batch_stream(
     chunks: Iterable[bytes], *, batch_id: str, transcripts_requested: bool = True
 ) -> ParsedBatch:
     """Parse a ``GET /v1/batches/{id}`` body as it arrives, one call at a time.
 
-    Gives what :func:`parse_batch` gives for the decoded body, but never holds the whole
-    decoded body: memory stays near the size of the records, whatever the batch's size.
+    The reference meaning of a body (see :func:`parse_batch_body`), and bounded memory: the
+    whole decoded body never exists at once, only the records and one call at a time.
+    A call that cannot be parsed is reported only once the rest of the body proved to be
+    JSON, and after any fault of ``batch_params``, as :func:`parse_batch` reports them.
     """
-    events = ijson.basic_parse(_ChunkReader(chunks), use_float=True)
-    top: dict[str, Any] = {}
-    calls: _Calls | None = None
+    reader = _ChunkReader(_replace_unstorable(_without_bom(chunks)))
+    events = ijson.basic_parse(reader, use_float=False)
     try:
-        event, value = next(events, (None, None))
-        if event != "start_map":
-            found = {"start_array": "a list", None: "nothing"}.get(event, _type_name(value))
-            raise PayloadError(
-                f"expected a JSON object, got {found}", batch_id=batch_id, field="(body)"
-            )
-        for event, key in events:
-            if event == "end_map":
-                break
-            event, value = next(events)
-            if key != "call_data" or event != "start_array":
-                top[key] = _build(events, event, value)  # call_data null or of the wrong shape
-                continue
-            calls = _Calls(batch_id, transcripts_requested)
-            for index, (event, value) in enumerate(events):
-                if event == "end_array":
-                    break
-                calls.add(index, _build(events, event, value))
+        return _parse_events(events, batch_id, transcripts_requested)
     except ijson.JSONError as exc:
         raise PayloadError(
-            f"the response is not valid JSON ({exc})", batch_id=batch_id, field="(body)"
+            f"the response is not valid JSON ({_json_reason(exc)})",
+            batch_id=batch_id,
+            field="(body)",
         ) from None
+    except UnicodeDecodeError:
+        raise PayloadError(
+            "the response is not valid JSON (text that is not UTF-8)",
+            batch_id=batch_id,
+            field="(body)",
+        ) from None
+    except _BodyInvalid as exc:
+        raise PayloadError(str(exc), batch_id=batch_id, field="(body)") from None
+
+
+class _BodyInvalid(Exception):
+    """A body that is JSON but cannot be taken in (a number beyond floats, too deep)."""
+
+
+def _json_reason(exc: Exception) -> str:
+    """The parser's reason, without the excerpt of the body it appends on later lines."""
+    reason = exc.args[0] if exc.args else ""
+    if isinstance(reason, bytes):
+        reason = reason.decode("utf-8", "replace")
+    lines = str(reason).strip().splitlines()
+    return lines[0].rstrip(".") if lines else type(exc).__name__
+
+
+_EVENT_TYPES = {"start_array": "a list", "string": "a string", "number": "a number",
+                "boolean": "a boolean", "null": "null"}  # fmt: skip
+
+
+def _parse_events(
+    events: Iterator[tuple[str, Any]], batch_id: str, transcripts_requested: bool
+) -> ParsedBatch:
+    event, value = next(events)
+    if event != "start_map":
+        _build(events, event, value, 0, keep=False)
+        for _ in events:  # the parser refuses anything after the value
+            pass
+        raise PayloadError(
+            f"expected a JSON object, got {_EVENT_TYPES.get(event, event)}",
+            batch_id=batch_id,
+            field="(body)",
+        )
+    top: dict[str, Any] = {}
+    calls: _Calls | None = None
+    failure: PayloadError | None = None  # the first call that could not be parsed
+    for event, key in events:
+        if event == "end_map":
+            break
+        event, value = next(events)
+        if key == "call_data":  # a repeated key: the last one counts, as in a decoded object
+            top.pop(key, None)
+            calls, failure = None, None
+            if event == "start_array":
+                calls = _Calls(batch_id, transcripts_requested)
+                for index, (event, value) in enumerate(events):
+                    if event == "end_array":
+                        break
+                    item = _build(events, event, value, 2, keep=failure is None)
+                    if failure is None:
+                        try:
+                            calls.add(index, item)
+                        except PayloadError as exc:
+                            failure = exc
+                continue
+        top[key] = _build(events, event, value, 1)
+    for _ in events:  # the parser refuses anything after the value
+        pass
+    if not isinstance(top.get("batch_params"), Mapping):
+        _assemble(top, None, batch_id)  # raises the error about batch_params first
     if top.get("call_data") is not None:
         raw_calls = top["call_data"]
         raise _payload_error(
             _Invalid("call_data", f"expected a list, got {_type_name(raw_calls)}"), batch_id
         )
+    if failure is not None:
+        raise failure
     return _assemble(top, calls, batch_id)
 
 
@@ -235,14 +406,35 @@ class _ChunkReader:
         return bytes(data)
 
 
-def _build(events: Iterator[tuple[str, Any]], event: str, value: Any) -> Any:
-    """Build the one JSON value whose first event is (``event``, ``value``) from ``events``."""
+def _json_number(value: Any) -> Any:
+    """A parsed number as orjson gives it: ints as they are, others as floats."""
+    if type(value) is not Decimal:
+        return value
+    number = float(value)
+    if number in (_INFINITY, -_INFINITY):
+        raise _BodyInvalid("a number in the response is beyond the range of a float (1.8e308)")
+    return number
+
+
+_INFINITY = float("inf")
+
+
+def _build(
+    events: Iterator[tuple[str, Any]], event: str, value: Any, depth: int, *, keep: bool = True
+) -> Any:
+    """Build the one JSON value whose first event is (``event``, ``value``) from ``events``.
+
+    ``depth`` is the number of containers around the value. With ``keep`` false the value
+    is only read through (and checked), not built.
+    """
     if event == "start_map":
         root: Any = {}
     elif event == "start_array":
         root = []
     else:
-        return value
+        return _json_number(value) if event == "number" else value
+    if depth >= MAX_DEPTH:
+        raise _BodyInvalid(f"the response is nested deeper than {MAX_DEPTH} levels")
     containers: list[Any] = [root]
     keys: list[Any] = [None]
     for event, value in events:
@@ -253,20 +445,25 @@ def _build(events: Iterator[tuple[str, Any]], event: str, value: Any) -> Any:
             containers.pop()
             keys.pop()
             if not containers:
-                return root
+                return root if keep else None
             continue
         if event == "start_map":
             new: Any = {}
         elif event == "start_array":
             new = []
+        elif event == "number":
+            new = _json_number(value)
         else:
             new = value
-        parent = containers[-1]
-        if type(parent) is list:
-            parent.append(new)
-        else:
-            parent[keys[-1]] = new
+        if keep:
+            parent = containers[-1]
+            if type(parent) is list:
+                parent.append(new)
+            else:
+                parent[keys[-1]] = new
         if event == "start_map" or event == "start_array":
+            if depth + len(containers) >= MAX_DEPTH:
+                raise _BodyInvalid(f"the response is nested deeper than {MAX_DEPTH} levels")
             containers.append(new)
             keys.append(None)
     raise ijson.IncompleteJSONError("the body ended inside a value")
