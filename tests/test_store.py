@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Engine, text
+import httpx
+import pytest
+from sqlalchemy import Engine, select, text
 
+from batchsync.client import BlandClient
+from batchsync.config import load_api, load_database
+from batchsync.db import create_db_engine, upgrade
 from batchsync.payload import ParsedBatch, parse_batch
-from batchsync.store import Fingerprint, TableChanges, lock_batch, stored_fingerprint, write_batch
+from batchsync.store import (
+    BATCHES,
+    CALLS,
+    ERRORS,
+    TRANSCRIPTS,
+    Fingerprint,
+    TableChanges,
+    lock_batch,
+    stored_fingerprint,
+    write_batch,
+)
+from batchsync.sync import SyncOptions, run_sync
+from tests.conftest import EMULATOR_URL
 
 PRINT = Fingerprint("h", "calls,transcripts,analysis", "keep")
 
@@ -261,3 +279,124 @@ def test_lines_of_calls_that_stay_are_untouched_by_another_batchs_move(engine: E
     lines = lines_by_call(engine)
     assert [line_id for line_id, _, _ in lines["c2"]] == [200, 201]
     assert all(batch_id == "b1" for _, batch_id, _ in lines["c2"])
+
+
+# -- every value stored exactly, the same on both databases ------------------------------------
+
+# A body full of values that are hard to store: integers beyond 64 bits, NUL characters and
+# lone UTF-16 surrogates in text, JSON values and JSON keys, floats at the edges of the range.
+ODD_BODY = rb"""{
+  "status": "completed",
+  "batch_params": {
+    "id": "odd",
+    "label": "nul \u0000 here",
+    "base_prompt": "lone high \ud800 and low \udfff, a pair \ud83d\ude00, an escaped \\u0000",
+    "call_params": {
+      "big": 123456789012345678901234567890,
+      "negative": -98765432109876543210987,
+      "u64": 18446744073709551615,
+      "key with nul \u0000": "value with lone \udc00",
+      "floats": [1e308, -0.0, 5e-324, 1.5e-7, 1e16, 0.1, 12345.0]
+    }
+  },
+  "analysis": {"total_calls": 1, "error_messages": ["failed \u0000 \ud800"],
+               "call_lengths": {"summary": {"\udc00": 99999999999999999999}}},
+  "call_data": [
+    {
+      "call_id": "call \u0000 one",
+      "to": "+1555\ud800",
+      "request_data": {"\ud83d\ude00": "pair kept",
+                       "lone \ud83d": -170141183460469231731687303715884105728},
+      "price": 340282366920938463463374607431768211456,
+      "note \u0000": ["\u0000", "\ud800\ud800\udc00"],
+      "transcripts": [{"id": 9007199254740993, "user": "user", "text": "say \u0000 and \udfff"}]
+    }
+  ]
+}"""
+
+BIG = 123456789012345678901234567890
+FFFD = "\ufffd"
+
+
+def odd_transport(emulator: Any, *, streamed: bool) -> httpx.MockTransport:
+    """The emulator, except that batch "odd" answers ODD_BODY, whole or chunked."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path != "/v1/batches/odd":
+            return emulator.handle(request)  # type: ignore[no-any-return]
+        if streamed:  # no Content-Length: the streaming parser, 7 bytes at a time
+            chunks = [ODD_BODY[i : i + 7] for i in range(0, len(ODD_BODY), 7)]
+            return httpx.Response(200, content=iter(chunks))
+        return httpx.Response(200, content=ODD_BODY)
+
+    return httpx.MockTransport(handler)
+
+
+def sync_odd(database_url: str, emulator: Any, *, streamed: bool) -> dict[str, list[Any]]:
+    """Sync ODD_BODY into a fresh database; every data row, bookkeeping left out."""
+    engine = create_db_engine(load_database(database_url))
+    try:
+        upgrade(engine)
+        api = load_api(EMULATOR_URL, emulator.api_key)
+        with BlandClient(api, transport=odd_transport(emulator, streamed=streamed)) as client:
+            result = run_sync(engine, client, SyncOptions(batch_ids=("odd",)))
+        assert result.status == "succeeded", result.outcomes
+        rows: dict[str, list[Any]] = {}
+        with engine.connect() as connection:
+            for table in (BATCHES, CALLS.table, TRANSCRIPTS.table, ERRORS.table):
+                columns = [c for c in table.columns if c.name not in ("synced_at", "sync_run_id")]
+                rows[str(table.name)] = [r._asdict() for r in connection.execute(select(*columns))]
+        return rows
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_odd_values_are_stored_alike_on_sqlite_and_postgresql(
+    sqlite_url: str, postgres_url: str, emulator: Any, streamed: bool
+) -> None:
+    """One body full of huge integers, NULs and lone surrogates reads back value by value the
+    same from SQLite and PostgreSQL, whether it was parsed whole or as it streamed in."""
+    on_sqlite = sync_odd(sqlite_url, emulator, streamed=streamed)
+    on_postgres = sync_odd(postgres_url, emulator, streamed=streamed)
+    for table, rows in on_sqlite.items():
+        assert len(rows) == len(on_postgres[table]) == 1
+        for column, value in rows[0].items():
+            other = on_postgres[table][0][column]
+            assert (type(value), value) == (type(other), other), f"{table}.{column}"
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_odd_values_keep_every_digit_and_replace_unstorable_text(
+    database_url: str, emulator: Any, streamed: bool
+) -> None:
+    """Integers of any size keep every digit; NUL and lone surrogates become U+FFFD in text,
+    JSON values and JSON keys; a valid surrogate pair and an escaped backslash stay."""
+    rows = sync_odd(database_url, emulator, streamed=streamed)
+    batch, call, line = rows["batches"][0], rows["calls"][0], rows["call_transcripts"][0]
+    assert batch["label"] == f"nul {FFFD} here"
+    assert batch["base_prompt"] == (
+        f"lone high {FFFD} and low {FFFD}, a pair \U0001f600, an escaped \\u0000"
+    )
+    assert batch["call_params"] == {
+        "big": BIG,
+        "negative": -98765432109876543210987,
+        "u64": 2**64 - 1,
+        f"key with nul {FFFD}": f"value with lone {FFFD}",
+        # jsonb keeps numbers as decimals: whole floats from 1e16 read back as ints, -0.0 as 0.0
+        "floats": [10**308, 0.0, 5e-324, 1.5e-7, 10**16, 0.1, 12345.0],
+    }
+    assert batch["call_length_summary"] == {FFFD: 99999999999999999999}
+    assert rows["errors"][0]["error_message"] == f"failed {FFFD} {FFFD}"
+    assert call["call_id"] == f"call {FFFD} one"
+    assert call["to_number"] == f"+1555{FFFD}"
+    assert call["request_data"] == {
+        "\U0001f600": "pair kept",
+        f"lone {FFFD}": -(2**127),
+    }
+    assert call["extra"] == {
+        "price": 2**128,
+        f"note {FFFD}": [FFFD, f"{FFFD}\U00010000"],
+    }
+    assert line["line_id"] == 9007199254740993
+    assert line["text"] == f"say {FFFD} and {FFFD}"
