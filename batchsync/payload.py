@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import email.utils
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
 
 import ijson
@@ -216,7 +216,7 @@ def parse_batch_body(
     fast = body[3:] if body.startswith(_BOM) else body
     if _MAYBE_UNSTORABLE.search(fast):
         fast = _UNSTORABLE_ESCAPE.sub(_replacement, fast)
-    if not _LONG_NUMBER.search(fast):
+    if not _LONG_NUMBER.search(fast) and not _DIGIT_RUN_TOO_LONG.search(fast):
         try:
             raw = orjson.loads(fast)
         except orjson.JSONDecodeError:
@@ -290,6 +290,45 @@ def _replace_between(data: bytes, start: int, stop: int) -> bytes:
     return b"".join(parts)
 
 
+# Python refuses to read an integer of more than 4300 digits, and ijson then fails in a way
+# that cannot be caught cleanly: such runs of digits are cut short before the parser sees
+# them, and the body is refused once it proved to be JSON. A run in a string counts too, so
+# that both paths can tell such a body by a plain search.
+_DIGIT_LIMIT = 4300
+_DIGIT_RUN_TOO_LONG = re.compile(rb"[0-9]{%d,}" % (_DIGIT_LIMIT + 1))
+_DIGITS = b"0123456789"
+
+
+class _DigitRuns:
+    """Chunks passed on with every run of more than _DIGIT_LIMIT digits cut to its first two
+    (which keeps the JSON as valid or invalid as it was); ``found`` says whether one was."""
+
+    def __init__(self) -> None:
+        self.found = False
+
+    def cut(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        pending = b""  # the digits that end what came so far, held back (at most the limit)
+        dropping = False  # within a run already cut: its other digits are dropped
+        for chunk in chunks:
+            if dropping:
+                chunk = chunk.lstrip(_DIGITS)
+                if not chunk:
+                    continue
+                dropping = False
+            data = pending + chunk
+            trailing = len(data) - len(data.rstrip(_DIGITS))
+            if _DIGIT_RUN_TOO_LONG.search(data):
+                self.found = True
+                data = _DIGIT_RUN_TOO_LONG.sub(lambda match: match.group()[:2], data)
+            if trailing > _DIGIT_LIMIT:
+                pending, dropping = b"", True
+                yield data
+                continue
+            pending = data[len(data) - trailing :]
+            yield data[: len(data) - trailing]
+        yield pending
+
+
 def parse_batch_stream(
     chunks: Iterable[bytes], *, batch_id: str, transcripts_requested: bool = True
 ) -> ParsedBatch:
@@ -300,10 +339,16 @@ def parse_batch_stream(
     A call that cannot be parsed is reported only once the rest of the body proved to be
     JSON, and after any fault of ``batch_params``, as :func:`parse_batch` reports them.
     """
-    reader = _ChunkReader(_replace_unstorable(_without_bom(chunks)))
+    digit_runs = _DigitRuns()
+    reader = _ChunkReader(_replace_unstorable(digit_runs.cut(_without_bom(chunks))))
     events = ijson.basic_parse(reader, use_float=False)
+
+    def proved_json() -> None:
+        if digit_runs.found:
+            raise _BodyInvalid(_NUMBER_OUT_OF_RANGE)
+
     try:
-        return _parse_events(events, batch_id, transcripts_requested)
+        return _parse_events(events, batch_id, transcripts_requested, proved_json)
     except ijson.JSONError as exc:
         raise PayloadError(
             f"the response is not valid JSON ({_json_reason(exc)})",
@@ -318,6 +363,8 @@ def parse_batch_stream(
         ) from None
     except _BodyInvalid as exc:
         raise PayloadError(str(exc), batch_id=batch_id, field="(body)") from None
+    except (InvalidOperation, ValueError):  # ijson reading a number: an exponent, 4300+ digits
+        raise PayloadError(_NUMBER_OUT_OF_RANGE, batch_id=batch_id, field="(body)") from None
 
 
 class _BodyInvalid(Exception):
@@ -338,13 +385,17 @@ _EVENT_TYPES = {"start_array": "a list", "string": "a string", "number": "a numb
 
 
 def _parse_events(
-    events: Iterator[tuple[str, Any]], batch_id: str, transcripts_requested: bool
+    events: Iterator[tuple[str, Any]],
+    batch_id: str,
+    transcripts_requested: bool,
+    proved_json: Callable[[], None],
 ) -> ParsedBatch:
     event, value = next(events)
     if event != "start_map":
         _build(events, event, value, 0, keep=False)
         for _ in events:  # the parser refuses anything after the value
             pass
+        proved_json()
         raise PayloadError(
             f"expected a JSON object, got {_EVENT_TYPES.get(event, event)}",
             batch_id=batch_id,
@@ -375,6 +426,7 @@ def _parse_events(
         top[key] = _build(events, event, value, 1)
     for _ in events:  # the parser refuses anything after the value
         pass
+    proved_json()
     if not isinstance(top.get("batch_params"), Mapping):
         _assemble(top, None, batch_id)  # raises the error about batch_params first
     if top.get("call_data") is not None:
@@ -412,11 +464,12 @@ def _json_number(value: Any) -> Any:
         return value
     number = float(value)
     if number in (_INFINITY, -_INFINITY):
-        raise _BodyInvalid("a number in the response is beyond the range of a float (1.8e308)")
+        raise _BodyInvalid(_NUMBER_OUT_OF_RANGE)
     return number
 
 
 _INFINITY = float("inf")
+_NUMBER_OUT_OF_RANGE = "a number in the response is out of range (beyond 1.8e308 or 4300 digits)"
 
 
 def _build(
