@@ -201,8 +201,11 @@ _UNSTORABLE_ESCAPE = re.compile(
 )
 # A cheap test for whether a body may hold such an escape (false positives are harmless).
 _MAYBE_UNSTORABLE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
-# A number of 19 digits or more may be beyond 64 bits, where orjson rounds to a float.
-_LONG_NUMBER = re.compile(rb"[-:,\[\s][0-9]{19}")
+# A number of 19 digits or more may be beyond 64 bits, where orjson rounds to a float: such
+# bodies (or those with as long a run of digits in a string) go to the streaming parser.
+# Found by mapping every digit to 0 and looking for 19 zeros: far faster than a regex.
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGIT_RUN = b"0" * 19
 # Bytes after an escape's start that decide whether it is replaced (an escape and its pair).
 _LOOKAHEAD = 12
 _LOOKBEHIND = 8
@@ -216,7 +219,7 @@ def parse_batch_body(
     fast = body[3:] if body.startswith(_BOM) else body
     if _MAYBE_UNSTORABLE.search(fast):
         fast = _UNSTORABLE_ESCAPE.sub(_replacement, fast)
-    if not _LONG_NUMBER.search(fast) and not _DIGIT_RUN_TOO_LONG.search(fast):
+    if _LONG_DIGIT_RUN not in fast.translate(_DIGITS_AS_ZERO):
         try:
             raw = orjson.loads(fast)
         except orjson.JSONDecodeError:
@@ -296,6 +299,7 @@ def _replace_between(data: bytes, start: int, stop: int) -> bytes:
 # that both paths can tell such a body by a plain search.
 _DIGIT_LIMIT = 4300
 _DIGIT_RUN_TOO_LONG = re.compile(rb"[0-9]{%d,}" % (_DIGIT_LIMIT + 1))
+_TOO_MANY_DIGITS = b"0" * (_DIGIT_LIMIT + 1)
 _DIGITS = b"0123456789"
 
 
@@ -317,7 +321,7 @@ class _DigitRuns:
                 dropping = False
             data = pending + chunk
             trailing = len(data) - len(data.rstrip(_DIGITS))
-            if _DIGIT_RUN_TOO_LONG.search(data):
+            if _TOO_MANY_DIGITS in data.translate(_DIGITS_AS_ZERO):
                 self.found = True
                 data = _DIGIT_RUN_TOO_LONG.sub(lambda match: match.group()[:2], data)
             if trailing > _DIGIT_LIMIT:
