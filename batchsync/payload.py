@@ -818,10 +818,11 @@ def _whole_from_text(value: str, key: str) -> int:
 
 
 def _number(value: Any, key: str) -> float | None:
+    """A float from a number or a numeric string; -0.0 is 0.0 (SQLite cannot store -0.0)."""
     if value is None or value == "":
         return None
     if type(value) is float:
-        return value
+        return value + 0.0  # -0.0 + 0.0 is 0.0
     if isinstance(value, bool):
         raise _Invalid(key, "expected a number, got a boolean")
     if isinstance(value, int | float):
@@ -836,7 +837,7 @@ def _number(value: Any, key: str) -> float | None:
             raise _Invalid(key, f"expected a number, got {value!r}") from None
         if number != number or number in (float("inf"), float("-inf")):
             raise _Invalid(key, f"expected a finite number, got {value!r}")
-        return number
+        return number + 0.0
     raise _Invalid(key, f"expected a number, got {_type_name(value)}")
 
 
