@@ -7,6 +7,10 @@ is parsed leniently where its meaning is unambiguous and rejected with a
 :class:`~batchsync.errors.PayloadError` naming the batch and the field where it is not.
 Fields this module does not model are kept, per record, in an ``extra`` mapping.
 
+A body is decoded by :func:`parse_batch_body` (whole) or :func:`parse_batch_stream` (as it
+arrives); both give the same records and the same errors for the same bytes, and both
+store-proof the text on the way: NUL and lone surrogate escapes become U+FFFD.
+
 The records are plain named tuples in table-column order so the store can hand them to
 the database driver without another copy.
 """
