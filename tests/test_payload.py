@@ -1479,3 +1479,22 @@ def test_unusual_but_clear_timestamps_are_understood(text: str, expected: dateti
     raw = minimal_payload()
     raw["batch_params"]["created_at"] = text
     assert parse(raw).batch.created_at == expected
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    pieces=st.lists(
+        st.sampled_from([b"\\", b"\\\\", b"u", b"\\u", b"d8", b"D", b"c0", b"0000", b"00", b"ff",
+                         b"\\ud800", b"\\udc00", b"\\u0000", b"x", b'"', b"7" * 9]),
+        max_size=40,
+    ),
+    chunk=st.integers(min_value=1, max_value=30),
+)  # fmt: skip
+def test_replacing_escapes_does_not_depend_on_the_chunking(pieces: list[bytes], chunk: int) -> None:
+    """Escapes are replaced in a streamed body exactly as in the whole body, however it is cut."""
+    from batchsync.payload import _UNSTORABLE_ESCAPE, _replace_unstorable, _replacement
+
+    body = b"".join(pieces)
+    whole = _UNSTORABLE_ESCAPE.sub(_replacement, body)  # what the whole-body path does
+    assert b"".join(_replace_unstorable(_chunks(body, chunk))) == whole
+    assert len(whole) == len(body)
