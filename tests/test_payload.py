@@ -1498,3 +1498,23 @@ def test_replacing_escapes_does_not_depend_on_the_chunking(pieces: list[bytes], 
     whole = _UNSTORABLE_ESCAPE.sub(_replacement, body)  # what the whole-body path does
     assert b"".join(_replace_unstorable(_chunks(body, chunk))) == whole
     assert len(whole) == len(body)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    runs=st.lists(
+        st.tuples(st.sampled_from([b"x", b'"', b"-", b"."]), st.integers(0, 4303)), max_size=4
+    ),
+    chunk=st.sampled_from([1, 7, 100, 4300, 4301, 65536]),
+)
+def test_cutting_long_digit_runs_does_not_depend_on_the_chunking(
+    runs: list[tuple[bytes, int]], chunk: int
+) -> None:
+    """Runs of more than 4300 digits are found and cut alike, however the body is cut."""
+    from batchsync.payload import _DigitRuns
+
+    body = b"".join(sep + b"7" * length for sep, length in runs)
+    whole, streamed = _DigitRuns(), _DigitRuns()
+    expected = b"".join(whole.cut([body]))
+    assert b"".join(streamed.cut(_chunks(body, chunk))) == expected
+    assert streamed.found == whole.found == any(length > 4300 for _, length in runs)
