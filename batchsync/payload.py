@@ -201,8 +201,9 @@ _BOM = b"\xef\xbb\xbf"
 _UNSTORABLE_ESCAPE = re.compile(
     rb"\\u(?:0000"
     rb"|[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
-    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2}\\u)[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|[dD][c-fC-F][0-9a-fA-F]{2})"  # a low one: _replacement looks for its high half
 )
+_HIGH_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}")
 # A cheap test for whether a body may hold such an escape (false positives are harmless).
 _MAYBE_UNSTORABLE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
 # A number of 19 digits or more may be beyond 64 bits, where orjson rounds to a float: such
@@ -236,11 +237,23 @@ def parse_batch_body(
 
 
 def _replacement(match: re.Match[bytes]) -> bytes:
-    """\\uFFFD for an escape, unless its backslash is itself escaped (an odd run before it)."""
-    data, index = match.string, match.start() - 1
-    while index >= 0 and data[index] == 0x5C:
-        index -= 1
-    return match.group() if (match.start() - 1 - index) % 2 else b"\\uFFFD"
+    """\\uFFFD for the escape matched, unless it is no escape (its backslash is escaped) or it
+    is the low half of a pair (right after a high half that is an escape)."""
+    data, start, escape = match.string, match.start(), match.group()
+    if _escaped(data, start):
+        return escape
+    low = escape[3:4] in b"cdefCDEF"  # \\uDC00-\\uDFFF
+    if low and _HIGH_SURROGATE.fullmatch(data, start - 6, start) and not _escaped(data, start - 6):
+        return escape
+    return b"\\uFFFD"
+
+
+def _escaped(data: bytes, index: int) -> bool:
+    """Whether the backslash at ``index`` is escaped: an odd run of backslashes before it."""
+    before = index - 1
+    while before >= 0 and data[before] == 0x5C:
+        before -= 1
+    return (index - 1 - before) % 2 == 1
 
 
 def _without_bom(chunks: Iterable[bytes]) -> Iterator[bytes]:

@@ -1401,10 +1401,11 @@ def test_nesting_up_to_the_limit_is_accepted_on_both_paths(path: str) -> None:
         (rb"\\\u0000", "\\\ufffd"),
         (rb"\\\\ud800", "\\\\ud800"),
         (rb"xD800\udc00", "xD800\ufffd"),
+        (rb"\\ud800\udc00", "\\ud800\ufffd"),
     ],
     ids=["nul", "lone-high", "lone-low", "pair", "high-then-pair", "low-then-high",
          "escaped-backslash", "backslash-then-nul", "two-escaped-backslashes",
-         "low-after-text-like-a-high"],
+         "low-after-text-like-a-high", "low-after-an-escaped-backslash-and-text-like-a-high"],
 )  # fmt: skip
 @pytest.mark.parametrize("chunk", [1, 5, 4096])
 def test_unstorable_escapes_become_replacement_characters(
