@@ -12,7 +12,7 @@ from sqlalchemy import Engine, select, text
 from batchsync.client import BlandClient
 from batchsync.config import load_api, load_database
 from batchsync.db import create_db_engine, upgrade
-from batchsync.payload import ParsedBatch, parse_batch
+from batchsync.payload import ParsedBatch, parse_batch, parse_batch_body
 from batchsync.store import (
     BATCHES,
     CALLS,
@@ -416,3 +416,16 @@ def test_odd_values_keep_every_digit_and_replace_unstorable_text(
     }
     assert line["line_id"] == 9007199254740993
     assert line["text"] == f"say {FFFD} and {FFFD}"
+
+
+def test_rewriting_odd_values_changes_nothing(engine: Engine) -> None:
+    """Huge integers, replaced characters and edge floats compare equal to themselves when the
+    same batch is written again (staged upsert on PostgreSQL, text compare on SQLite)."""
+    parsed = parse_batch_body(ODD_BODY, batch_id="odd")
+    for run_id in (1, 2):
+        with engine.begin() as connection:
+            lock_batch(connection, "odd")
+            changes = write_batch(
+                connection, parsed, run_id=run_id, synced_at=T0, fingerprint=PRINT
+            )
+    assert all(change == TableChanges() for change in changes.values()), changes
