@@ -3,8 +3,8 @@
 :class:`BlandClient` knows HTTP and nothing of SQL. Each request is retried on what is
 transient (429, 500/502/503/504, connection errors, timeouts) with capped exponential
 backoff and jitter, honouring ``Retry-After``; 401/403 raise :class:`AuthError` at once,
-404 raises :class:`BatchNotFound`. Bodies are parsed with orjson and handed to
-:mod:`batchsync.payload`.
+404 raises :class:`BatchNotFound`. Batch bodies are decoded and parsed by
+:mod:`batchsync.payload`, whole or as they stream in, with the same outcome.
 
 A source of batches is anything with ``iter_batches`` and ``fetch_batch``
 (:class:`BatchSource`): the v1 API here; a v2 source, which lists batches and their
@@ -44,7 +44,7 @@ from batchsync.errors import (
 from batchsync.payload import (
     BatchSummary,
     ParsedBatch,
-    parse_batch,
+    parse_batch_body,
     parse_batch_list,
     parse_batch_stream,
 )
@@ -158,8 +158,8 @@ class BlandClient:
     sleep: Callable[[float], None] = time.sleep
     max_requests_per_second: float | None = None
     max_connections: int = 10
-    # Bodies up to this size are decoded whole with orjson (fastest); larger ones, or of
-    # unknown length, are parsed as they stream in (bounded memory).
+    # Bodies up to this size are decoded whole (fastest); larger ones, or of unknown length,
+    # are parsed as they stream in (bounded memory). Both give the same records and errors.
     stream_threshold: int = 32 * 1024 * 1024
     stats: ClientStats = field(default_factory=ClientStats)
 
@@ -262,10 +262,10 @@ class BlandClient:
                 body = self._read(response, digest)
                 if unchanged is not None and unchanged(digest.hexdigest()):
                     return FetchedBatch(None, digest.hexdigest(), len(body))
-                raw = _json(body, batch_id)
                 size = len(body)
-                del body  # the decoded JSON is what the parser needs; free the bytes
-                parsed = parse_batch(raw, batch_id=batch_id, transcripts_requested=transcripts)
+                parsed = parse_batch_body(
+                    body, batch_id=batch_id, transcripts_requested=transcripts
+                )
             else:
                 counted = _Counted(self._chunks(response, digest))
                 parsed = parse_batch_stream(

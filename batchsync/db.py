@@ -15,11 +15,14 @@ schema alone, so every table, view, the version table and the SQL written by han
 
 from __future__ import annotations
 
+import json
+import re
 import sqlite3
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Final
@@ -64,8 +67,103 @@ _ENGINE_SCHEMAS: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDiction
 
 
 def json_dumps(value: Any) -> str:
-    """Serialise JSON columns with sorted keys, so equal values are equal text on SQLite."""
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode()
+    """Serialise JSON columns with sorted keys, so equal values are equal text on SQLite.
+
+    Integers of any size are written with every digit (orjson stops at 64 bits).
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError:
+        return _json_text(value)  # an integer beyond 64 bits, or nesting deeper than orjson's
+
+
+class _Token(str):
+    """Punctuation already rendered, on the stack of :func:`_json_text`."""
+
+
+def _json_text(value: Any) -> str:
+    """What json_dumps writes, for any integer and any depth (no recursion)."""
+    parts: list[str] = []
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is _Token:
+            parts.append(item)
+        elif isinstance(item, dict):
+            entries = sorted(((_key_text(k), v) for k, v in item.items()), key=lambda e: e[0])
+            stack.append(_Token("}"))
+            for index in range(len(entries) - 1, -1, -1):
+                key, entry = entries[index]
+                stack.append(entry)
+                stack.append(_Token(("," if index else "") + orjson.dumps(key).decode() + ":"))
+            stack.append(_Token("{"))
+        elif isinstance(item, list | tuple):
+            stack.append(_Token("]"))
+            for index in range(len(item) - 1, -1, -1):
+                stack.append(item[index])
+                if index:
+                    stack.append(_Token(","))
+            stack.append(_Token("["))
+        elif isinstance(item, int) and not isinstance(item, bool):
+            parts.append(str(int(item)))
+        else:
+            parts.append(orjson.dumps(item).decode())
+    return "".join(parts)
+
+
+def _key_text(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if isinstance(key, int) and not isinstance(key, bool):
+        return str(int(key))
+    return orjson.dumps(key).decode().strip('"')
+
+
+# 19 digits or more may be beyond 64 bits, where orjson would round to a float.
+_LONG_INTEGER = re.compile(r"[-:,\[\s][0-9]{19}|^-?[0-9]{19}")
+_LONG_INTEGER_BYTES = re.compile(rb"[-:,\[\s][0-9]{19}|^-?[0-9]{19}")
+# An exponent, or a negative zero: numbers PostgreSQL's jsonb gives back in another form.
+_RESHAPED_NUMBER = re.compile(r"[0-9][eE]|-0\.0(?![0-9])")
+_RESHAPED_NUMBER_BYTES = re.compile(rb"[0-9][eE]|-0\.0(?![0-9])")
+# From this size on, a whole float is written with an exponent, which jsonb expands.
+_WHOLE_FLOAT_LIMIT = 1e16
+
+
+def json_loads(text: str | bytes) -> Any:
+    """Read a JSON column back, to the same value on both databases.
+
+    Integers keep every digit. PostgreSQL's jsonb keeps numbers as decimals: it gives back
+    1e+16 as 10000000000000000 and -0.0 as 0.0, so those are read the same way from SQLite:
+    a whole float of 1e16 or more as the int of its decimal value, -0.0 as 0.0.
+    """
+    if isinstance(text, str):
+        long_integer = _LONG_INTEGER.search(text) is not None
+        reshaped = _RESHAPED_NUMBER.search(text) is not None
+    else:
+        text = bytes(text)  # psycopg may hand over a memoryview
+        long_integer = _LONG_INTEGER_BYTES.search(text) is not None
+        reshaped = _RESHAPED_NUMBER_BYTES.search(text) is not None
+    value = json.loads(text) if long_integer else orjson.loads(text)
+    return _as_jsonb_reads(value) if reshaped else value
+
+
+def _as_jsonb_reads(value: Any) -> Any:
+    """``value`` with its floats as PostgreSQL's jsonb gives them back (no recursion)."""
+    root = [value]
+    stack: list[Any] = [root]
+    while stack:
+        container = stack.pop()
+        keys = container.keys() if isinstance(container, dict) else range(len(container))
+        for key in keys:
+            item = container[key]
+            if type(item) is float:
+                if item == 0.0:
+                    container[key] = 0.0
+                elif item.is_integer() and abs(item) >= _WHOLE_FLOAT_LIMIT:
+                    container[key] = int(Decimal(repr(item)))
+            elif isinstance(item, dict | list):
+                stack.append(item)
+    return root[0]
 
 
 def create_db_engine(
@@ -96,7 +194,7 @@ def create_db_engine(
         engine = create_engine(
             url,
             json_serializer=json_dumps,
-            json_deserializer=orjson.loads,
+            json_deserializer=json_loads,
             connect_args={"timeout": busy_timeout},
             poolclass=NullPool,
         )
@@ -108,7 +206,7 @@ def create_db_engine(
     engine = create_engine(
         url,
         json_serializer=json_dumps,
-        json_deserializer=orjson.loads,
+        json_deserializer=json_loads,
         pool_pre_ping=True,
         connect_args={"connect_timeout": 10, "application_name": "batchsync"},
     )
@@ -150,7 +248,7 @@ def _create_sqlite_reader(settings: DatabaseSettings, busy_timeout: float) -> En
         settings.url,  # for messages and the dialect; connect() makes the connections
         creator=connect,
         json_serializer=json_dumps,
-        json_deserializer=orjson.loads,
+        json_deserializer=json_loads,
         poolclass=NullPool,
     )
     event.listen(engine, "connect", _sqlite_configurer(busy_timeout, wal=False))

@@ -7,6 +7,10 @@ is parsed leniently where its meaning is unambiguous and rejected with a
 :class:`~batchsync.errors.PayloadError` naming the batch and the field where it is not.
 Fields this module does not model are kept, per record, in an ``extra`` mapping.
 
+A body is decoded by :func:`parse_batch_body` (whole) or :func:`parse_batch_stream` (as it
+arrives); both give the same records and the same errors for the same bytes, and both
+store-proof the text on the way: NUL and lone surrogate escapes become U+FFFD.
+
 The records are plain named tuples in table-column order so the store can hand them to
 the database driver without another copy.
 """
@@ -14,11 +18,14 @@ the database driver without another copy.
 from __future__ import annotations
 
 import email.utils
-from collections.abc import Iterable, Iterator, Mapping
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
 
 import ijson
+import orjson
 
 from batchsync.errors import PayloadError
 
@@ -174,45 +181,282 @@ def parse_batch(raw: Any, *, batch_id: str, transcripts_requested: bool = True) 
     return _assemble(raw, calls, batch_id)
 
 
+# -- decoding a body: one meaning for every body, whole or streamed ----------------------------
+#
+# A body is decoded whole (orjson, fast) or as it streams in (ijson, bounded memory). Both
+# give the same records and the same errors because the streaming parser is the reference:
+# the whole-body path uses orjson only for bodies on which orjson is exact, and hands every
+# other body, and every body orjson refuses, to the streaming parser.
+#
+# What both paths do to every body before decoding it:
+# - a leading UTF-8 byte order mark is dropped;
+# - the escapes PostgreSQL cannot store, \u0000 and a UTF-16 surrogate that is not half of a
+#   pair, become \uFFFD (the replacement character), in keys and values alike, so a batch is
+#   never refused for one character and both databases hold the same text.
+# Numbers keep their value: integers of any size stay exact, others become floats; a number
+# beyond the float range (1e400) is refused. Nesting deeper than MAX_DEPTH is refused.
+
+MAX_DEPTH = 1024  # what orjson decodes; deeper bodies fail on both paths alike
+_BOM = b"\xef\xbb\xbf"
+_UNSTORABLE_ESCAPE = re.compile(
+    rb"\\u(?:0000"
+    rb"|[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|[dD][c-fC-F][0-9a-fA-F]{2})"  # a low one: _replacement looks for its high half
+)
+_HIGH_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}")
+# A cheap test for whether a body may hold such an escape (false positives are harmless).
+_MAYBE_UNSTORABLE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+# A number of 19 digits or more may be beyond 64 bits, where orjson rounds to a float: such
+# bodies (or those with as long a run of digits in a string) go to the streaming parser.
+# Found by mapping every digit to 0 and looking for 19 zeros: far faster than a regex.
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGIT_RUN = b"0" * 19
+# Bytes after an escape's start that decide whether it is replaced (an escape and its pair).
+_LOOKAHEAD = 12
+_LOOKBEHIND = 8
+
+
+def parse_batch_body(
+    body: bytes, *, batch_id: str, transcripts_requested: bool = True
+) -> ParsedBatch:
+    """Parse a whole ``GET /v1/batches/{id}`` body; gives exactly what
+    :func:`parse_batch_stream` gives for the same bytes, records or PayloadError."""
+    fast = body[3:] if body.startswith(_BOM) else body
+    if _MAYBE_UNSTORABLE.search(fast):
+        fast = _UNSTORABLE_ESCAPE.sub(_replacement, fast)
+    if _LONG_DIGIT_RUN not in fast.translate(_DIGITS_AS_ZERO):
+        try:
+            raw = orjson.loads(fast)
+        except orjson.JSONDecodeError:
+            pass  # the streaming parser says why, in the same words for both paths
+        else:
+            return parse_batch(raw, batch_id=batch_id, transcripts_requested=transcripts_requested)
+    return parse_batch_stream(
+        (body,), batch_id=batch_id, transcripts_requested=transcripts_requested
+    )
+
+
+def _replacement(match: re.Match[bytes]) -> bytes:
+    """\\uFFFD for the escape matched, unless it is no escape (its backslash is escaped) or it
+    is the low half of a pair (right after a high half that is an escape)."""
+    data, start, escape = match.string, match.start(), match.group()
+    if _escaped(data, start):
+        return escape
+    low = escape[3:4] in b"cdefCDEF"  # \\uDC00-\\uDFFF
+    if low and _HIGH_SURROGATE.fullmatch(data, start - 6, start) and not _escaped(data, start - 6):
+        return escape
+    return b"\\uFFFD"
+
+
+def _escaped(data: bytes, index: int) -> bool:
+    """Whether the backslash at ``index`` is escaped: an odd run of backslashes before it."""
+    before = index - 1
+    while before >= 0 and data[before] == 0x5C:
+        before -= 1
+    return (index - 1 - before) % 2 == 1
+
+
+def _without_bom(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    head = b""
+    iterator = iter(chunks)
+    for chunk in iterator:
+        head += chunk
+        if len(head) >= len(_BOM):
+            break
+    yield head[3:] if head.startswith(_BOM) else head
+    yield from iterator
+
+
+def _replace_unstorable(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The chunks with the escapes PostgreSQL cannot store replaced, as in the whole body.
+
+    Only a few bytes are held back between chunks: enough to see the pair of a surrogate
+    and the backslashes before an escape, so the result does not depend on the chunking.
+    """
+    head = b""  # bytes already passed on, kept for what comes before the next escape
+    tail = b""  # bytes not passed on yet
+    for chunk in chunks:
+        tail += chunk
+        if len(tail) <= _LOOKAHEAD:
+            continue
+        data = head + tail
+        stop = len(data) - _LOOKAHEAD
+        data = _replace_between(data, len(head), stop)
+        yield data[len(head) : stop]
+        keep = max(0, stop - _LOOKBEHIND)
+        while keep > 0 and data[keep - 1] == 0x5C:
+            keep -= 1
+        head, tail = data[keep:stop], data[stop:]
+    data = head + tail
+    yield _replace_between(data, len(head), len(data))[len(head) :]
+
+
+def _replace_between(data: bytes, start: int, stop: int) -> bytes:
+    """``data`` with the escapes that begin in [start, stop) replaced."""
+    if not _MAYBE_UNSTORABLE.search(data, start):
+        return data
+    parts: list[bytes] = []
+    done = 0
+    for match in _UNSTORABLE_ESCAPE.finditer(data, start):
+        if match.start() >= stop:
+            break
+        replacement = _replacement(match)
+        if replacement != match.group():
+            parts += (data[done : match.start()], replacement)
+            done = match.end()
+    if not parts:
+        return data
+    parts.append(data[done:])
+    return b"".join(parts)
+
+
+# Python refuses to read an integer of more than 4300 digits, and ijson then fails in a way
+# that cannot be caught cleanly: such runs of digits are cut short before the parser sees
+# them, and the body is refused once it proved to be JSON. A run in a string counts too, so
+# that both paths can tell such a body by a plain search.
+_DIGIT_LIMIT = 4300
+_DIGIT_RUN_TOO_LONG = re.compile(rb"[0-9]{%d,}" % (_DIGIT_LIMIT + 1))
+_TOO_MANY_DIGITS = b"0" * (_DIGIT_LIMIT + 1)
+_DIGITS = b"0123456789"
+
+
+class _DigitRuns:
+    """Chunks passed on with every run of more than _DIGIT_LIMIT digits cut to its first two
+    (which keeps the JSON as valid or invalid as it was); ``found`` says whether one was."""
+
+    def __init__(self) -> None:
+        self.found = False
+
+    def cut(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        pending = b""  # the digits that end what came so far, held back (at most the limit)
+        dropping = False  # within a run already cut: its other digits are dropped
+        for chunk in chunks:
+            if dropping:
+                chunk = chunk.lstrip(_DIGITS)
+                if not chunk:
+                    continue
+                dropping = False
+            data = pending + chunk
+            trailing = len(data) - len(data.rstrip(_DIGITS))
+            if _TOO_MANY_DIGITS in data.translate(_DIGITS_AS_ZERO):
+                self.found = True
+                data = _DIGIT_RUN_TOO_LONG.sub(lambda match: match.group()[:2], data)
+            if trailing > _DIGIT_LIMIT:
+                pending, dropping = b"", True
+                yield data
+                continue
+            pending = data[len(data) - trailing :]
+            yield data[: len(data) - trailing]
+        yield pending
+
+
 def parse_batch_stream(
     chunks: Iterable[bytes], *, batch_id: str, transcripts_requested: bool = True
 ) -> ParsedBatch:
     """Parse a ``GET /v1/batches/{id}`` body as it arrives, one call at a time.
 
-    Gives what :func:`parse_batch` gives for the decoded body, but never holds the whole
-    decoded body: memory stays near the size of the records, whatever the batch's size.
+    The reference meaning of a body (see :func:`parse_batch_body`), and bounded memory: the
+    whole decoded body never exists at once, only the records and one call at a time.
+    A call that cannot be parsed is reported only once the rest of the body proved to be
+    JSON, and after any fault of ``batch_params``, as :func:`parse_batch` reports them.
     """
-    events = ijson.basic_parse(_ChunkReader(chunks), use_float=True)
-    top: dict[str, Any] = {}
-    calls: _Calls | None = None
+    digit_runs = _DigitRuns()
+    reader = _ChunkReader(_replace_unstorable(digit_runs.cut(_without_bom(chunks))))
+    events = ijson.basic_parse(reader, use_float=False)
+
+    def proved_json() -> None:
+        if digit_runs.found:
+            raise _BodyInvalid(_NUMBER_OUT_OF_RANGE)
+
     try:
-        event, value = next(events, (None, None))
-        if event != "start_map":
-            found = {"start_array": "a list", None: "nothing"}.get(event, _type_name(value))
-            raise PayloadError(
-                f"expected a JSON object, got {found}", batch_id=batch_id, field="(body)"
-            )
-        for event, key in events:
-            if event == "end_map":
-                break
-            event, value = next(events)
-            if key != "call_data" or event != "start_array":
-                top[key] = _build(events, event, value)  # call_data null or of the wrong shape
-                continue
-            calls = _Calls(batch_id, transcripts_requested)
-            for index, (event, value) in enumerate(events):
-                if event == "end_array":
-                    break
-                calls.add(index, _build(events, event, value))
+        return _parse_events(events, batch_id, transcripts_requested, proved_json)
     except ijson.JSONError as exc:
         raise PayloadError(
-            f"the response is not valid JSON ({exc})", batch_id=batch_id, field="(body)"
+            f"the response is not valid JSON ({_json_reason(exc)})",
+            batch_id=batch_id,
+            field="(body)",
         ) from None
+    except UnicodeDecodeError:
+        raise PayloadError(
+            "the response is not valid JSON (text that is not UTF-8)",
+            batch_id=batch_id,
+            field="(body)",
+        ) from None
+    except _BodyInvalid as exc:
+        raise PayloadError(str(exc), batch_id=batch_id, field="(body)") from None
+    except (InvalidOperation, ValueError):  # ijson reading a number: an exponent, 4300+ digits
+        raise PayloadError(_NUMBER_OUT_OF_RANGE, batch_id=batch_id, field="(body)") from None
+
+
+class _BodyInvalid(Exception):
+    """A body that is JSON but cannot be taken in (a number beyond floats, too deep)."""
+
+
+def _json_reason(exc: Exception) -> str:
+    """The parser's reason, without the excerpt of the body it appends on later lines."""
+    reason = exc.args[0] if exc.args else ""
+    if isinstance(reason, bytes):
+        reason = reason.decode("utf-8", "replace")
+    lines = str(reason).strip().splitlines()
+    return lines[0].rstrip(".") if lines else type(exc).__name__
+
+
+_EVENT_TYPES = {"start_array": "a list", "string": "a string", "number": "a number",
+                "boolean": "a boolean", "null": "null"}  # fmt: skip
+
+
+def _parse_events(
+    events: Iterator[tuple[str, Any]],
+    batch_id: str,
+    transcripts_requested: bool,
+    proved_json: Callable[[], None],
+) -> ParsedBatch:
+    event, value = next(events)
+    if event != "start_map":
+        _build(events, event, value, 0, keep=False)
+        for _ in events:  # the parser refuses anything after the value
+            pass
+        proved_json()
+        raise PayloadError(
+            f"expected a JSON object, got {_EVENT_TYPES.get(event, event)}",
+            batch_id=batch_id,
+            field="(body)",
+        )
+    top: dict[str, Any] = {}
+    calls: _Calls | None = None
+    failure: PayloadError | None = None  # the first call that could not be parsed
+    for event, key in events:
+        if event == "end_map":
+            break
+        event, value = next(events)
+        if key == "call_data":  # a repeated key: the last one counts, as in a decoded object
+            top.pop(key, None)
+            calls, failure = None, None
+            if event == "start_array":
+                calls = _Calls(batch_id, transcripts_requested)
+                for index, (event, value) in enumerate(events):
+                    if event == "end_array":
+                        break
+                    item = _build(events, event, value, 2, keep=failure is None)
+                    if failure is None:
+                        try:
+                            calls.add(index, item)
+                        except PayloadError as exc:
+                            failure = exc
+                continue
+        top[key] = _build(events, event, value, 1)
+    for _ in events:  # the parser refuses anything after the value
+        pass
+    proved_json()
+    if not isinstance(top.get("batch_params"), Mapping):
+        _assemble(top, None, batch_id)  # raises the error about batch_params first
     if top.get("call_data") is not None:
         raw_calls = top["call_data"]
         raise _payload_error(
             _Invalid("call_data", f"expected a list, got {_type_name(raw_calls)}"), batch_id
         )
+    if failure is not None:
+        raise failure
     return _assemble(top, calls, batch_id)
 
 
@@ -235,14 +479,36 @@ class _ChunkReader:
         return bytes(data)
 
 
-def _build(events: Iterator[tuple[str, Any]], event: str, value: Any) -> Any:
-    """Build the one JSON value whose first event is (``event``, ``value``) from ``events``."""
+def _json_number(value: Any) -> Any:
+    """A parsed number as orjson gives it: ints as they are, others as floats."""
+    if type(value) is not Decimal:
+        return value
+    number = float(value)
+    if number in (_INFINITY, -_INFINITY):
+        raise _BodyInvalid(_NUMBER_OUT_OF_RANGE)
+    return number
+
+
+_INFINITY = float("inf")
+_NUMBER_OUT_OF_RANGE = "a number in the response is out of range (beyond 1.8e308 or 4300 digits)"
+
+
+def _build(
+    events: Iterator[tuple[str, Any]], event: str, value: Any, depth: int, *, keep: bool = True
+) -> Any:
+    """Build the one JSON value whose first event is (``event``, ``value``) from ``events``.
+
+    ``depth`` is the number of containers around the value. With ``keep`` false the value
+    is only read through (and checked), not built.
+    """
     if event == "start_map":
         root: Any = {}
     elif event == "start_array":
         root = []
     else:
-        return value
+        return _json_number(value) if event == "number" else value
+    if depth >= MAX_DEPTH:
+        raise _BodyInvalid(f"the response is nested deeper than {MAX_DEPTH} levels")
     containers: list[Any] = [root]
     keys: list[Any] = [None]
     for event, value in events:
@@ -253,20 +519,25 @@ def _build(events: Iterator[tuple[str, Any]], event: str, value: Any) -> Any:
             containers.pop()
             keys.pop()
             if not containers:
-                return root
+                return root if keep else None
             continue
         if event == "start_map":
             new: Any = {}
         elif event == "start_array":
             new = []
+        elif event == "number":
+            new = _json_number(value)
         else:
             new = value
-        parent = containers[-1]
-        if type(parent) is list:
-            parent.append(new)
-        else:
-            parent[keys[-1]] = new
+        if keep:
+            parent = containers[-1]
+            if type(parent) is list:
+                parent.append(new)
+            else:
+                parent[keys[-1]] = new
         if event == "start_map" or event == "start_array":
+            if depth + len(containers) >= MAX_DEPTH:
+                raise _BodyInvalid(f"the response is nested deeper than {MAX_DEPTH} levels")
             containers.append(new)
             keys.append(None)
     raise ijson.IncompleteJSONError("the body ended inside a value")
@@ -564,10 +835,11 @@ def _whole_from_text(value: str, key: str) -> int:
 
 
 def _number(value: Any, key: str) -> float | None:
+    """A float from a number or a numeric string; -0.0 is 0.0 (SQLite cannot store -0.0)."""
     if value is None or value == "":
         return None
     if type(value) is float:
-        return value
+        return value + 0.0  # -0.0 + 0.0 is 0.0
     if isinstance(value, bool):
         raise _Invalid(key, "expected a number, got a boolean")
     if isinstance(value, int | float):
@@ -582,7 +854,7 @@ def _number(value: Any, key: str) -> float | None:
             raise _Invalid(key, f"expected a number, got {value!r}") from None
         if number != number or number in (float("inf"), float("-inf")):
             raise _Invalid(key, f"expected a finite number, got {value!r}")
-        return number
+        return number + 0.0
     raise _Invalid(key, f"expected a number, got {_type_name(value)}")
 
 

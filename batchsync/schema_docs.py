@@ -21,7 +21,10 @@ Generated from `batchsync/models.py` by `batchsync db docs`; do not edit by hand
 The same descriptions are stored as comments in PostgreSQL (`\\d+ calls` in psql).
 
 Timestamps are UTC: `timestamptz` on PostgreSQL, ISO text (`YYYY-MM-DD HH:MM:SS.ffffff`) on
-SQLite. JSON columns are `jsonb` on PostgreSQL and JSON text on SQLite. Every data table
+SQLite. JSON columns are `jsonb` on PostgreSQL and JSON text on SQLite; integers in them keep
+every digit, and whole numbers written with an exponent read back as integers on both. The NUL
+character and lone UTF-16 surrogates, which PostgreSQL cannot store, are stored as U+FFFD in
+every text and JSON column (keys included), on both databases alike. Every data table
 carries `synced_at` and `sync_run_id`: when the row's current values were written and by which
 run (see `sync_runs`); an unchanged row keeps them across re-syncs.
 """

@@ -4,8 +4,10 @@ Contract: :func:`write_batch` runs inside one transaction that the caller opens 
 (``with engine.begin() as connection``), so a batch lands whole or not at all. It is
 idempotent: rows are upserted by primary key and rewritten only when a value differs, and
 the child rows of the batch that vanished from the response are deleted, so a re-sync
-converges to exactly what the API returned. Parts the response did not include at all
-(``None`` in :class:`~batchsync.payload.ParsedBatch`) are left as they are.
+converges to exactly what the API returned. Child rows follow their parent: a call that
+moved here from another batch keeps only the transcript lines of this response. Parts the
+response did not include at all (``None`` in :class:`~batchsync.payload.ParsedBatch`) are
+left as they are.
 
 Two write paths share that contract. PostgreSQL streams rows with binary ``COPY`` into a
 temporary staging table, then applies one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE
@@ -223,8 +225,26 @@ def write_batch(
         changes[TRANSCRIPTS.name] = TableChanges(
             deleted=rows.delete_missing(TRANSCRIPTS, batch_id, present=CALLS)
         )
+    # A call that moved here from another batch keeps none of the lines stored with it there.
+    changes[TRANSCRIPTS.name].deleted += _delete_lines_left_elsewhere(connection, batch_id)
     calls.deleted = rows.delete_missing(CALLS, batch_id)
     return changes
+
+
+def _delete_lines_left_elsewhere(connection: Connection, batch_id: str) -> int:
+    """Delete the transcript lines of this batch's calls that are stored under another batch.
+
+    Every line this write keeps is stamped with this batch's id (an upsert moves it), so a
+    line of one of its calls under another id came with the call from its old batch.
+    """
+    lines, calls = TRANSCRIPTS.table, CALLS.table
+    result = connection.execute(
+        delete(lines).where(
+            lines.c.batch_id != batch_id,
+            lines.c.call_id.in_(select(calls.c.call_id).where(calls.c.batch_id == batch_id)),
+        )
+    )
+    return max(int(result.rowcount), 0)
 
 
 def _upsert_batch(

@@ -798,7 +798,7 @@ def test_on_a_terminal_progress_shows_batches_per_second_and_outcomes_are_logged
     leader, follower = pty.openpty()
     try:
         process = subprocess.run(
-            [sys.executable, "-m", "batchsync", "-v", "sync", "--all", "--refresh"],
+            [sys.executable, "-m", "batchsync", "-v", "sync", "--all"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=follower,

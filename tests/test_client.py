@@ -462,3 +462,47 @@ def test_request_log_names_a_request_that_got_no_answer() -> None:
         list(client.iter_batches())
     assert "HTTP GET /v1/batches -> ConnectError" in stream.getvalue()
     assert "sk-request-log-1234" not in stream.getvalue()
+
+
+BODIES_TO_AGREE_ON = [
+    b'{"batch_params": {"id": "b1", "call_params": {"n": 123456789012345678901234567890,'
+    b' "t": "nul \\u0000 lone \\ud800 pair \\ud83d\\ude00"}},'
+    b' "call_data": [{"call_id": "c1", "transcripts": [{"id": 1, "text": "x\\udfff"}]}]}',
+    b'\xef\xbb\xbf{"batch_params": {"id": "b1"}}',
+    b'{"batch_params": {"id": "b1"}} trailing',
+    b'{"batch_params": {"id": "b1"}, "x": "\\q"}',
+    b'{"batch_params": {"id": "b1"}, "x": 1e400}',
+    b'{"batch_params": {"id": "b1"}, "call_data": [{"c_id": null}]',
+    b"",
+]
+
+
+@pytest.mark.parametrize(
+    "body",
+    BODIES_TO_AGREE_ON,
+    ids=["odd-values", "bom", "trailing", "bad-escape", "huge-exponent", "cut", "empty"],
+)
+def test_body_with_and_without_content_length_gives_the_same_outcome(
+    body: bytes, sleeps: list[float]
+) -> None:
+    """A body sent with its Content-Length (decoded whole) and the same body chunked (parsed as
+    it streams) give the same records, or fail with the same message."""
+
+    def outcome(*, chunked: bool) -> object:
+        def handler(request: httpx.Request) -> httpx.Response:
+            if chunked:
+                return httpx.Response(
+                    200, content=iter([body[i : i + 3] for i in range(0, len(body), 3)])
+                )
+            return httpx.Response(200, content=body)
+
+        client = make_client(httpx.MockTransport(handler), sleeps)
+        try:
+            return client.fetch_batch("b1", Parts()).parsed
+        except PayloadError as exc:
+            return str(exc)
+
+    whole, streamed = outcome(chunked=False), outcome(chunked=True)
+    assert whole == streamed
+    if isinstance(whole, str):
+        assert whole.startswith("batch b1, field ")

@@ -20,6 +20,7 @@ from batchsync.payload import (
     QueueStatusCountRecord,
     TranscriptLineRecord,
     parse_batch,
+    parse_batch_body,
     parse_batch_list,
     parse_batch_stream,
 )
@@ -1229,25 +1230,239 @@ def test_streamed_parse_equals_whole_parse_on_emulated_batches(chunk: int) -> No
 def test_streamed_parse_agrees_with_whole_parse_on_any_json(payload: Any) -> None:
     """On any JSON body, streaming parses to the same records or fails with PayloadError too."""
     body = orjson.dumps(payload)
+    assert outcome(lambda: parse_batch_body(body, batch_id=BATCH)) == outcome(
+        lambda: parse_batch_stream(_chunks(body, 5), batch_id=BATCH)
+    )
+
+
+def outcome(parse: Any) -> Any:
+    """What a parse gives: its records, or the message of its PayloadError."""
     try:
-        whole: ParsedBatch | None = parse_batch(orjson.loads(body), batch_id=BATCH)
-    except PayloadError:
-        whole = None
-    try:
-        streamed: ParsedBatch | None = parse_batch_stream(_chunks(body, 5), batch_id=BATCH)
-    except PayloadError:
-        streamed = None
+        return parse()
+    except PayloadError as exc:
+        return f"PayloadError: {exc}"
+
+
+# JSON text written directly, to reach what a decoded value cannot hold: integers beyond 64
+# bits, exponents past the float range, NUL and lone surrogate escapes, duplicate keys.
+_hex = st.sampled_from("0123456789abcdefABCDEF")
+_string_pieces = st.one_of(
+    st.text(alphabet=st.characters(exclude_characters='"\\', min_codepoint=0x20), max_size=4),
+    st.sampled_from(
+        [r"\u0000", r"\ud800", r"\uDBFF", r"\udc00", r"\uDFFF", r"\ud83d\ude00", r"\\",
+         r"\\u0000", r"\\\ud800", r"\"", r"\n", r"\u00e9", r"\/", "\u00e9", "\U0001f600"]
+    ),
+    st.builds(lambda a, b, c: rf"\u{a}{b}{c}0", st.sampled_from("dD"), _hex, _hex),
+)  # fmt: skip
+json_string_text = st.lists(_string_pieces, max_size=6).map(lambda p: '"' + "".join(p) + '"')
+json_number_text = st.one_of(
+    st.integers(min_value=-(2**130), max_value=2**130).map(str),
+    st.builds(
+        lambda sign, whole, frac, exp: f"{sign}{whole}{frac}{exp}",
+        st.sampled_from(["", "-"]),
+        st.integers(min_value=0, max_value=10**20).map(str),
+        st.sampled_from(["", ".0", ".5", ".125", ".1234567890123456789"]),
+        st.sampled_from(["", "e5", "E-7", "e+16", "e308", "e309", "e-400", "e400", "E-324"]),
+    ),
+)
+json_scalar_text = st.one_of(
+    json_number_text, json_string_text, st.sampled_from(["true", "false", "null"])
+)
+json_value_text = st.recursive(
+    json_scalar_text,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4).map(lambda items: "[" + ", ".join(items) + "]"),
+        st.lists(st.tuples(json_string_text, inner), max_size=4).map(
+            lambda pairs: "{" + ", ".join(f"{k}: {v}" for k, v in pairs) + "}"
+        ),
+    ),
+    max_leaves=12,
+)
+_call_text = st.builds(
+    lambda call_id, text, request, extra: (
+        f'{{"call_id": {call_id}, "request_data": {request}, "x": {extra},'
+        f' "transcripts": [{{"id": 1, "text": {text}}}]}}'
+    ),
+    st.one_of(json_string_text, json_number_text),
+    json_string_text,
+    json_value_text,
+    json_value_text,
+)
+batch_body_text = st.builds(
+    lambda label, params, calls, tail: (
+        f'{{"batch_params": {{"id": "{BATCH}", "label": {label}, "call_params": {params}}},'
+        f' "call_data": [{", ".join(calls)}]{tail}}}'
+    ),
+    json_string_text,
+    json_value_text,
+    st.lists(_call_text, max_size=3),
+    st.sampled_from(["", ', "call_data": null', ', "call_data": []', ', "status": "x"']),
+).map(lambda text: text.encode("utf-8", "surrogatepass"))
+_mutation_bytes = st.sampled_from(
+    [b"\\", b"\\u", b"\\ud800", b"\x00", b"\xff", b"\xed\xa0\x80", b'"', b"}", b"]", b",",
+     b"e999", b"9" * 25, b"\xef\xbb\xbf", b" x", b""]
+)  # fmt: skip
+
+
+@st.composite
+def mutated_bodies(draw: st.DrawFn) -> bytes:
+    """A generated batch body, sometimes with a few bytes inserted, removed or cut off."""
+    body = draw(batch_body_text)
+    for _ in range(draw(st.integers(min_value=0, max_value=2))):
+        at = draw(st.integers(min_value=0, max_value=len(body)))
+        cut = draw(st.integers(min_value=0, max_value=2))
+        body = body[:at] + draw(_mutation_bytes) + body[at + cut :]
+    if draw(st.booleans()) and draw(st.booleans()):
+        body = body[: draw(st.integers(min_value=0, max_value=len(body)))]
+    return body
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=mutated_bodies(), chunk=st.integers(min_value=1, max_value=40))
+def test_whole_and_streamed_parses_agree_on_generated_bodies(body: bytes, chunk: int) -> None:
+    """Any body, valid or broken, gives the same records, or the same error message, whether it
+    is decoded whole or streamed in chunks of any size."""
+    whole = outcome(lambda: parse_batch_body(body, batch_id=BATCH))
+    streamed = outcome(lambda: parse_batch_stream(_chunks(body, chunk), batch_id=BATCH))
+    event("rejected" if isinstance(whole, str) else "parsed")
     assert streamed == whole
 
 
 @pytest.mark.parametrize(
-    "body",
-    [b"", b"[1, 2]", b'{"batch_params": {"id": "b1"}, "call_data": [{"call_id": "c1"}', b"<html>"],
-)
-def test_streamed_parse_rejects_bad_bodies_with_payload_errors(body: bytes) -> None:
-    """Empty, cut or non-JSON bodies fail with PayloadError naming the batch."""
-    with pytest.raises(PayloadError, match=BATCH):
-        parse_batch_stream([body], batch_id=BATCH)
+    ("body", "message"),
+    [
+        (b"", r"field \(body\): the response is not valid JSON \(parse error: premature EOF\)"),
+        (b"   ", "not valid JSON"),
+        (b"[1, 2]", "expected a JSON object, got a list"),
+        (b"12", "expected a JSON object, got a number"),
+        (b"null", "expected a JSON object, got null"),
+        (b'"secret text"', "expected a JSON object, got a string"),
+        (b'{"batch_params": {"id": "b1"}} trailing secret', "trailing garbage"),
+        (b'{"batch_params": {"id": "b1"}}{}', "trailing garbage"),
+        (b'{"batch_params": {"id": "b1"}, "x": "bad \\q secret"}', "not valid JSON"),
+        (b'{"batch_params": {"id": "b1"}, "x": "secret \xff"}', "not valid JSON"),
+        (b'{"batch_params": {"id": "b1"}, "x": "secret \xed\xa0\x80"}', "not valid JSON"),
+        (b'{"batch_params": {"id": "b1"}, "x": "secret\x00"}', "not valid JSON"),
+        (b'{"batch_params": {"id": "b1"}, "x": NaN}', "not valid JSON"),
+        (b'{"batch_params": {"id": "b1"}, "x": 1e400}', "number in the response is out of range"),
+        (b'{"batch_params": {"id": "b1"}, "x": -1.5e99999999999999999999999}', "out of range"),
+        (b'{"batch_params": {"id": "b1"}, "x": ' + b"7" * 5000 + b"}", "out of range"),
+        (b'{"batch_params": {"id": "b1"}, "x": "' + b"7" * 5000 + b'"}', "out of range"),
+        (b'{"batch_params": {"id": "b1"}, "x": 0' + b"7" * 5000 + b"}", "not valid JSON"),
+        (b'{"batch_params": {"id": "b1"}, "x": ' + b"[" * 1024 + b"]" * 1024 + b"}",
+         "nested deeper than 1024 levels"),
+        (b'{"batch_params": {"id": "b1"}, "call_data": [{"c_id": null}], "x": "secret',
+         "not valid JSON"),
+        (b'{"call_data": [{"c_id": null}], "batch_params": 7}',
+         r"field batch_params: expected an object"),
+    ],
+    ids=["empty", "blank", "list", "number", "null", "string", "trailing-text", "two-objects",
+         "invalid-escape", "not-utf8", "encoded-surrogate", "raw-nul", "nan", "huge-exponent",
+         "giant-exponent", "5000-digits", "5000-digits-in-text", "5000-digits-leading-zero",
+         "too-deep", "bad-call-then-cut", "bad-call-and-bad-params"],
+)  # fmt: skip
+@pytest.mark.parametrize("path", ["whole", "streamed"])
+def test_bad_bodies_fail_alike_on_both_paths_without_quoting_them(
+    body: bytes, message: str, path: str
+) -> None:
+    """Each kind of bad body fails with the same message on both paths, naming the batch and
+    the field, and never quoting the body's bytes."""
+    parse: Any = parse_batch_body if path == "whole" else parse_batch_stream
+    with pytest.raises(PayloadError, match=message) as caught:
+        parse(body if path == "whole" else _chunks(body, 3), batch_id=BATCH)
+    assert str(caught.value).startswith(f"batch {BATCH}, field ")
+    assert "secret" not in str(caught.value)
+    assert outcome(lambda: parse_batch_body(body, batch_id=BATCH)) == outcome(
+        lambda: parse_batch_stream([body], batch_id=BATCH)
+    )
+
+
+@pytest.mark.parametrize("path", ["whole", "streamed"])
+def test_nesting_up_to_the_limit_is_accepted_on_both_paths(path: str) -> None:
+    """A value nested exactly MAX_DEPTH levels deep (body included) is parsed on both paths."""
+    body = b'{"batch_params": {"id": "b1", "call_params": ' + b"[" * 1022 + b"]" * 1022 + b"}}"
+    if path == "whole":
+        parsed = parse_batch_body(body, batch_id=BATCH)
+    else:
+        parsed = parse_batch_stream(_chunks(body, 64), batch_id=BATCH)
+    assert isinstance(parsed.batch.call_params, list)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (rb"a\u0000b", "a\ufffdb"),
+        (rb"\ud800", "\ufffd"),
+        (rb"\uDFFF", "\ufffd"),
+        (rb"\ud83d\ude00", "\U0001f600"),
+        (rb"\ud800\ud800\udc00", "\ufffd\U00010000"),
+        (rb"\udc00\ud800", "\ufffd\ufffd"),
+        (rb"\\u0000", "\\u0000"),
+        (rb"\\\u0000", "\\\ufffd"),
+        (rb"\\\\ud800", "\\\\ud800"),
+        (rb"xD800\udc00", "xD800\ufffd"),
+        (rb"\\ud800\udc00", "\\ud800\ufffd"),
+    ],
+    ids=["nul", "lone-high", "lone-low", "pair", "high-then-pair", "low-then-high",
+         "escaped-backslash", "backslash-then-nul", "two-escaped-backslashes",
+         "low-after-text-like-a-high", "low-after-an-escaped-backslash-and-text-like-a-high"],
+)  # fmt: skip
+@pytest.mark.parametrize("chunk", [1, 5, 4096])
+def test_unstorable_escapes_become_replacement_characters(
+    text: bytes, expected: str, chunk: int
+) -> None:
+    """NUL and lone surrogate escapes become U+FFFD in values and keys, whole or streamed in any
+    chunking; pairs and escaped backslashes stay as they are."""
+    body = b'{"batch_params": {"id": "b1", "label": "' + text + b'", "call_params": {"'
+    body += text + b'": 1}}}'
+    for parsed in (
+        parse_batch_body(body, batch_id=BATCH),
+        parse_batch_stream(_chunks(body, chunk), batch_id=BATCH),
+    ):
+        assert parsed.batch.label == expected
+        assert parsed.batch.call_params == {expected: 1}
+
+
+@pytest.mark.parametrize("path", ["whole", "streamed"])
+def test_big_integers_and_edge_floats_keep_their_values(path: str) -> None:
+    """Integers beyond 64 bits keep every digit, floats are as orjson reads them, on both paths."""
+    body = (
+        b'{"batch_params": {"id": "b1", "call_params": [123456789012345678901234567890,'
+        b" -9223372036854775809, 18446744073709551615, 1e308, -0.0, 5e-324, 1E2, 1e-400, 0.1]}}"
+    )
+    if path == "whole":
+        parsed = parse_batch_body(body, batch_id=BATCH)
+    else:
+        parsed = parse_batch_stream(_chunks(body, 4), batch_id=BATCH)
+    values = parsed.batch.call_params
+    assert values == [123456789012345678901234567890, -(2**63) - 1, 2**64 - 1, 1e308, -0.0,
+                      5e-324, 100.0, 0.0, 0.1]  # fmt: skip
+    assert [type(v) for v in values] == [int] * 3 + [float] * 6
+    assert str(values[4]) == "-0.0"
+
+
+@pytest.mark.parametrize("path", ["whole", "streamed"])
+def test_leading_byte_order_mark_is_ignored(path: str) -> None:
+    """A body starting with a UTF-8 byte order mark parses as the same body without it."""
+    body = b'\xef\xbb\xbf{"batch_params": {"id": "b1", "label": "x"}}'
+    if path == "whole":
+        parsed = parse_batch_body(body, batch_id=BATCH)
+    else:
+        parsed = parse_batch_stream(_chunks(body, 1), batch_id=BATCH)
+    assert parsed.batch.label == "x"
+
+
+def test_duplicate_keys_keep_the_last_value_on_both_paths() -> None:
+    """A repeated key counts with its last value, call_data included, on both paths."""
+    body = (
+        b'{"batch_params": {"id": "b1", "label": "first", "label": "last"},'
+        b' "call_data": [{"call_id": "gone"}], "call_data": [{"call_id": "c1", "to": "1",'
+        b' "to": "2"}]}'
+    )
+    whole = parse_batch_body(body, batch_id=BATCH)
+    assert parse_batch_stream(_chunks(body, 3), batch_id=BATCH) == whole
+    assert whole.batch.label == "last"
+    assert [(c.call_id, c.to_number) for c in whole.calls or []] == [("c1", "2")]
 
 
 @pytest.mark.parametrize(
@@ -1267,3 +1482,42 @@ def test_unusual_but_clear_timestamps_are_understood(text: str, expected: dateti
     raw = minimal_payload()
     raw["batch_params"]["created_at"] = text
     assert parse(raw).batch.created_at == expected
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    pieces=st.lists(
+        st.sampled_from([b"\\", b"\\\\", b"u", b"\\u", b"d8", b"D", b"c0", b"0000", b"00", b"ff",
+                         b"\\ud800", b"\\udc00", b"\\u0000", b"x", b'"', b"7" * 9]),
+        max_size=40,
+    ),
+    chunk=st.integers(min_value=1, max_value=30),
+)  # fmt: skip
+def test_replacing_escapes_does_not_depend_on_the_chunking(pieces: list[bytes], chunk: int) -> None:
+    """Escapes are replaced in a streamed body exactly as in the whole body, however it is cut."""
+    from batchsync.payload import _UNSTORABLE_ESCAPE, _replace_unstorable, _replacement
+
+    body = b"".join(pieces)
+    whole = _UNSTORABLE_ESCAPE.sub(_replacement, body)  # what the whole-body path does
+    assert b"".join(_replace_unstorable(_chunks(body, chunk))) == whole
+    assert len(whole) == len(body)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    runs=st.lists(
+        st.tuples(st.sampled_from([b"x", b'"', b"-", b"."]), st.integers(0, 4303)), max_size=4
+    ),
+    chunk=st.sampled_from([1, 7, 100, 4300, 4301, 65536]),
+)
+def test_cutting_long_digit_runs_does_not_depend_on_the_chunking(
+    runs: list[tuple[bytes, int]], chunk: int
+) -> None:
+    """Runs of more than 4300 digits are found and cut alike, however the body is cut."""
+    from batchsync.payload import _DigitRuns
+
+    body = b"".join(sep + b"7" * length for sep, length in runs)
+    whole, streamed = _DigitRuns(), _DigitRuns()
+    expected = b"".join(whole.cut([body]))
+    assert b"".join(streamed.cut(_chunks(body, chunk))) == expected
+    assert streamed.found == whole.found == any(length > 4300 for _, length in runs)

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Engine, text
+import httpx
+import pytest
+from sqlalchemy import Engine, select, text
 
-from batchsync.payload import ParsedBatch, parse_batch
+from batchsync.client import BlandClient
+from batchsync.config import load_api, load_database
+from batchsync.db import create_db_engine, upgrade
+from batchsync.payload import ParsedBatch, parse_batch, parse_batch_body
 from batchsync.store import (
+    BATCHES,
+    CALLS,
+    ERRORS,
+    TRANSCRIPTS,
     Fingerprint,
     TableChanges,
     lock_batch,
@@ -16,6 +26,8 @@ from batchsync.store import (
     stored_fingerprint,
     write_batch,
 )
+from batchsync.sync import SyncOptions, run_sync
+from tests.conftest import EMULATOR_URL
 
 PRINT = Fingerprint("h", "calls,transcripts,analysis", "keep")
 
@@ -218,3 +230,228 @@ def test_purge_before_a_date_spares_newer_batches(engine: Engine) -> None:
     write(engine, parse(payload()))  # created 2025-03-01 08:00 UTC
     assert purge(engine, before=datetime(2025, 3, 1, 8, tzinfo=UTC))["batches"] == 0
     assert purge(engine, before=datetime(2025, 3, 1, 8, 1, tzinfo=UTC))["batches"] == 1
+
+
+def lines_by_call(engine: Engine) -> dict[str, list[tuple[int, str, str]]]:
+    """Every stored transcript line, grouped by call: (line_id, batch_id, text)."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text("select call_id, line_id, batch_id, text from call_transcripts order by 1, 2")
+        ).all()
+    grouped: dict[str, list[tuple[int, str, str]]] = {}
+    for call_id, line_id, batch_id, line_text in rows:
+        grouped.setdefault(call_id, []).append((line_id, batch_id, line_text))
+    return grouped
+
+
+def write_b2(engine: Engine, raw: dict, *, transcripts: bool = True) -> dict:  # type: ignore[type-arg]
+    raw["batch_params"]["id"] = "b2"
+    parsed = parse_batch(raw, batch_id="b2", transcripts_requested=transcripts)
+    with engine.begin() as connection:
+        lock_batch(connection, "b2")
+        return write_batch(connection, parsed, run_id=2, synced_at=T0, fingerprint=PRINT)
+
+
+def moved_call(line_ids: list[int]) -> dict:  # type: ignore[type-arg]
+    """A batch b2 whose one call is b1's call c1, with the given transcript line ids."""
+    raw = payload(calls=0)
+    raw["call_data"] = [
+        {"c_id": "c1", "transcripts": [{"id": i, "text": f"b2 line {i}"} for i in line_ids]}
+    ]
+    return raw
+
+
+def test_moved_call_keeps_only_the_new_batchs_lines_when_ids_differ(engine: Engine) -> None:
+    """A call moved to a batch whose lines have new ids loses every line of its old batch."""
+    write(engine, parse(payload()))  # c1 holds lines 100 and 101 under b1
+    changes = write_b2(engine, moved_call([500]))
+    assert lines_by_call(engine)["c1"] == [(500, "b2", "b2 line 500")]
+    assert changes["call_transcripts"].deleted == 2
+
+
+def test_moved_call_keeps_only_the_new_batchs_lines_when_ids_overlap(engine: Engine) -> None:
+    """A call moved with some of its old line ids keeps those, rewritten, and loses the rest."""
+    write(engine, parse(payload()))
+    write_b2(engine, moved_call([101, 102]))
+    assert lines_by_call(engine)["c1"] == [(101, "b2", "b2 line 101"), (102, "b2", "b2 line 102")]
+
+
+def test_moved_call_without_lines_in_the_new_batch_keeps_none(engine: Engine) -> None:
+    """A call moved to a batch whose response gives it no lines keeps no line of the old one."""
+    write(engine, parse(payload()))
+    write_b2(engine, moved_call([]))
+    assert "c1" not in lines_by_call(engine)
+
+
+def test_moved_call_loses_old_lines_when_transcripts_were_not_requested(engine: Engine) -> None:
+    """Without transcripts for the new batch, a moved call keeps no line of its old batch,
+    while the new batch's own calls keep the lines an earlier sync stored for them."""
+    write(engine, parse(payload()))  # b1: c0, c1, c2
+    raw = payload(calls=0)
+    raw["call_data"] = [{"c_id": "d0", "transcripts": [{"id": 900, "text": "own"}]}]
+    write_b2(engine, raw)  # b2: d0 with its own line
+    raw["call_data"] = [{"c_id": "d0"}, {"c_id": "c1"}]
+    write_b2(engine, raw, transcripts=False)
+    lines = lines_by_call(engine)
+    assert "c1" not in lines
+    assert lines["d0"] == [(900, "b2", "own")]
+    assert lines["c0"] == [(0, "b1", "line 0"), (1, "b1", "line 1")]
+
+
+def test_lines_of_calls_that_stay_are_untouched_by_another_batchs_move(engine: Engine) -> None:
+    """Only the moved call's lines go: the old batch's other calls keep theirs."""
+    write(engine, parse(payload()))
+    write_b2(engine, moved_call([500]))
+    lines = lines_by_call(engine)
+    assert [line_id for line_id, _, _ in lines["c2"]] == [200, 201]
+    assert all(batch_id == "b1" for _, batch_id, _ in lines["c2"])
+
+
+# -- every value stored exactly, the same on both databases ------------------------------------
+
+# A body full of values that are hard to store: integers beyond 64 bits, NUL characters and
+# lone UTF-16 surrogates in text, JSON values and JSON keys, floats at the edges of the range.
+ODD_BODY = rb"""{
+  "status": "completed",
+  "batch_params": {
+    "id": "odd",
+    "label": "nul \u0000 here",
+    "base_prompt": "lone high \ud800 and low \udfff, a pair \ud83d\ude00, an escaped \\u0000",
+    "call_params": {
+      "big": 123456789012345678901234567890,
+      "negative": -98765432109876543210987,
+      "u64": 18446744073709551615,
+      "key with nul \u0000": "value with lone \udc00",
+      "floats": [1e308, -0.0, 5e-324, 1.5e-7, 1e16, 0.1, 12345.0]
+    }
+  },
+  "analysis": {"total_calls": 1, "error_messages": ["failed \u0000 \ud800"],
+               "call_lengths": {"summary": {"\udc00": 99999999999999999999}}},
+  "call_data": [
+    {
+      "call_id": "call \u0000 one",
+      "to": "+1555\ud800",
+      "call_length": -0.0,
+      "max_duration": 1e308,
+      "corrected_duration": -2147483648,
+      "request_data": {"\ud83d\ude00": "pair kept",
+                       "lone \ud83d": -170141183460469231731687303715884105728},
+      "price": 340282366920938463463374607431768211456,
+      "note \u0000": ["\u0000", "\ud800\ud800\udc00"],
+      "transcripts": [{"id": 9007199254740993, "user": "user", "text": "say \u0000 and \udfff"}]
+    }
+  ]
+}"""
+
+BIG = 123456789012345678901234567890
+FFFD = "\ufffd"
+
+
+def odd_transport(emulator: Any, *, streamed: bool) -> httpx.MockTransport:
+    """The emulator, except that batch "odd" answers ODD_BODY, whole or chunked."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path != "/v1/batches/odd":
+            return emulator.handle(request)  # type: ignore[no-any-return]
+        if streamed:  # no Content-Length: the streaming parser, 7 bytes at a time
+            chunks = [ODD_BODY[i : i + 7] for i in range(0, len(ODD_BODY), 7)]
+            return httpx.Response(200, content=iter(chunks))
+        return httpx.Response(200, content=ODD_BODY)
+
+    return httpx.MockTransport(handler)
+
+
+def sync_odd(database_url: str, emulator: Any, *, streamed: bool) -> dict[str, list[Any]]:
+    """Sync ODD_BODY into a fresh database; every data row, bookkeeping left out."""
+    engine = create_db_engine(load_database(database_url))
+    try:
+        upgrade(engine)
+        api = load_api(EMULATOR_URL, emulator.api_key)
+        with BlandClient(api, transport=odd_transport(emulator, streamed=streamed)) as client:
+            result = run_sync(engine, client, SyncOptions(batch_ids=("odd",)))
+        assert result.status == "succeeded", result.outcomes
+        rows: dict[str, list[Any]] = {}
+        with engine.connect() as connection:
+            for table in (BATCHES, CALLS.table, TRANSCRIPTS.table, ERRORS.table):
+                columns = [c for c in table.columns if c.name not in ("synced_at", "sync_run_id")]
+                rows[str(table.name)] = [r._asdict() for r in connection.execute(select(*columns))]
+        return rows
+    finally:
+        engine.dispose()
+
+
+def exactly(value: Any) -> Any:
+    """A value with its type at every level, floats by repr (-0.0 is not 0.0), keys in order."""
+    if isinstance(value, float):
+        return ("float", repr(value))
+    if isinstance(value, dict):
+        return ("dict", sorted((key, exactly(item)) for key, item in value.items()))
+    if isinstance(value, list):
+        return ("list", [exactly(item) for item in value])
+    return (type(value).__name__, value)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_odd_values_are_stored_alike_on_sqlite_and_postgresql(
+    sqlite_url: str, postgres_url: str, emulator: Any, streamed: bool
+) -> None:
+    """One body full of huge integers, NULs and lone surrogates reads back value by value the
+    same from SQLite and PostgreSQL, whether it was parsed whole or as it streamed in."""
+    on_sqlite = sync_odd(sqlite_url, emulator, streamed=streamed)
+    on_postgres = sync_odd(postgres_url, emulator, streamed=streamed)
+    for table, rows in on_sqlite.items():
+        assert len(rows) == len(on_postgres[table]) == 1
+        for column, value in rows[0].items():
+            other = on_postgres[table][0][column]
+            assert exactly(value) == exactly(other), f"{table}.{column}"
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_odd_values_keep_every_digit_and_replace_unstorable_text(
+    database_url: str, emulator: Any, streamed: bool
+) -> None:
+    """Integers of any size keep every digit; NUL and lone surrogates become U+FFFD in text,
+    JSON values and JSON keys; a valid surrogate pair and an escaped backslash stay."""
+    rows = sync_odd(database_url, emulator, streamed=streamed)
+    batch, call, line = rows["batches"][0], rows["calls"][0], rows["call_transcripts"][0]
+    assert batch["label"] == f"nul {FFFD} here"
+    assert batch["base_prompt"] == (
+        f"lone high {FFFD} and low {FFFD}, a pair \U0001f600, an escaped \\u0000"
+    )
+    assert batch["call_params"] == {
+        "big": BIG,
+        "negative": -98765432109876543210987,
+        "u64": 2**64 - 1,
+        f"key with nul {FFFD}": f"value with lone {FFFD}",
+        # jsonb keeps numbers as decimals: whole floats from 1e16 read back as ints, -0.0 as 0.0
+        "floats": [10**308, 0.0, 5e-324, 1.5e-7, 10**16, 0.1, 12345.0],
+    }
+    assert batch["call_length_summary"] == {FFFD: 99999999999999999999}
+    assert rows["errors"][0]["error_message"] == f"failed {FFFD} {FFFD}"
+    assert call["call_id"] == f"call {FFFD} one"
+    assert (repr(call["call_length"]), call["max_duration"]) == ("0.0", 1e308)
+    assert call["corrected_duration"] == -2147483648
+    assert call["to_number"] == f"+1555{FFFD}"
+    assert call["request_data"] == {
+        "\U0001f600": "pair kept",
+        f"lone {FFFD}": -(2**127),
+    }
+    assert call["extra"] == {
+        "price": 2**128,
+        f"note {FFFD}": [FFFD, f"{FFFD}\U00010000"],
+    }
+    assert line["line_id"] == 9007199254740993
+    assert line["text"] == f"say {FFFD} and {FFFD}"
+
+
+def test_rewriting_odd_values_changes_nothing(engine: Engine) -> None:
+    """Huge integers, replaced characters and edge floats compare equal to themselves when the
+    same batch is written again (staged upsert on PostgreSQL, text compare on SQLite)."""
+    parsed = parse_batch_body(ODD_BODY, batch_id="odd")
+    for run_id in (1, 2):
+        with engine.begin() as connection:
+            lock_batch(connection, "odd")
+            changes = write_batch(
+                connection, parsed, run_id=run_id, synced_at=T0, fingerprint=PRINT
+            )
+    assert all(change == TableChanges() for change in changes.values()), changes

@@ -663,3 +663,34 @@ def test_run_result_as_json_sums_changes_per_table_and_names_failures(
     assert summary["failed"][0]["batch_id"] == "missing-batch"
     assert summary["tables"]["calls"]["inserted"] == len(emulator.raw_batch(first)["call_data"])
     assert summary["finished_at"] is not None
+
+
+@pytest.mark.parametrize("transcripts", [True, False], ids=["transcripts", "no-transcripts"])
+def test_call_moved_to_a_new_batch_keeps_only_its_new_lines_though_the_old_is_skipped(
+    engine: Engine, client: BlandClient, emulator: Emulator, transcripts: bool
+) -> None:
+    """A call that reappears in a new batch ends with exactly the new response's lines (none
+    without transcripts), though its old, completed batch is skipped and never re-synced."""
+    sync_all(engine, client)
+    old_id = emulator.batch_ids()[1]  # completed: skipped by the next run
+    raw = emulator.raw_batch(old_id)
+    moved = next(c for c in raw["call_data"] if c.get("transcripts"))
+    moved["transcripts"] = [{"id": 987654321, "user": "user", "text": "only this line"}]
+    raw["batch_params"]["id"] = raw["batch_params"]["batch_id"] = "moved-here"
+    raw["call_data"] = [moved]
+    emulator.put_batch(raw)
+
+    result = sync_all(engine, client, parts=Parts(transcripts=transcripts))
+
+    assert {o.batch_id: o.status for o in result.outcomes}.get(old_id, runs.SKIPPED) == runs.SKIPPED
+    with engine.connect() as connection:
+        lines = connection.execute(
+            text("select line_id, batch_id, text from call_transcripts where call_id = :c"),
+            {"c": call_id_of(moved)},
+        ).all()
+        owner = connection.execute(
+            text("select batch_id from calls where call_id = :c"), {"c": call_id_of(moved)}
+        ).scalar_one()
+    assert owner == "moved-here"
+    expected = [(987654321, "moved-here", "only this line")] if transcripts else []
+    assert [tuple(line) for line in lines] == expected
