@@ -982,7 +982,7 @@ def test_purge_on_a_terminal_asks_first(
 
 def test_sqlite_file_in_a_folder_that_cannot_be_created_exits_4() -> None:
     """A SQLite path whose folder cannot be made is an unusable database (4), not a bug."""
-    result = run("runs", "--database-url", "sqlite:////proc/no-such-folder/batchsync.db")
+    result = run("db", "upgrade", "--database-url", "sqlite:////proc/no-such-folder/batchsync.db")
     assert result.exit_code == EXIT_DATABASE
     assert "cannot create the folder" in result.stderr
 
