@@ -60,7 +60,7 @@ from batchsync.errors import (
     PayloadError,
 )
 from batchsync.models import Base
-from batchsync.privacy import PhoneMode, PhonePolicy, load_phone_policy
+from batchsync.privacy import PhoneMode, PhonePolicy, load_phone_policy, stores_numbers_in_clear
 from batchsync.store import purge_batches, stored_phone_policies
 from batchsync.sync import RunResult, Shard, SyncEvents, SyncOptions, run_sync
 
@@ -434,6 +434,14 @@ def _utc_date_option(name: str, help_text: str) -> Callable[[F], F]:
     "numbers in clear over batches stored hashed or dropped.",
 )
 @click.option(
+    "--redact-transcripts",
+    is_flag=True,
+    envvar="BATCHSYNC_REDACT_TRANSCRIPTS",
+    show_envvar=True,
+    help="Mask phone numbers and e-mail addresses written in transcript lines and call "
+    "summaries, by pattern (best effort).",
+)
+@click.option(
     "--dry-run",
     is_flag=True,
     help="Fetch and validate; report what would be inserted, updated and deleted; write nothing.",
@@ -457,6 +465,7 @@ def sync(
     concurrency: int,
     max_requests_per_second: float | None,
     phone_numbers: str,
+    redact_transcripts: bool,
     dry_run: bool,
     migrate: bool,
     as_json: bool,
@@ -490,7 +499,7 @@ def sync(
     api = load_api(base_url, api_key, timeout)
     settings, engine = _open_database(database_url)
     _ensure_schema(engine, migrate)
-    phones = load_phone_policy(phone_numbers)
+    phones = load_phone_policy(phone_numbers, redact_transcripts=redact_transcripts)
     if ctx.get_parameter_source("phone_numbers") == click.core.ParameterSource.DEFAULT:
         _refuse_clear_numbers_over_protected(engine, phones)
     options = SyncOptions(
@@ -522,9 +531,9 @@ def _refuse_clear_numbers_over_protected(engine: Engine, phones: PhonePolicy) ->
     """Stop a run that, only by leaving --phone-numbers unset, would un-hash stored numbers."""
     if phones.mode is not PhoneMode.KEEP:
         return
-    protected = stored_phone_policies(engine) - {PhoneMode.KEEP.value}
+    protected = {tag for tag in stored_phone_policies(engine) if not stores_numbers_in_clear(tag)}
     if protected:
-        modes = ", ".join(sorted(tag.partition(":")[0] for tag in protected))
+        modes = ", ".join(sorted({tag.replace(";", ":").partition(":")[0] for tag in protected}))
         raise ConfigError(
             f"batches in this database were stored with --phone-numbers {modes}; this run "
             "would store their numbers in clear. Set --phone-numbers (or "
