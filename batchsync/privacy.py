@@ -27,6 +27,7 @@ and ``+15551230001`` are one number with one hash.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -43,8 +44,11 @@ from batchsync.payload import CallRecord, ErrorRecord, ParsedBatch, TranscriptLi
 _NUMBER_IN_TEXT = re.compile(r"(?<![\w+])\+?\d[\d\s().\-/]{5,}\d(?!\w)")
 # E-mail addresses inside free text (redact_transcripts only).
 _EMAIL_IN_TEXT = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")
-# Separators people and APIs write between a number's digits.
-_SEPARATORS = r"[\s().\-/]*"
+_WRITTEN_NUMBER = re.compile(r"\+?[\d\s().\-/]+")
+_NOT_DIGIT = re.compile(r"\D")
+_KEY_SEPARATORS = re.compile(r"[\s_.\-]")
+# A run of digits and the separators written between them, where a known number may hide.
+_DIGIT_RUN = re.compile(r"(?<!\d)\+?\d[\d\s().\-/]*\d(?!\d)")
 
 # Keys whose value is a phone number, compared lower-case with "_", "-", " " and "." removed.
 # Any key containing "phone" counts too (phone, phone_number, PhoneNumber, mobile_phone...).
@@ -68,9 +72,10 @@ class PhoneMode(StrEnum):
     DROP = "drop"
 
 
+@functools.lru_cache(maxsize=4096)  # the same few keys come back in every call
 def names_a_phone_number(key: str) -> bool:
     """Whether a JSON key names a phone number: it contains "phone", or is in PHONE_KEYS."""
-    folded = re.sub(r"[\s_.\-]", "", key.lower())
+    folded = _KEY_SEPARATORS.sub("", key.lower())
     return "phone" in folded or folded in PHONE_KEYS
 
 
@@ -84,9 +89,9 @@ def normalize_number(value: str) -> str | None:
     number.
     """
     text = value.strip()
-    if not text or not re.fullmatch(r"\+?[\d\s().\-/]+", text):
+    if not text or not _WRITTEN_NUMBER.fullmatch(text):
         return None
-    digits = re.sub(r"\D", "", text)
+    digits = _NOT_DIGIT.sub("", text)
     if not text.startswith("+"):
         if digits.startswith("00"):
             digits = digits[2:]
@@ -198,18 +203,25 @@ class _Mask:
 
     def __init__(self, policy: PhonePolicy, numbers: Iterable[str]) -> None:
         self.policy = policy
-        self.numbers = sorted({n for n in map(normalize_number, numbers) if n})
-        self._pattern = _any_written_form(self.numbers)
+        self.numbers = {n for n in map(normalize_number, numbers) if n}
+        self._needles = _digit_forms(self.numbers)
 
     @property
     def active(self) -> bool:
         return self.policy.mode is not PhoneMode.KEEP
 
     def text(self, value: str | None) -> str | None:
-        """``value`` with the known numbers, however written, masked."""
-        if value is None or not self.active or self._pattern is None:
+        """``value`` with each run of digits that holds a known number, however written, masked."""
+        if value is None or not self.active or not self._needles:
             return value
-        return self._pattern.sub(lambda m: self.policy.placeholder(m.group()), value)
+        return _DIGIT_RUN.sub(self._masked_run, value)
+
+    def _masked_run(self, match: re.Match[str]) -> str:
+        run = match.group()
+        digits = _NOT_DIGIT.sub("", run)
+        if any(needle in digits for needle in self._needles):
+            return self.policy.placeholder(run)
+        return run
 
     def free_text(self, value: str | None) -> str | None:
         """Transcript text: known numbers masked, and with redaction any number or e-mail."""
@@ -255,22 +267,18 @@ class _Mask:
         return candidate
 
 
-def _any_written_form(numbers: list[str]) -> re.Pattern[str] | None:
-    """A pattern matching each number however written: separators; +, 00 or nothing before
-    the country code; national forms (no +1 for North America, a trunk 0 elsewhere)."""
-    forms = []
+def _digit_forms(numbers: Iterable[str]) -> frozenset[str]:
+    """The digits each number is written with: with its country code, and in national form
+    (without the 1 in North America, with a trunk 0 elsewhere, whatever the code's length)."""
+    forms = set()
     for number in numbers:
         digits = number[1:]
+        forms.add(digits)
         if len(digits) == 11 and digits.startswith("1"):
-            national = [digits[1:]]  # written without its +1
-        else:  # written with a trunk 0 for the country code, whichever length it has
-            national = ["0" + digits[k:] for k in (1, 2, 3) if len(digits) - k >= 6]
-        alternatives = [f"(?:\\+|00)?{_SEPARATORS.join(digits)}"]
-        alternatives += [_SEPARATORS.join(form) for form in national]
-        forms.append("(?:" + "|".join(alternatives) + ")")
-    if not forms:
-        return None
-    return re.compile(r"(?<!\d)(?:" + "|".join(forms) + r")(?!\d)")
+            forms.add(digits[1:])
+        else:
+            forms.update("0" + digits[k:] for k in (1, 2, 3) if len(digits) - k >= 6)
+    return frozenset(forms)
 
 
 def _numbers_under_phone_keys(value: Any, under_phone_key: bool = False) -> list[str]:
