@@ -698,3 +698,33 @@ def test_privacy_page_environment_variables_match_the_cli() -> None:
         assert options[named[0]].envvar == variable, (variable, named[0])
     for option in re.findall(r"`(--[\w-]+)` has no environment variable", page):
         assert not options[option].envvar, f"privacy.md says {option} has no variable"
+
+
+def cli_options_by_variable() -> dict[str, set[str]]:
+    """Each environment variable an option reads, with the option's names."""
+    found: dict[str, set[str]] = {}
+    stack: list[click.Command] = [cli]
+    while stack:
+        command = stack.pop()
+        for param in command.params:
+            envvars = param.envvar if isinstance(param.envvar, list | tuple) else [param.envvar]
+            for name in filter(None, envvars):
+                found.setdefault(name, set()).update(param.opts)
+        if isinstance(command, click.Group):
+            stack.extend(command.commands.values())
+    return found
+
+
+@pytest.mark.parametrize("page", [ROOT / "README.md", DOCS / "README.md"], ids=["README", "docs"])
+def test_environment_tables_pair_each_variable_with_its_option(page: Path) -> None:
+    """Each row of an environment-variable table names the option that reads that variable."""
+    options = cli_options_by_variable()
+    rows = re.findall(r"^\| `([A-Z_]+)` \| ([^|]*) \|", page.read_text(), re.MULTILINE)
+    assert rows
+    for variable, option in rows:
+        if variable == ENV_PHONE_HASH_KEY:
+            assert option.strip() == "none"
+            continue
+        named = set(re.findall(r"--[\w-]+", option.split("/")[0]))
+        assert named, (variable, option)
+        assert named <= options.get(variable, set()), (variable, option)
