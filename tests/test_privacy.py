@@ -195,6 +195,7 @@ def table_texts(database_url: str) -> dict[str, str]:
     return texts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("redact", [False, True], ids=["as-said", "redact-transcripts"])
 @pytest.mark.parametrize("mode", ["keep", "hash", "drop"])
 def test_no_raw_number_is_written_anywhere_under_hash_or_drop(
