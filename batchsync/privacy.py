@@ -38,7 +38,7 @@ from typing import Any
 
 from batchsync.config import ENV_PHONE_HASH_KEY, Secret, env, register_secret
 from batchsync.errors import ConfigError
-from batchsync.payload import CallRecord, ErrorRecord, ParsedBatch, TranscriptLineRecord
+from batchsync.payload import CallRecord, ParsedBatch, TranscriptLineRecord
 
 # Phone-number-looking runs inside free text ("Cannot transfer to +1 (222) 333-4444 - ...").
 _NUMBER_IN_TEXT = re.compile(r"(?<![\w+])\+?\d[\d\s().\-/]{5,}\d(?!\w)")
@@ -179,16 +179,21 @@ def apply_phone_policy(parsed: ParsedBatch, policy: PhonePolicy) -> ParsedBatch:
         ]
     if policy.mode is PhoneMode.KEEP:
         return parsed._replace(calls=calls, transcripts=transcripts)
-    errors = None
-    if parsed.errors is not None:
-        errors = [
-            ErrorRecord(e.batch_id, e.position, e.call_id, policy.text(e.error_message) or "")
-            for e in parsed.errors
-        ]
     batch = parsed.batch
     numbers = [n for mask in masks.values() for n in mask.numbers]
     numbers += _numbers_under_phone_keys(batch.call_params) + _numbers_under_phone_keys(batch.extra)
     batch_mask = _Mask(policy, numbers)
+    errors = None
+    if parsed.errors is not None:
+        errors = [
+            e._replace(
+                error_message=policy.text(
+                    masks.get(e.call_id or "", batch_mask).text(e.error_message)
+                )
+                or ""
+            )
+            for e in parsed.errors
+        ]
     batch = batch._replace(
         label=batch_mask.text(batch.label),
         base_prompt=batch_mask.text(batch.base_prompt),
@@ -246,7 +251,7 @@ class _Mask:
         if isinstance(value, bool) or value is None:
             return value
         if under_phone_key and isinstance(value, str | int | float):
-            return self.policy.number(str(value))
+            return self.policy.number(_as_text(value))
         if isinstance(value, str):
             if normalize_number(value) in self.numbers:
                 return self.policy.number(value)
@@ -293,9 +298,16 @@ def _numbers_under_phone_keys(value: Any, under_phone_key: bool = False) -> list
     elif isinstance(value, list):
         for item in value:
             found += _numbers_under_phone_keys(item, under_phone_key)
-    elif under_phone_key and isinstance(value, str | int) and not isinstance(value, bool):
-        found.append(str(value))
+    elif under_phone_key and isinstance(value, str | int | float) and not isinstance(value, bool):
+        found.append(_as_text(value))
     return found
+
+
+def _as_text(value: str | float) -> str:
+    """A number sent as a JSON number, as its digits (442079460958.0 -> "442079460958")."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _numbers_of_call(call: CallRecord) -> list[str]:

@@ -335,3 +335,17 @@ def test_redacting_runs_at_the_default_policy_are_not_refused(database_url: str)
         again = runner.invoke(cli, ["sync", "--all", "--refresh"], env=env)
     assert first.exit_code == 0, first.output
     assert again.exit_code == 0, again.output
+
+
+def test_numbers_sent_as_json_numbers_or_glued_to_words_are_masked() -> None:
+    """A number sent as a JSON float hashes like its text; one glued to a word is still found."""
+    raw = raw_batch()
+    raw["call_data"][0]["metadata"] = {"PhoneNumber": 15551230001.0}
+    raw["analysis"]["error_messages"].append("retry for id15551230001 failed")
+    parsed = apply_phone_policy(parse_batch(raw, batch_id="b1"), HASH)
+    assert parsed.calls is not None
+    assert parsed.errors is not None
+    extra = parsed.calls[0].extra
+    assert extra is not None
+    assert extra["metadata"]["PhoneNumber"] == HASH.number("+15551230001")
+    assert raw_numbers_in(parsed.errors[-1].error_message, ["+15551230001"]) == []
