@@ -29,7 +29,13 @@ import pytest
 
 from batchsync import cli as cli_module
 from batchsync.cli import cli
-from batchsync.config import ENV_PHONE_HASH_KEY
+from batchsync.config import (
+    DEFAULT_BASE_URL,
+    DEFAULT_DATABASE_URL,
+    ENV_BASE_URL,
+    ENV_DATABASE_URL,
+    ENV_PHONE_HASH_KEY,
+)
 from batchsync.emulator import Emulator
 from batchsync.errors import ConfigError
 from batchsync.sync import Shard
@@ -728,3 +734,70 @@ def test_environment_tables_pair_each_variable_with_its_option(page: Path) -> No
         named = set(re.findall(r"--[\w-]+", option.split("/")[0]))
         assert named, (variable, option)
         assert named <= options.get(variable, set()), (variable, option)
+
+
+def environment_table_rows() -> list[tuple[str, str, str, str]]:
+    text = (DOCS / "README.md").read_text()
+    section = text.split("## Environment variables", 1)[1].split("\n## ", 1)[0]
+    return re.findall(
+        r"^\| `([A-Z_]+)` \| ([^|]*) \| ([^|]*) \| ([^|]*) \|$", section, re.MULTILINE
+    )
+
+
+def commands_reading(variable: str) -> set[str]:
+    """The commands (by path, "" for the top level) with an option that reads ``variable``."""
+    found: set[str] = set()
+    stack: list[tuple[str, click.Command]] = [("", cli)]
+    while stack:
+        path, command = stack.pop()
+        if any(param.envvar == variable for param in command.params):
+            found.add(path)
+        if isinstance(command, click.Group):
+            stack.extend((f"{path} {name}".strip(), sub) for name, sub in command.commands.items())
+    return found
+
+
+ENV_ROWS = environment_table_rows()
+
+
+@pytest.mark.parametrize("row", ENV_ROWS, ids=[row[0] for row in ENV_ROWS])
+def test_environment_table_defaults_and_readers_are_true(row: tuple[str, str, str, str]) -> None:
+    """docs/README.md gives each variable's real default and the commands that read it."""
+    variable, _option, default, readers = row
+    if variable == ENV_PHONE_HASH_KEY:
+        return  # read by the phone policy of `sync`, not by an option
+    reading = commands_reading(variable)
+    documented = set(re.findall(r"`([\w ]+)`", readers))
+    if readers.strip() == "every command":
+        assert reading == {""}, variable  # an option of the top level, accepted after any command
+    else:
+        for name in documented:
+            assert any(path == name or path.startswith(f"{name} ") for path in reading), name
+        assert {path.split()[0] for path in reading} == documented, variable
+    param = next(
+        p
+        for path in reading
+        for p in (cli if not path else _command(path)).params
+        if p.envvar == variable
+    )
+    shown = re.match(r"`([^`]+)`", default.strip())
+    value = FALLBACKS.get(variable) or param.get_default(click.Context(cli), call=True)
+    if shown:
+        value = int(value) if isinstance(value, float) and value.is_integer() else value
+        assert str(value).lower() == shown.group(1), variable
+    else:
+        assert default.startswith("none"), variable
+        # click 8.2 marks "no default" with a sentinel of its own rather than None.
+        assert value is None or repr(value) == "Sentinel.UNSET", (variable, value)
+
+
+# Defaults that the settings supply when the option and the variable are both unset.
+FALLBACKS = {ENV_BASE_URL: DEFAULT_BASE_URL, ENV_DATABASE_URL: DEFAULT_DATABASE_URL}
+
+
+def _command(path: str) -> click.Command:
+    command: click.Command = cli
+    for name in path.split():
+        assert isinstance(command, click.Group)
+        command = command.commands[name]
+    return command
