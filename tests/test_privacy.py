@@ -204,7 +204,7 @@ def test_no_raw_number_is_written_anywhere_under_hash_or_drop(
     """hash/drop leave no written form of any number in any table or output; keep only in data."""
     emulator = Emulator(seed=5, batches=2, calls_per_batch=6, api_key="sk-privacy-scan")
     numbers = planted_payloads(emulator)
-    args = ["-v", "sync", "--all", "--migrate", "--json", "--phone-numbers", mode]
+    args = ["-vv", "sync", "--all", "--migrate", "--json", "--phone-numbers", mode]
     if redact:
         args.append("--redact-transcripts")
     with emulator.serve() as server:
