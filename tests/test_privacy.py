@@ -11,15 +11,16 @@ import subprocess
 import sys
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, inspect, text
 
 from batchsync import runs
 from batchsync.cli import cli
-from batchsync.client import BlandClient
-from batchsync.config import Secret, load_database
-from batchsync.db import create_db_engine
+from batchsync.client import BlandClient, RetryPolicy
+from batchsync.config import Secret, load_api, load_database
+from batchsync.db import create_db_engine, upgrade
 from batchsync.emulator import Emulator
 from batchsync.errors import ConfigError, PayloadError
 from batchsync.payload import parse_batch
@@ -359,3 +360,32 @@ def test_numbers_sent_as_json_numbers_or_glued_to_words_are_masked() -> None:
     assert extra is not None
     assert extra["metadata"]["PhoneNumber"] == HASH.number("+15551230001")
     assert raw_numbers_in(parsed.errors[-1].error_message, ["+15551230001"]) == []
+
+
+def test_api_error_quoting_a_number_is_recorded_masked_under_hash(
+    database_url: str,
+) -> None:
+    """A 4xx body that quotes a phone number reaches no error column, log or summary in clear."""
+    emulator = Emulator(seed=5, batches=1, calls_per_batch=2, api_key="sk-privacy-errors")
+    batch_id = emulator.batch_ids()[0]
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/v1/batches/"):
+            return httpx.Response(422, json={"message": "cannot dial +1 555-123-0001 today"})
+        return emulator.handle(request)
+
+    engine = create_db_engine(load_database(database_url))
+    upgrade(engine)
+    policy = PhonePolicy(PhoneMode.HASH, KEY)
+    with BlandClient(
+        load_api("http://bland-emulator.local", emulator.api_key),
+        transport=httpx.MockTransport(refuse),
+        retry=RetryPolicy(attempts=1),
+    ) as client:
+        result = run_sync(engine, client, SyncOptions(batch_ids=(batch_id,), phones=policy))
+    engine.dispose()
+    assert [o.status for o in result.outcomes] == ["failed"]
+    assert "cannot dial [phone:" in (result.outcomes[0].error or "")
+    ledger = table_texts(database_url)["sync_run_batches"]
+    assert raw_numbers_in(ledger, ["+15551230001"]) == []
+    assert "cannot dial [phone:" in ledger
