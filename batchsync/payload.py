@@ -108,6 +108,20 @@ class ParsedBatch(NamedTuple):
     transcripts: list[TranscriptLineRecord] | None
 
 
+# Receives a batch's calls a chunk at a time while its body is parsed: the calls, their
+# transcript lines (None when transcripts were not requested) and the ids of the calls of
+# the chunk that an earlier chunk already held (the later copy wins, lines included).
+CallsSink = Callable[[list[CallRecord], list["TranscriptLineRecord"] | None, frozenset[str]], None]
+# Calls per chunk handed to a CallsSink: enough to keep the writes efficient, few enough
+# that a chunk's records take a few tens of MB at most.
+CHUNK_CALLS = 5000
+
+
+class CallDataRepeated(Exception):
+    """The body holds ``call_data`` twice, the second after calls of the first were handed
+    to the sink: the last list counts, so the caller must start over without chunks."""
+
+
 class BatchSummary(NamedTuple):
     """One entry of the batch list (discovery)."""
 
@@ -351,7 +365,12 @@ class _DigitRuns:
 
 
 def parse_batch_stream(
-    chunks: Iterable[bytes], *, batch_id: str, transcripts_requested: bool = True
+    chunks: Iterable[bytes],
+    *,
+    batch_id: str,
+    transcripts_requested: bool = True,
+    on_calls: CallsSink | None = None,
+    chunk_size: int = CHUNK_CALLS,
 ) -> ParsedBatch:
     """Parse a ``GET /v1/batches/{id}`` body as it arrives, one call at a time.
 
@@ -359,6 +378,13 @@ def parse_batch_stream(
     whole decoded body never exists at once, only the records and one call at a time.
     A call that cannot be parsed is reported only once the rest of the body proved to be
     JSON, and after any fault of ``batch_params``, as :func:`parse_batch` reports them.
+
+    With ``on_calls``, the calls are handed to it ``chunk_size`` at a time as they are
+    parsed, the last chunk once the whole body proved valid, and the batch returned holds
+    none (its ``calls`` is empty, or None if the body had no ``call_data``). A body found
+    faulty after some chunks still raises its PayloadError: the caller undoes what it did
+    with them. What ``on_calls`` raises propagates as it is; CallDataRepeated asks the
+    caller to parse again without ``on_calls``.
     """
     digit_runs = _DigitRuns()
     reader = _ChunkReader(_replace_unstorable(digit_runs.cut(_without_bom(chunks))))
@@ -368,8 +394,11 @@ def parse_batch_stream(
         if digit_runs.found:
             raise _BodyInvalid(_NUMBER_OUT_OF_RANGE)
 
+    sink = None if on_calls is None else _Sink(on_calls, chunk_size)
     try:
-        return _parse_events(events, batch_id, transcripts_requested, proved_json)
+        return _parse_events(events, batch_id, transcripts_requested, proved_json, sink)
+    except _SinkFailed as exc:
+        raise exc.error from None
     except ijson.JSONError as exc:
         raise PayloadError(
             f"the response is not valid JSON ({_json_reason(exc)})",
@@ -386,6 +415,19 @@ def parse_batch_stream(
         raise PayloadError(str(exc), batch_id=batch_id, field="(body)") from None
     except (InvalidOperation, ValueError):  # ijson reading a number: an exponent, 4300+ digits
         raise PayloadError(_NUMBER_OUT_OF_RANGE, batch_id=batch_id, field="(body)") from None
+
+
+class _Sink(NamedTuple):
+    send: CallsSink
+    chunk_size: int
+
+
+class _SinkFailed(Exception):
+    """What the sink raised, carried past the parser's own error handling."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error = error
 
 
 class _BodyInvalid(Exception):
@@ -410,6 +452,7 @@ def _parse_events(
     batch_id: str,
     transcripts_requested: bool,
     proved_json: Callable[[], None],
+    sink: _Sink | None = None,
 ) -> ParsedBatch:
     event, value = next(events)
     if event != "start_map":
@@ -430,10 +473,12 @@ def _parse_events(
             break
         event, value = next(events)
         if key == "call_data":  # a repeated key: the last one counts, as in a decoded object
+            if calls is not None and calls.sent:
+                raise CallDataRepeated(batch_id)
             top.pop(key, None)
             calls, failure = None, None
             if event == "start_array":
-                calls = _Calls(batch_id, transcripts_requested)
+                calls = _Calls(batch_id, transcripts_requested, sink)
                 for index, (event, value) in enumerate(events):
                     if event == "end_array":
                         break
@@ -678,12 +723,28 @@ def _parse_analysis(
 class _Calls:
     """Calls and their transcript lines, parsed one raw call at a time."""
 
-    def __init__(self, batch_id: str, transcripts_requested: bool) -> None:
+    def __init__(
+        self, batch_id: str, transcripts_requested: bool, sink: _Sink | None = None
+    ) -> None:
         self.batch_id = batch_id
         self.transcripts_requested = transcripts_requested
         self.calls: dict[str, CallRecord] = {}
         # A repeated call id is the same call sent twice: the later copy wins, lines included.
         self.lines: dict[str, dict[int, TranscriptLineRecord]] = {}
+        self.sink = sink
+        self.sent: set[str] = set()  # ids of the calls already handed to the sink
+
+    def send(self) -> None:
+        """Hand the calls held to the sink and forget them."""
+        assert self.sink is not None
+        calls, lines = self._records()
+        again = frozenset(self.calls.keys() & self.sent) if self.sent else frozenset()
+        self.sent.update(self.calls)
+        self.calls, self.lines = {}, {}
+        try:
+            self.sink.send(calls, lines, again)
+        except BaseException as exc:
+            raise _SinkFailed(exc) from exc
 
     def add(self, index: int, item: Any) -> None:
         batch_id = self.batch_id
@@ -691,6 +752,8 @@ class _Calls:
             if not isinstance(item, Mapping):
                 raise _Invalid("", f"expected an object, got {_type_name(item)}")
             call = _parse_call(item, batch_id)
+            if self.sink is not None and len(self.calls) >= self.sink.chunk_size:
+                self.send()
             self.calls[call.call_id] = call
             if not self.transcripts_requested:
                 return
@@ -708,6 +771,12 @@ class _Calls:
             raise _payload_error(exc, batch_id, f"call_data[{index}]") from None
 
     def result(self) -> tuple[list[CallRecord], list[TranscriptLineRecord] | None]:
+        """The calls and lines held; with a sink, they are sent and none is returned."""
+        if self.sink is not None:
+            self.send()
+        return self._records()
+
+    def _records(self) -> tuple[list[CallRecord], list[TranscriptLineRecord] | None]:
         calls = list(self.calls.values())
         if not self.transcripts_requested:
             return calls, None

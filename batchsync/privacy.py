@@ -96,7 +96,7 @@ def apply_phone_policy(parsed: ParsedBatch, policy: PhonePolicy) -> ParsedBatch:
         return parsed
     calls = None
     if parsed.calls is not None:
-        calls = [_call(call, policy) for call in parsed.calls]
+        calls = apply_phone_policy_to_calls(parsed.calls, policy)
     errors = None
     if parsed.errors is not None:
         errors = [
@@ -104,6 +104,13 @@ def apply_phone_policy(parsed: ParsedBatch, policy: PhonePolicy) -> ParsedBatch:
             for e in parsed.errors
         ]
     return parsed._replace(calls=calls, errors=errors)
+
+
+def apply_phone_policy_to_calls(calls: list[CallRecord], policy: PhonePolicy) -> list[CallRecord]:
+    """The calls with their phone numbers kept, hashed or dropped as ``policy`` says."""
+    if policy.mode is PhoneMode.KEEP:
+        return calls
+    return [_call(call, policy) for call in calls]
 
 
 def _call(call: CallRecord, policy: PhonePolicy) -> CallRecord:
