@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import email.utils
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -749,7 +750,7 @@ class _Calls:
     def add(self, index: int, item: Any) -> None:
         batch_id = self.batch_id
         try:
-            if not isinstance(item, Mapping):
+            if type(item) is not dict and not isinstance(item, Mapping):
                 raise _Invalid("", f"expected an object, got {_type_name(item)}")
             call = _parse_call(item, batch_id)
             if self.sink is not None and len(self.calls) >= self.sink.chunk_size:
@@ -784,33 +785,72 @@ class _Calls:
 
 
 def _parse_call(item: Mapping[str, Any], batch_id: str) -> CallRecord:
+    # The hot loop of a sync: each value takes an inline fast path when it already has its
+    # type (a str, a UTC timestamp string) and the coercion below otherwise, so quirks are
+    # handled exactly as ever. Low-cardinality text is interned: a chunk's records share it.
     get = item.get
     raw_id = get("call_id")
     if raw_id is None or raw_id == "":
         raw_id = get("c_id")
     if raw_id is None or raw_id == "":
         raise _Invalid("call_id", "missing (neither call_id nor c_id)")
-    call_id = _text(raw_id, "call_id") or ""
-    unknown = item.keys() - _CALL_KEYS
-    extra = {k: item[k] for k in unknown} if unknown else None
-    queue_status = _text(get("queue_status"), "queue_status")
+    call_id = raw_id if type(raw_id) is str else (_text(raw_id, "call_id") or "")
+    extra = None if _CALL_KEYS.issuperset(item) else {k: item[k] for k in item.keys() - _CALL_KEYS}
+    # Coerced in the order of the record's fields (queue_status first), so that a call with
+    # several faults names the same field as ever.
+    queue_status = get("queue_status")
     if queue_status is not None:
-        queue_status = _QUEUE_STATUS_ALIASES.get(queue_status, queue_status)
+        if type(queue_status) is not str:
+            queue_status = _text(queue_status, "queue_status") or ""
+        queue_status = _intern(_QUEUE_STATUS_ALIASES.get(queue_status, queue_status))
+    created_at = _timestamp(get("created_at"), "created_at")
+    to = get("to")
+    if to is not None and type(to) is not str:
+        to = _text(to, "to")
+    from_ = get("from")
+    if from_ is not None:
+        from_ = _intern(from_) if type(from_) is str else _text(from_, "from")
+    completed = get("completed")
+    if completed is not None and type(completed) is not bool:
+        completed = _boolean(completed, "completed")
+    call_length = _number(get("call_length"), "call_length")
+    answered_by = get("answered_by")
+    if answered_by is not None:
+        answered_by = (
+            _intern(answered_by)
+            if type(answered_by) is str
+            else _answered_by(answered_by, "answered_by")
+        )
+    status = get("status")
+    if status is not None:
+        status = _intern(status) if type(status) is str else _text(status, "status")
+    error_message = get("error_message")
+    if error_message is not None and type(error_message) is not str:
+        error_message = _text(error_message, "error_message")
+    corrected_duration = _integer(get("corrected_duration"), "corrected_duration")
+    end_at = _timestamp(get("end_at"), "end_at")
+    endpoint_url = get("endpoint_url")
+    if endpoint_url is not None:
+        endpoint_url = (
+            _intern(endpoint_url)
+            if type(endpoint_url) is str
+            else _text(endpoint_url, "endpoint_url")
+        )
     return CallRecord(
         call_id,
         batch_id,
-        _timestamp(get("created_at"), "created_at"),
-        _text(get("to"), "to"),
-        _text(get("from"), "from"),
-        _boolean(get("completed"), "completed"),
-        _number(get("call_length"), "call_length"),
-        _answered_by(get("answered_by"), "answered_by"),
-        _text(get("status"), "status"),
+        created_at,
+        to,
+        from_,
+        completed,
+        call_length,
+        answered_by,
+        status,
         queue_status,
-        _text(get("error_message"), "error_message"),
-        _integer(get("corrected_duration"), "corrected_duration"),
-        _timestamp(get("end_at"), "end_at"),
-        _text(get("endpoint_url"), "endpoint_url"),
+        error_message,
+        corrected_duration,
+        end_at,
+        endpoint_url,
         _number(get("max_duration"), "max_duration"),
         get("request_data"),
         extra,
@@ -818,19 +858,24 @@ def _parse_call(item: Mapping[str, Any], batch_id: str) -> CallRecord:
 
 
 def _parse_transcript_line(raw: Any, call_id: str, batch_id: str) -> TranscriptLineRecord:
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict and not isinstance(raw, Mapping):
         raise _Invalid("", f"expected an object, got {_type_name(raw)}")
-    line_id = _integer(raw.get("id"), "id", limit=_INT64)
-    if line_id is None:
-        raise _Invalid("id", "missing")
+    line_id = raw.get("id")
+    if type(line_id) is not int or not -_INT64 <= line_id < _INT64:
+        line_id = _integer(line_id, "id", limit=_INT64)
+        if line_id is None:
+            raise _Invalid("id", "missing")
+    speaker, text = raw.get("user"), raw.get("text")
+    if speaker is not None:
+        speaker = _intern(speaker) if type(speaker) is str else _text(speaker, "user")
+    if text is not None and type(text) is not str:
+        text = _text(text, "text")
     return TranscriptLineRecord(
-        call_id,
-        line_id,
-        batch_id,
-        _timestamp(raw.get("created_at"), "created_at"),
-        _text(raw.get("user"), "user"),
-        _text(raw.get("text"), "text"),
+        call_id, line_id, batch_id, _timestamp(raw.get("created_at"), "created_at"), speaker, text
     )
+
+
+_intern = sys.intern
 
 
 # -- scalar coercions: each takes the value and its key, for the error ------------------------
@@ -987,7 +1032,7 @@ def _timestamp(value: Any, key: str) -> datetime | None:
     """Parse the ISO 8601 variants the API sends; naive times are UTC. Always returns UTC."""
     if value is None or value == "":
         return None
-    if isinstance(value, str):
+    if type(value) is str or isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:

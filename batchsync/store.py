@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
+import orjson
 import psycopg
+from psycopg.types.json import set_json_dumps
 from sqlalchemy import Column, Connection, Engine, Table, and_, delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -458,6 +460,15 @@ _COPY_TYPES = {
 }
 
 
+def jsonb_dumps(value: Any) -> bytes:
+    """JSON column text for binary COPY: orjson (psycopg's default is the slower json
+    module), with every digit of integers beyond 64 bits, as :func:`json_dumps` writes."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        return json_dumps(value).encode()
+
+
 def _copy_type(column: Column[Any], dialect: Any) -> str:
     return _COPY_TYPES[column.type.compile(dialect=dialect)]
 
@@ -541,13 +552,12 @@ class _PostgresRowWriter(_RowWriter):
         assert driver is not None
         cols = ", ".join(c.name for c in child.columns)
         stamp = self.stamp
-        with (
-            driver.cursor() as cursor,
-            cursor.copy(f"COPY {target} ({cols}) FROM STDIN (FORMAT BINARY)") as copy,
-        ):
-            copy.set_types([_copy_type(c, self.connection.dialect) for c in child.columns])
-            for record in records:
-                copy.write_row(record + stamp)
+        with driver.cursor() as cursor:
+            set_json_dumps(jsonb_dumps, context=cursor)
+            with cursor.copy(f"COPY {target} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types([_copy_type(c, self.connection.dialect) for c in child.columns])
+                for record in records:
+                    copy.write_row(record + stamp)
 
     def _delete_missing(self, child: _ChildTable, batch_id: str, present: _ChildTable) -> int:
         match = " AND ".join(f"s.{k} = t.{k}" for k in present.keys)
