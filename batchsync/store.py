@@ -577,18 +577,32 @@ class _PostgresRowWriter(_RowWriter):
 
 
 class _SqliteRowWriter(_RowWriter):
-    """Plain ``executemany`` inserts for a first load, upserts otherwise."""
+    """Plain ``executemany`` inserts for a first load, upserts otherwise.
+
+    The keys written are kept in a temporary table, as on PostgreSQL, so that memory does
+    not grow with the batch.
+    """
 
     def __init__(self, connection: Connection, *, run_id: int, synced_at: datetime) -> None:
         super().__init__(connection, run_id=run_id, synced_at=synced_at)
-        self._written: dict[str, set[tuple[Any, ...]]] = {}
-        self._existing: dict[str, set[tuple[Any, ...]]] = {}
         driver = connection.connection.driver_connection
         assert driver is not None
         self._cursor = driver.cursor()
 
+    @staticmethod
+    def _keys_name(child: _ChildTable) -> str:
+        return f"temp.batchsync_keys_{child.name}"
+
     def _start(self, child: _ChildTable, first_load: bool) -> None:
-        self._written[child.name] = set()
+        if first_load:
+            return
+        # Created once per connection; emptied for each batch (SQLite has no ON COMMIT).
+        keys = ", ".join(child.keys)
+        self._cursor.execute(
+            f"CREATE TABLE IF NOT EXISTS {self._keys_name(child)}"
+            f" ({keys}, PRIMARY KEY ({keys})) WITHOUT ROWID"
+        )
+        self._cursor.execute(f"DELETE FROM {self._keys_name(child)}")
 
     def _insert(self, child: _ChildTable, records: Sequence[tuple[Any, ...]]) -> bool:
         names = [c.name for c in child.columns]
@@ -618,13 +632,14 @@ class _SqliteRowWriter(_RowWriter):
         positions = [[c.name for c in child.columns].index(k) for k in child.keys]
         wanted = {tuple(record[p] for p in positions) for record in records}
         if remember:
-            self._written[child.name] |= wanted
-        existing = self._existing.get(child.name)
-        if existing is None:
-            existing = self._existing[child.name] = self._keys_of(child, batch_id)
-        # Keys new to this batch may still be stored under another batch (a call that moved),
-        # or written by an earlier chunk of this batch (a call sent twice).
-        new_keys = self._absent(child, wanted - existing)
+            self._cursor.executemany(
+                f"INSERT OR IGNORE INTO {self._keys_name(child)}"
+                f" VALUES ({', '.join('?' * len(child.keys))})",
+                wanted,
+            )
+        # Keys stored under no batch: those of a call that moved, or that an earlier chunk
+        # of this batch wrote (a call sent twice), are not new.
+        inserted = len(self._absent(child, wanted))
         names = [c.name for c in child.columns]
         updates = ", ".join(f"{n} = excluded.{n}" for n in names if n not in child.keys)
         differs = " OR ".join(f"{n} IS NOT excluded.{n}" for n in child.compared)
@@ -634,7 +649,6 @@ class _SqliteRowWriter(_RowWriter):
             self._rows(child, records),
         )
         # sqlite3 counts inserted rows and the rows an upsert really updated, nothing else.
-        inserted = len(new_keys)
         return TableChanges(inserted=inserted, updated=max(self._cursor.rowcount, 0) - inserted)
 
     def _absent(self, child: _ChildTable, keys: set[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
@@ -658,28 +672,25 @@ class _SqliteRowWriter(_RowWriter):
         return absent
 
     def _delete_missing(self, child: _ChildTable, batch_id: str, present: _ChildTable) -> int:
-        vanished = list(self._keys_of(child, batch_id, present.keys) - self._written[present.name])
-        if not vanished:
-            return 0
-        match = " AND ".join(f"{k} = ?" for k in present.keys)
-        self._cursor.executemany(f"DELETE FROM {child.name} WHERE {match}", vanished)
+        match = " AND ".join(f"k.{k} = {child.name}.{k}" for k in present.keys)
+        self._cursor.execute(
+            f"DELETE FROM {child.name} WHERE batch_id = ?"
+            f" AND NOT EXISTS (SELECT 1 FROM {self._keys_name(present)} AS k WHERE {match})",
+            (batch_id,),
+        )
         return max(int(self._cursor.rowcount), 0)
 
     def _forget_keys(self, child: _ChildTable, call_ids: Collection[str]) -> None:
-        gone = set(call_ids)
-        position = child.keys.index("call_id")
-        for keys in (self._written.get(child.name), self._existing.get(child.name)):
-            if keys:
-                keys.difference_update([key for key in keys if key[position] in gone])
-
-    def _keys_of(
-        self, child: _ChildTable, batch_id: str, keys: tuple[str, ...] | None = None
-    ) -> set[tuple[Any, ...]]:
-        columns = ", ".join(keys or child.keys)
-        self._cursor.execute(
-            f"SELECT DISTINCT {columns} FROM {child.name} WHERE batch_id = ?", (batch_id,)
-        )
-        return set(self._cursor.fetchall())
+        if self._first_load.get(child.name, False):
+            return
+        ids = list(call_ids)
+        for start in range(0, len(ids), 900):
+            chunk = ids[start : start + 900]
+            self._cursor.execute(
+                f"DELETE FROM {self._keys_name(child)} WHERE call_id IN"
+                f" ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
 
     def _rows(
         self, child: _ChildTable, records: Sequence[tuple[Any, ...]]
