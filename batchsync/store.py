@@ -108,6 +108,9 @@ def _child(model: Any, record: type[tuple[Any, ...]], keys: tuple[str, ...]) -> 
     fields: tuple[str, ...] = record._fields  # type: ignore[attr-defined]
     # Records are written positionally: their fields must be the table's columns, in order.
     assert names == (*fields, *_BOOKKEEPING), f"{record.__name__} does not match {table.name}"
+    # The SQLite writer tells inserted rows by their rowid: a key that is the rowid itself
+    # (a lone INTEGER primary key) would defeat it.
+    assert len(keys) > 1 or table.c[keys[0]].type.python_type is not int, table.name
     return _ChildTable(table, keys)
 
 
@@ -629,17 +632,17 @@ class _SqliteRowWriter(_RowWriter):
         *,
         remember: bool,
     ) -> TableChanges:
-        positions = [[c.name for c in child.columns].index(k) for k in child.keys]
-        wanted = {tuple(record[p] for p in positions) for record in records}
         if remember:
+            positions = [[c.name for c in child.columns].index(k) for k in child.keys]
             self._cursor.executemany(
                 f"INSERT OR IGNORE INTO {self._keys_name(child)}"
                 f" VALUES ({', '.join('?' * len(child.keys))})",
-                wanted,
+                (tuple(record[p] for p in positions) for record in records),
             )
-        # Keys stored under no batch: those of a call that moved, or that an earlier chunk
-        # of this batch wrote (a call sent twice), are not new.
-        inserted = len(self._absent(child, wanted))
+        # A row the upsert inserts gets a rowid above every one before it; one it updates
+        # (a call that moved, or that an earlier chunk of this batch wrote) keeps its own.
+        self._cursor.execute(f"SELECT max(rowid) FROM {child.name}")
+        last_rowid = self._cursor.fetchone()[0] or 0
         names = [c.name for c in child.columns]
         updates = ", ".join(f"{n} = excluded.{n}" for n in names if n not in child.keys)
         differs = " OR ".join(f"{n} IS NOT excluded.{n}" for n in child.compared)
@@ -649,27 +652,10 @@ class _SqliteRowWriter(_RowWriter):
             self._rows(child, records),
         )
         # sqlite3 counts inserted rows and the rows an upsert really updated, nothing else.
-        return TableChanges(inserted=inserted, updated=max(self._cursor.rowcount, 0) - inserted)
-
-    def _absent(self, child: _ChildTable, keys: set[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
-        """Those of ``keys`` that no row of the table has, under any batch.
-
-        Looked up by the key's first column with a plain IN list, which SQLite answers from
-        the primary key's index; a row-value IN (VALUES ...) would scan the whole table.
-        """
-        absent = set(keys)
-        firsts = list({key[0] for key in keys})
-        columns = ", ".join(child.keys)
-        step = 900  # stay under SQLite's limit on bound parameters
-        for start in range(0, len(firsts), step):
-            chunk = firsts[start : start + step]
-            self._cursor.execute(
-                f"SELECT {columns} FROM {child.name} WHERE {child.keys[0]} IN "
-                f"({', '.join('?' * len(chunk))})",
-                chunk,
-            )
-            absent.difference_update(self._cursor.fetchall())
-        return absent
+        written = max(self._cursor.rowcount, 0)
+        self._cursor.execute(f"SELECT count(*) FROM {child.name} WHERE rowid > ?", (last_rowid,))
+        inserted = int(self._cursor.fetchone()[0])
+        return TableChanges(inserted=inserted, updated=written - inserted)
 
     def _delete_missing(self, child: _ChildTable, batch_id: str, present: _ChildTable) -> int:
         match = " AND ".join(f"k.{k} = {child.name}.{k}" for k in present.keys)
