@@ -866,3 +866,16 @@ def test_call_data_sent_twice_stores_the_last_list_when_written_in_chunks(
     upgrade(fresh)
     assert chunked == synced(fresh)
     assert len(chunked["calls"]) == 3
+
+
+def test_dry_run_of_batches_written_in_chunks_reports_changes_and_writes_nothing(
+    engine: Engine, chunked_client: BlandClient, emulator: Emulator
+) -> None:
+    """A dry run whose batches are written in chunks counts every row, then rolls back
+    all of them, and a real run after it stores the batches as usual."""
+    dry = sync_all(engine, chunked_client, dry_run=True)
+    assert dry.as_json()["tables"]["calls"]["inserted"] == 12 * len(emulator.batch_ids())
+    assert all(not rows for rows in snapshot(engine).values())
+    real = sync_all(engine, chunked_client)
+    assert real.as_json()["tables"] == dry.as_json()["tables"]
+    assert len(snapshot(engine)["calls"]) == 12 * len(emulator.batch_ids())
