@@ -4,7 +4,9 @@
 transient (429, 500/502/503/504, connection errors, timeouts) with capped exponential
 backoff and jitter, honouring ``Retry-After``; 401/403 raise :class:`AuthError` at once,
 404 raises :class:`BatchNotFound`. Batch bodies are decoded and parsed by
-:mod:`batchsync.payload`, whole or as they stream in, with the same outcome.
+:mod:`batchsync.payload`, whole or as they stream in, with the same outcome; with
+``spool_large_bodies`` a large body is saved to a temporary file instead, for its writer to
+parse a chunk of calls at a time (:class:`SpooledBody`).
 
 A source of batches is anything with ``iter_batches`` and ``fetch_batch``
 (:class:`BatchSource`): the v1 API here; a v2 source, which lists batches and their

@@ -1,7 +1,10 @@
 """One sync run: discover -> fetch -> parse -> store -> record. Nothing else.
 
 Each batch is fetched, then written and its outcome recorded in one transaction: a batch
-lands whole or not at all. Whatever goes wrong with one batch (not found, an id that cannot
+lands whole or not at all. A large body comes unparsed (saved to a temporary file) and is
+parsed inside that transaction, its calls written a chunk at a time, so memory does not
+grow with the batch; a fault found late rolls back the chunks already written.
+Whatever goes wrong with one batch (not found, an id that cannot
 be sent, a body that cannot be decoded or read, data the database refuses, even an
 unexpected exception) is recorded as that batch's failure and the run goes on. Only what
 concerns the whole run stops it: an authentication failure, a database that cannot be
