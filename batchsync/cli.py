@@ -719,6 +719,7 @@ def sync(
         retry=retry,
         max_requests_per_second=max_requests_per_second,
         max_connections=max(concurrency, 1),
+        spool_large_bodies=True,
     ) as client:
         result = _run(engine, client, options, as_json=as_json, database=settings.display_url)
     sys.exit(EXIT_PARTIAL if result.failed else EXIT_OK)
