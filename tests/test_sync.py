@@ -15,7 +15,7 @@ from sqlalchemy import Engine, select, text
 
 from batchsync import runs, store
 from batchsync.client import BlandClient, Parts
-from batchsync.config import load_api, load_database
+from batchsync.config import Secret, load_api, load_database
 from batchsync.db import create_db_engine, upgrade
 from batchsync.emulator import Emulator, Fault, parse_fault
 from batchsync.errors import AuthError, Interrupted, PayloadError
@@ -886,3 +886,24 @@ def test_dry_run_of_batches_written_in_chunks_reports_changes_and_writes_nothing
     real = sync_all(engine, chunked_client)
     assert real.as_json()["tables"] == dry.as_json()["tables"]
     assert len(snapshot(engine)["calls"]) == 12 * len(emulator.batch_ids())
+
+
+def test_batches_written_in_chunks_are_under_the_phone_policy_like_whole_ones(
+    engine: Engine,
+    client: BlandClient,
+    chunked_client: BlandClient,
+    emulator: Emulator,
+    tmp_path: Any,
+) -> None:
+    """Calls and transcript lines written in chunks are hashed and redacted exactly as when
+    the batch is written whole."""
+    raw = emulator.raw_batch(emulator.batch_ids()[0])
+    for call in raw["call_data"]:
+        for line in call.get("transcripts") or []:
+            line["text"] = f"call me on {call['to']} or mail jane@example.com"
+    emulator.put_batch(raw)
+    policy = PhonePolicy(PhoneMode.HASH, Secret("k3y-chunks"), redact_transcripts=True)
+    sync_all(engine, chunked_client, phones=policy)
+    whole_rows, _ = synced_whole(client, tmp_path, "whole.db", phones=policy)
+    assert snapshot(engine, bookkeeping=False) == whole_rows
+    assert "jane@example.com" not in repr(whole_rows)
