@@ -389,3 +389,59 @@ def test_api_error_quoting_a_number_is_recorded_masked_under_hash(
     ledger = table_texts(database_url)["sync_run_batches"]
     assert raw_numbers_in(ledger, ["+15551230001"]) == []
     assert "cannot dial [phone:" in ledger
+
+
+def plant_numbers_in_ordinary_fields(emulator: Emulator) -> str:
+    """Write the first call's number into columns with no phone-ish name; return the batch."""
+    batch_id = emulator.batch_ids()[0]
+    raw = emulator.raw_batch(batch_id)
+    call = raw["call_data"][0]
+    call["to"] = "+15551230001"
+    call["call_id"] = "+15551230001"
+    call["answered_by"] = "+15551230001"
+    call["status"] = "+1 555 123 0001"
+    call["queue_status"] = "+15551230001"
+    call["endpoint_url"] = "tel:+15551230001"
+    call["call_length"] = 15551230001
+    call["request_data"] = {"nested": {"deep": ["+15551230001", 15551230001, 5551230001]}}
+    for line in call.get("transcripts") or []:
+        line["user"] = "+15551230001"
+    raw["analysis"]["queue_statuses"] = {"complete": 1, "+15551230001": 1}
+    raw["analysis"]["error_messages"] = [{"call_id": "+15551230001", "error_message": "x"}]
+    emulator.put_batch(raw)
+    return batch_id
+
+
+@pytest.mark.parametrize("mode", ["hash", "drop"])
+def test_numbers_in_any_text_json_or_numeric_column_are_masked(
+    database_url: str, mode: str
+) -> None:
+    """hash/drop mask a call's number in every column (speaker, statuses, ids, URLs, JSON
+    integers, numeric columns), and a call id that is a number is stored alike in every table."""
+    emulator = Emulator(seed=3, batches=1, calls_per_batch=2, api_key="sk-privacy-fields")
+    batch_id = plant_numbers_in_ordinary_fields(emulator)
+    engine = create_db_engine(load_database(database_url))
+    upgrade(engine)
+    with BlandClient(
+        load_api("http://bland-emulator.local", emulator.api_key),
+        transport=httpx.MockTransport(emulator.handle),
+    ) as client:
+        result = run_sync(
+            engine,
+            client,
+            SyncOptions(batch_ids=(batch_id,), phones=PhonePolicy(PhoneMode(mode), KEY)),
+        )
+        with engine.connect() as connection:
+            ids = {
+                table: set(connection.execute(text(f"select call_id from {table}")).scalars())
+                for table in ("calls", "call_transcripts", "errors")
+            }
+    engine.dispose()
+    assert [o.status for o in result.outcomes] == ["synced"], result.outcomes
+    stored_id = HASH.number("+15551230001") if mode == "hash" else "[phone]"
+    assert stored_id in ids["calls"]
+    assert stored_id in ids["call_transcripts"]
+    assert ids["errors"] == {stored_id}
+    for name, written in table_texts(database_url).items():
+        assert raw_numbers_in(written, ["+15551230001"]) == [], name
+        assert "15551230001" not in written, name
