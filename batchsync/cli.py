@@ -68,7 +68,12 @@ from batchsync.errors import (
     Interrupted,
     PayloadError,
 )
-from batchsync.privacy import PhoneMode, load_phone_policy, refuse_clear_numbers_over_protected
+from batchsync.privacy import (
+    PhoneMode,
+    load_phone_policy,
+    refuse_clear_numbers_over_protected,
+    refuse_partial_switch,
+)
 from batchsync.sync import RunResult, Shard, SyncEvents, SyncOptions, run_sync
 
 EXIT_OK = 0
@@ -697,8 +702,13 @@ def sync(
         upgrade(engine)
     check_schema(engine, can_migrate=True)
     phones = load_phone_policy(phone_numbers, redact_transcripts=redact_transcripts)
+    stored_policies = store.stored_phone_policies(engine)
     if ctx.get_parameter_source("phone_numbers") == click.core.ParameterSource.DEFAULT:
-        refuse_clear_numbers_over_protected(phones, store.stored_phone_policies(engine))
+        refuse_clear_numbers_over_protected(phones, stored_policies)
+    left_out = {"--no-calls": calls, "--no-transcripts": transcripts, "--no-analysis": analysis}
+    refuse_partial_switch(
+        phones, stored_policies, [flag for flag, on in left_out.items() if not on]
+    )
     options = SyncOptions(
         batch_ids=batch_ids,
         discover=discover,

@@ -185,6 +185,28 @@ def refuse_clear_numbers_over_protected(policy: PhonePolicy, stored_policies: se
         )
 
 
+def refuse_partial_switch(
+    policy: PhonePolicy, stored_policies: set[str], left_out: Iterable[str]
+) -> None:
+    """Stop a policy switch that would leave some parts of stored batches as they were.
+
+    A run with --no-calls, --no-transcripts or --no-analysis leaves those parts of a stored
+    batch untouched, yet would record the batch under the new policy: the tag would claim a
+    protection (or a redaction) the untouched rows do not have. ``left_out``: the options
+    that leave parts out.
+    """
+    skipped = sorted(left_out)
+    other = sorted(tag for tag in stored_policies if tag != policy.tag)
+    if not skipped or not other:
+        return
+    raise ConfigError(
+        f"batches in this database were stored under another phone-number policy, and "
+        f"{' and '.join(skipped)} would leave those parts as stored while recording the new "
+        "policy. Run the switch once without "
+        f"{' and '.join(skipped)}, then use {'them' if len(skipped) > 1 else 'it'} again"
+    )
+
+
 def apply_phone_policy(parsed: ParsedBatch, policy: PhonePolicy) -> ParsedBatch:
     """The batch with its phone numbers kept, hashed or dropped as ``policy`` says.
 

@@ -445,3 +445,32 @@ def test_numbers_in_any_text_json_or_numeric_column_are_masked(
     for name, written in table_texts(database_url).items():
         assert raw_numbers_in(written, ["+15551230001"]) == [], name
         assert "15551230001" not in written, name
+
+
+@pytest.mark.parametrize("left_out", ["--no-transcripts", "--no-calls", "--no-analysis"])
+def test_policy_switch_that_leaves_parts_out_is_refused_and_tags_stay(
+    database_url: str, left_out: str
+) -> None:
+    """A switch to hash with --no-calls/--no-transcripts/--no-analysis exits 3 naming the
+    option, stores nothing, and keeps the tag; the same policy with the option still runs."""
+    emulator = Emulator(seed=5, batches=1, calls_per_batch=2, api_key="sk-privacy-switch")
+    with emulator.serve() as server:
+        env = {
+            "BLAND_BASE_URL": server.url,
+            "BLAND_API_KEY": emulator.api_key,
+            "BATCHSYNC_DATABASE_URL": database_url,
+            "BATCHSYNC_PHONE_HASH_KEY": HASH_KEY,
+        }
+        runner = CliRunner()
+        first = runner.invoke(cli, ["sync", "--all", "--migrate"], env=env)
+        switch = runner.invoke(cli, ["sync", "--all", "--phone-numbers", "hash", left_out], env=env)
+        same = runner.invoke(cli, ["sync", "--all", "--refresh", left_out], env=env)
+    assert first.exit_code == 0, first.output
+    assert switch.exit_code == 3, switch.output
+    assert left_out in switch.output
+    assert same.exit_code == 0, same.output
+    engine = create_db_engine(load_database(database_url))
+    with engine.connect() as connection:
+        tags = set(connection.execute(text("select phone_numbers from batches")).scalars())
+    engine.dispose()
+    assert tags == {"keep"}
