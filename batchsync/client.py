@@ -29,7 +29,7 @@ import orjson
 import tenacity
 
 from batchsync import __version__
-from batchsync.config import ApiSettings, redact
+from batchsync.config import ApiSettings, echoes_secret, redact
 from batchsync.errors import (
     ApiError,
     ApiUnreachable,
@@ -79,6 +79,7 @@ class FetchedBatch(NamedTuple):
     parsed: ParsedBatch | None  # None: the caller judged the content unchanged, so not parsed
     content_sha256: str
     size: int
+    echoes_secret: bool = False  # the body may quote the API key: its strings need redacting
 
 
 # Given a fetched body's content hash, whether it is the one already stored, so that the
@@ -266,13 +267,14 @@ class BlandClient:
                 parsed = parse_batch_body(
                     body, batch_id=batch_id, transcripts_requested=transcripts
                 )
+                echoed = echoes_secret(body)
             else:
                 counted = _Counted(self._chunks(response, digest))
                 parsed = parse_batch_stream(
                     counted, batch_id=batch_id, transcripts_requested=transcripts
                 )
-                size = counted.size
-            return FetchedBatch(parsed, digest.hexdigest(), size)
+                size, echoed = counted.size, counted.echoes_secret
+            return FetchedBatch(parsed, digest.hexdigest(), size, echoed)
 
         return self._get(
             path,
@@ -470,15 +472,21 @@ def _json(body: bytes, batch_id: str | None) -> Any:
 
 
 class _Counted:
-    """Chunks passed through, their total size counted."""
+    """Chunks passed through, their total size counted, and whether any quotes a secret
+    (tested with the end of the previous chunk, so an echo split across two is seen)."""
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
         self.size = 0
+        self.echoes_secret = False
 
     def __iter__(self) -> Iterator[bytes]:
+        tail = b""
         for chunk in self._chunks:
             self.size += len(chunk)
+            if not self.echoes_secret:
+                self.echoes_secret = echoes_secret(tail + chunk)
+                tail = chunk[-256:]
             yield chunk
 
 

@@ -6,6 +6,8 @@ This is the one module that reads ``os.environ``; the CLI's options name the sam
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 import os
 import re
@@ -167,16 +169,20 @@ _pattern: re.Pattern[str] | None = None
 
 def register_secret(value: str | None) -> None:
     """Remember a secret so :func:`redact` can strip it from any text about to be shown."""
-    global _pattern
+    global _pattern, _needle_cache
     if value and len(value) >= 4:
         _KNOWN_SECRETS.add(value)
         _pattern = None
+        _needle_cache = None
 
 
 def _spellings(secret: str) -> set[str]:
     """The forms a secret takes when a server echoes it back: as is, percent-encoded
-    (path, query or form style) and JSON-escaped (ASCII-only or not, slashes escaped or not)."""
+    (path, query or form style), JSON-escaped (ASCII-only or not, slashes escaped or not),
+    HTML-escaped (with ``/`` as ``&#x2F;`` or ``&#47;`` too) and base64-encoded."""
     escaped = json.dumps(secret)[1:-1]
+    markup = html.escape(secret)
+    encoded = base64.b64encode(secret.encode()).decode()
     return {
         secret,
         quote(secret, safe=""),
@@ -185,7 +191,33 @@ def _spellings(secret: str) -> set[str]:
         escaped,
         escaped.replace("/", "\\/"),
         json.dumps(secret, ensure_ascii=False)[1:-1],
+        markup,
+        markup.replace("/", "&#x2F;"),
+        markup.replace("/", "&#47;"),
+        encoded,
+        encoded.rstrip("="),
     }
+
+
+# Invisible characters a server (or a copy and paste) may slip inside an echoed key.
+_INVISIBLE = "[\u00ad\u200b-\u200d\u2060\ufeff]*"
+
+
+def _shortest_echo(spelling: str) -> int:
+    """How much of a secret's start, echoed alone, counts as the secret: a truncated echo
+    (``sk-abc123...``) is masked from max(8, half the secret) characters on."""
+    return min(len(spelling), max(8, len(spelling) // 2))
+
+
+def _echo_pattern(spelling: str) -> str:
+    """A regex for ``spelling`` or any start of it at least :func:`_shortest_echo` long,
+    with invisible characters allowed between its characters."""
+    chars = [re.escape(c) for c in spelling]
+    head = _INVISIBLE.join(chars[: _shortest_echo(spelling)])
+    tail = ""
+    for char in reversed(chars[_shortest_echo(spelling) :]):
+        tail = f"(?:{_INVISIBLE}{char}{tail})?"
+    return head + tail
 
 
 def _secrets_pattern() -> re.Pattern[str] | None:
@@ -195,15 +227,40 @@ def _secrets_pattern() -> re.Pattern[str] | None:
         # Longest first, so a secret is replaced whole rather than by a shorter one inside it;
         # case-insensitive, since percent-escapes come in both cases (%2F, %2f).
         alternatives = sorted(spellings, key=len, reverse=True)
-        _pattern = re.compile("|".join(map(re.escape, alternatives)), re.IGNORECASE)
+        _pattern = re.compile("|".join(map(_echo_pattern, alternatives)), re.IGNORECASE)
     return _pattern
+
+
+def _needles() -> tuple[bytes, ...]:
+    """Two 8-character windows of every spelling of every secret, as bytes, as is and
+    lower-case: an echo cut short, or with one invisible character slipped inside, still
+    holds one of them whole (see echoes_secret)."""
+    global _needle_cache
+    if _needle_cache is None:
+        spellings = {form for secret in _KNOWN_SECRETS for form in _spellings(secret)}
+        windows = {form[:8] for form in spellings} | {f[8:16] for f in spellings if len(f) >= 16}
+        _needle_cache = tuple({w.encode() for w in windows} | {w.lower().encode() for w in windows})
+    return _needle_cache
+
+
+_needle_cache: tuple[bytes, ...] | None = None
+
+
+def echoes_secret(body: bytes) -> bool:
+    """Whether a response body may quote a registered secret (or the start of one).
+
+    A few ``bytes in`` tests, cheap enough for every response: only a body that passes
+    needs its strings run through :func:`redact`.
+    """
+    return any(needle in body for needle in _needles())
 
 
 def redact(text: str) -> str:
     """Replace every registered secret in ``text``, in any spelling of it, with ***.
 
     Every text batchsync prints, logs or stores passes through here: its own messages and
-    what the API sent back, which may quote the key (in clear, URL-encoded or JSON-escaped).
+    what the API sent back, which may quote the key (in clear, URL-encoded, JSON- or
+    HTML-escaped, base64-encoded, cut short, or with invisible characters inside).
     """
     pattern = _secrets_pattern()
     return text if pattern is None else pattern.sub("***", text)
@@ -211,6 +268,7 @@ def redact(text: str) -> str:
 
 def forget_secrets() -> None:
     """Drop every registered secret (for tests)."""
-    global _pattern
+    global _pattern, _needle_cache
     _KNOWN_SECRETS.clear()
     _pattern = None
+    _needle_cache = None

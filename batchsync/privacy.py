@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple, TypeVar, get_args, get_type_hints
 
-from batchsync.config import ENV_PHONE_HASH_KEY, Secret, env, register_secret
+from batchsync.config import ENV_PHONE_HASH_KEY, Secret, env, redact, register_secret
 from batchsync.errors import ConfigError
 from batchsync.payload import (
     CallRecord,
@@ -183,6 +183,42 @@ def refuse_clear_numbers_over_protected(policy: PhonePolicy, stored_policies: se
             "would store their numbers in clear. Set --phone-numbers (or "
             "BATCHSYNC_PHONE_NUMBERS) to hash or drop, or to keep to mean it"
         )
+
+
+def redact_secrets(parsed: ParsedBatch) -> ParsedBatch:
+    """The batch with every registered secret (the API key...) masked in every string of
+    every record, JSON keys and values at any depth included.
+
+    For the rare body that quotes a secret (a 200 response echoing the key in
+    ``call_params`` or an error text): the caller tests the raw body once
+    (:func:`~batchsync.config.echoes_secret`) and only then pays for this walk.
+    """
+
+    def record(each: _Record) -> _Record:
+        changes = {
+            name: cleaned
+            for name, value in zip(each._fields, each, strict=True)
+            if (cleaned := _redacted(value)) != value
+        }
+        return each._replace(**changes) if changes else each
+
+    parts: dict[str, Any] = {}
+    for name, part in zip(parsed._fields, parsed, strict=True):
+        if isinstance(part, list):
+            parts[name] = [record(item) if isinstance(item, tuple) else item for item in part]
+        elif isinstance(part, tuple):  # a record (every field of ParsedBatch is one, or a list)
+            parts[name] = record(part)
+    return parsed._replace(**parts)
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact(str(key)): _redacted(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redacted(item) for item in value]
+    return value
 
 
 def refuse_partial_switch(

@@ -46,7 +46,7 @@ from batchsync.errors import (
     PayloadError,
 )
 from batchsync.payload import BatchSummary
-from batchsync.privacy import PhonePolicy, apply_phone_policy
+from batchsync.privacy import PhonePolicy, apply_phone_policy, redact_secrets
 from batchsync.runs import BatchOutcome
 from batchsync.store import (
     Fingerprint,
@@ -406,6 +406,8 @@ def _store(
     calls = None if fetched.parsed.calls is None else len(fetched.parsed.calls)
     try:
         parsed = apply_phone_policy(fetched.parsed, options.phones)
+        if fetched.echoes_secret:
+            parsed = redact_secrets(parsed)
         with engine.connect() as connection, connection.begin() as transaction:
             lock_batch(connection, batch_id)
             if _unchanged(stored_fingerprint(connection, batch_id), fingerprint, options):

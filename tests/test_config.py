@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -11,6 +13,7 @@ import pytest
 from batchsync.config import (
     DEFAULT_DATABASE_URL,
     Secret,
+    echoes_secret,
     load_api,
     load_database,
     quote_identifier,
@@ -116,16 +119,33 @@ def test_quote_identifier_doubles_quotes() -> None:
         pytest.param(quote_plus, id="form-encoded"),
         pytest.param(lambda k: json.dumps(k), id="json-escaped"),
         pytest.param(lambda k: json.dumps(k).replace("/", "\\/"), id="json-escaped-slashes"),
+        pytest.param(lambda k: html.escape(k), id="html-escaped"),
+        pytest.param(lambda k: html.escape(k).replace("/", "&#x2F;"), id="html-escaped-slash"),
+        pytest.param(lambda k: base64.b64encode(k.encode()).decode(), id="base64"),
+        pytest.param(lambda k: k[:-3] + "...", id="truncated"),
+        pytest.param(lambda k: k[:12] + "\u200b" + k[12:], id="zero-width-inside"),
+        pytest.param(lambda k: k[: len(k) // 2 + 1], id="first-half"),
     ],
 )
 def test_redact_hides_a_key_in_every_spelling_a_server_echoes(spelling: Any) -> None:
-    """A registered key is replaced whether it comes back raw, URL-encoded or JSON-escaped."""
-    key = 'sk-live_9f/2c+e0"b7 x'
+    """A registered key is replaced whether it comes back raw, URL-, JSON-, HTML- or
+    base64-encoded, cut short to half its length or more, or with an invisible character
+    inside; and the raw body quoting it is flagged by echoes_secret."""
+    key = 'sk-live_9f/2c+e0"b7 x<&>Qz'
     register_secret(key)
     text = f"invalid credentials: {spelling(key)}"
     assert redact(text).startswith("invalid credentials: ")
     assert "9f" not in redact(text)
     assert "***" in redact(text)
+    assert echoes_secret(text.encode())
+
+
+def test_a_short_start_of_the_key_or_an_unrelated_body_is_not_flagged() -> None:
+    """Fewer than max(8, half the key) characters of its start are not the key; a body
+    without it is not flagged, so its records are not walked."""
+    register_secret("sk-live-0123456789abcdef")
+    assert redact("prefix sk-live-0 here") == "prefix sk-live-0 here"
+    assert not echoes_secret(b'{"call_params": {"voice": "maya"}}')
 
 
 def test_redact_leaves_text_alone_without_secrets() -> None:

@@ -474,3 +474,34 @@ def test_policy_switch_that_leaves_parts_out_is_refused_and_tags_stay(
         tags = set(connection.execute(text("select phone_numbers from batches")).scalars())
     engine.dispose()
     assert tags == {"keep"}
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["read-whole", "streamed"])
+def test_api_key_echoed_in_a_batch_body_is_stored_masked(database_url: str, streamed: bool) -> None:
+    """A 200 body quoting the API key (call_params, request headers, an error text, cut
+    short), read whole or streamed, is stored with *** in its place in every table."""
+    key = "sk-privacy-echo-0123456789"
+    emulator = Emulator(seed=5, batches=1, calls_per_batch=2, api_key=key)
+    batch_id = emulator.batch_ids()[0]
+    raw = emulator.raw_batch(batch_id)
+    raw["batch_params"]["call_params"] = {"api_key": key}
+    call = raw["call_data"][0]
+    call["request_data"] = {"webhook_headers": {"Authorization": f"Bearer {key}"}}
+    call["error_message"] = f"auth failed with {key[:-3]}"
+    raw["analysis"]["error_messages"] = [f"key {key[:12]}\u200b{key[12:]} refused"]
+    emulator.put_batch(raw)
+    engine = create_db_engine(load_database(database_url))
+    upgrade(engine)
+    with BlandClient(
+        load_api("http://bland-emulator.local", key), transport=httpx.MockTransport(emulator.handle)
+    ) as client:
+        if streamed:
+            client.stream_threshold = 0
+        result = run_sync(engine, client, SyncOptions(batch_ids=(batch_id,)))
+    engine.dispose()
+    assert [o.status for o in result.outcomes] == ["synced"], result.outcomes
+    texts = table_texts(database_url)
+    for name, written in texts.items():
+        assert "0123456" not in written, name
+    assert "***" in texts["batches"]
+    assert "Bearer ***" in texts["calls"]
