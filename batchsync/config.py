@@ -9,11 +9,12 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Final
-from urllib.parse import quote, quote_plus
+from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -111,6 +112,8 @@ def load_database(url: str | None, schema: str | None = None) -> DatabaseSetting
         )
     if parsed.password:
         register_secret(str(parsed.password))
+    for value in _query_values(parsed, "password"):  # libpq reads ?password= too
+        register_secret(value)
     if backend == "postgresql" and parsed.drivername == "postgresql":
         # Plain postgresql:// would pick psycopg2, which is not a dependency.
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -142,25 +145,78 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+# The longest request timeout accepted, in seconds (a day): longer is a mistake, and
+# values like 1e308 or inf overflow the clocks below httpx.
+MAX_TIMEOUT: Final = 86_400.0
+
+
 def load_api(base_url: str | None, api_key: str | None, timeout: float = 30.0) -> ApiSettings:
-    """Validate the API settings: an http(s) base URL, and the key when one is given."""
+    """Validate the API settings: an http(s) base URL, and the key when one is given.
+
+    Credentials in the base URL (the password of ``user:password@``, query values named
+    like ``token``, ``key``, ``secret``, ``password``, ``auth`` or ``sig``) are registered
+    as secrets, so they are hidden wherever a URL is shown. The key is
+    stripped of surrounding whitespace (a key read from a file often ends in a newline)
+    and must be printable ASCII: an HTTP header cannot carry anything else.
+    """
     base = (base_url or env(ENV_BASE_URL) or DEFAULT_BASE_URL).rstrip("/")
     if not base.startswith(("http://", "https://")):
-        raise ConfigError(f"{ENV_BASE_URL} must start with http:// or https://, got {base!r}")
+        raise ConfigError(
+            f"{ENV_BASE_URL} must start with http:// or https://, got {redact(base)!r}"
+        )
+    try:
+        parts = urlsplit(base)
+        parts.port  # noqa: B018 -- reading it checks the port is a number in range
+    except ValueError:
+        raise ConfigError(
+            f"{ENV_BASE_URL} is not a valid URL (a bracket, host or port cannot be read); "
+            "expected e.g. https://api.bland.ai"
+        ) from None
+    register_secret(parts.password)
+    for name, value in parse_qsl(parts.query):
+        if _CREDENTIAL_NAME.search(name):
+            register_secret(value)
+    if not parts.hostname:
+        raise ConfigError(f"{ENV_BASE_URL} names no host; expected e.g. https://api.bland.ai")
     key = api_key or env(ENV_API_KEY)
+    if key is not None:
+        key = key.strip()
+        if not _HEADER_SAFE.fullmatch(key):
+            raise ConfigError(
+                f"{ENV_API_KEY} holds a character an HTTP header cannot carry (a control "
+                "character, or one outside ASCII): check how the key was copied"
+            )
     register_secret(key)
-    if timeout <= 0:
-        raise ConfigError("the request timeout must be positive")
+    if not (isinstance(timeout, int | float) and math.isfinite(timeout)):
+        raise ConfigError("the request timeout (--timeout) must be a number of seconds")
+    if not 0 < timeout <= MAX_TIMEOUT:
+        raise ConfigError(
+            f"the request timeout (--timeout) must be positive and at most {MAX_TIMEOUT:g} seconds"
+        )
     return ApiSettings(base_url=base, api_key=Secret(key) if key else None, timeout=timeout)
 
 
+_CREDENTIAL_NAME = re.compile(r"token|key|secret|pass|auth|sig|credential", re.IGNORECASE)
+_HEADER_SAFE = re.compile(r"[\x20-\x7e]*")
+
+
+def _query_values(url: URL, name: str) -> list[str]:
+    value = url.query.get(name)
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
 def redact_url(url: URL | str) -> str:
-    """Render a database URL with its password replaced by ***."""
+    """Render a database URL with its password, given in it or as ``?password=``, as ***."""
     try:
         parsed = make_url(url) if isinstance(url, str) else url
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return "<unparseable database URL>"
-    return parsed.render_as_string(hide_password=True)
+    if _query_values(parsed, "password"):
+        parsed = parsed.update_query_dict({"password": "***"})
+    shown = parsed.render_as_string(hide_password=True).replace("=%2A%2A%2A", "=***")
+    return redact(shown)
 
 
 _KNOWN_SECRETS: set[str] = set()

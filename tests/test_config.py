@@ -152,3 +152,51 @@ def test_redact_leaves_text_alone_without_secrets() -> None:
     """With nothing registered, or a value too short to be a key, text passes unchanged."""
     register_secret("abc")
     assert redact("abc and more") == "abc and more"
+
+
+def test_a_password_given_as_a_query_parameter_is_hidden_and_registered() -> None:
+    """?password= in a database URL is shown as *** and redacted from any text."""
+    settings = load_database("postgresql://app@127.0.0.1/db?password=hunter2-query")
+    assert "hunter2" not in redact_url(settings.url)
+    assert "password=***" in redact_url(settings.url)
+    assert redact("auth failed for hunter2-query") == "auth failed for ***"
+
+
+def test_credentials_in_the_base_url_are_registered_as_secrets() -> None:
+    """The password and token-like query values of --base-url never show in any text."""
+    load_api("http://proxyuser:proxypass99@127.0.0.1:1/?token=tok77&v=1", "sk-test-key-1")
+    shown = redact("cannot reach http://proxyuser:proxypass99@127.0.0.1:1/?token=tok77&v=1")
+    assert "proxypass99" not in shown
+    assert "tok77" not in shown
+    assert "v=1" in shown
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://127.0.0.1:99999", "http://:80", "http://"])
+def test_malformed_base_urls_are_config_errors(url: str) -> None:
+    """A base URL whose host or port cannot be read is a ConfigError, not a crash."""
+    with pytest.raises(ConfigError, match="BLAND_BASE_URL"):
+        load_api(url, "sk-test-key-1")
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 1e308, 0.0, -1.0])
+def test_request_timeouts_that_are_not_a_usable_number_are_config_errors(timeout: float) -> None:
+    """nan, infinite, huge, zero or negative --timeout is refused with a ConfigError."""
+    with pytest.raises(ConfigError, match="--timeout"):
+        load_api(None, "sk-test-key-1", timeout)
+
+
+def test_api_key_read_with_a_trailing_newline_is_stripped() -> None:
+    """A key read from a file ("...\\n") is used without its surrounding whitespace."""
+    api = load_api(None, "sk-test-key-1\r\n ")
+    assert api.api_key is not None
+    assert api.api_key.reveal() == "sk-test-key-1"
+
+
+@pytest.mark.parametrize("key", ["é-sk-test-key", "sk-test\nkey-1", "sk-test\x00key-1"])
+def test_api_key_with_control_or_non_ascii_characters_is_refused_without_quoting_it(
+    key: str,
+) -> None:
+    """A key an HTTP header cannot carry is a ConfigError naming BLAND_API_KEY, not the key."""
+    with pytest.raises(ConfigError, match="BLAND_API_KEY") as raised:
+        load_api(None, key)
+    assert "test" not in str(raised.value)
