@@ -5,7 +5,8 @@ Exit codes (stable; orchestrators may rely on them):
     0   every batch synced (or was unchanged / skipped)
     1   some batches failed; the others were committed
     2   usage error (bad option or argument, unknown revision, --yes missing off a terminal)
-    3   configuration or authentication error (missing or rejected API key, bad URL)
+    3   configuration or authentication error (missing, malformed or rejected API key, bad
+        URL or option value; the database refused its user, password, database or port)
     4   the database is unreachable, missing (SQLite file) or read-only, its schema is missing
         or behind, or a table name it needs belongs to another application
     5   the Bland API could not be used for the run as a whole (listing batches failed, or
@@ -533,7 +534,14 @@ class UtcDateTime(click.ParamType[datetime, Any]):
                 )
         if parsed.tzinfo is None:
             return parsed.replace(tzinfo=UTC)
-        return parsed.astimezone(UTC)
+        try:
+            return parsed.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+            self.fail(
+                f"{value!r} is out of range once converted to UTC (before year 1 or after 9999)",
+                param,
+                ctx,
+            )
 
 
 def _utc_date_option(name: str, help_text: str) -> Callable[[F], F]:
@@ -610,7 +618,7 @@ def _plural(count: int, singular: str, plural: str | None = None) -> str:
 )
 @click.option(
     "--max-requests-per-second",
-    type=click.FloatRange(min=0, min_open=True),
+    type=click.FloatRange(min=0.001),  # one request per 1000 s; less would overflow clocks
     envvar="BATCHSYNC_MAX_REQUESTS_PER_SECOND",
     show_envvar=True,
     help="Cap on the request rate to the API [default: no cap]",
@@ -933,7 +941,7 @@ def runs_show(
 @_utc_date_option("--before", "Delete every batch created before this UTC date.")
 @click.option(
     "--older-than",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=36500),  # 100 years; more would reach before year 1
     metavar="DAYS",
     help="Delete every batch created more than DAYS days ago (for retention jobs).",
 )

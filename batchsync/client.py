@@ -132,8 +132,8 @@ class RateLimiter:
     """Space request starts at least ``1 / per_second`` apart, across threads."""
 
     def __init__(self, per_second: float, sleep: Callable[[float], None] = time.sleep) -> None:
-        if per_second <= 0:
-            raise ConfigError("--max-requests-per-second must be positive")
+        if not per_second >= 0.001:  # also refuses nan
+            raise ConfigError("--max-requests-per-second must be a number, at least 0.001")
         self._interval = 1.0 / per_second
         self._sleep = sleep
         self._lock = threading.Lock()

@@ -43,6 +43,7 @@ from batchsync.config import DatabaseSettings, quote_identifier, redact_url
 from batchsync.errors import (
     BadArgument,
     DatabaseReadOnly,
+    DatabaseRefused,
     DatabaseUnavailable,
     SchemaConflictError,
     SchemaOutdatedError,
@@ -607,7 +608,21 @@ def unavailable(engine: Engine, exc: BaseException) -> DatabaseUnavailable:
             "read it (`runs`, `db current`) but needs write access to the file and its "
             "directory to sync or upgrade"
         )
+    if _REFUSED_SETTINGS.search(first):
+        return DatabaseRefused(
+            f"the database at {redact_url(engine.url)} refused the connection settings "
+            f"({first}): check the user, password, database name and port in "
+            "BATCHSYNC_DATABASE_URL"
+        )
     return DatabaseUnavailable(f"cannot use the database at {redact_url(engine.url)}: {first}")
+
+
+# What PostgreSQL (libpq) says when the server is there but the URL's settings are wrong.
+_REFUSED_SETTINGS = re.compile(
+    r"password authentication failed|authentication failed for user|role \"[^\"]*\" does not"
+    r" exist|database \"[^\"]*\" does not exist|no pg_hba\.conf entry|invalid port number"
+    r"|no password supplied|password is required"
+)
 
 
 def is_read_only(exc: BaseException) -> bool:

@@ -997,3 +997,67 @@ def test_downgrade_on_a_terminal_asks_and_a_no_keeps_the_schema(sqlite_url: str)
     assert "sync_runs" in shown
     assert "cancelled" in shown
     assert "up to date" in run("db", "current", env=env).stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sync", "--all", "--dry-run", "--json", "--since", "0001-01-01T00:00:00+01:00"],
+        ["sync", "--all", "--dry-run", "--until", "9999-12-31T23:59:59-01:00"],
+        ["purge", "--dry-run", "--before", "0001-01-01T00:30:00+01:00"],
+        ["purge", "--dry-run", "--before", "9999-12-31T23:59:59-05:00"],
+        ["purge", "--older-than", "99999999", "--yes", "--json"],
+        ["purge", "--older-than", "800000", "--dry-run"],
+        ["sync", "--all", "--dry-run", "--max-requests-per-second", "1e-300"],
+    ],
+)
+def test_out_of_range_dates_and_values_exit_2_not_70(args: list[str], database_url: str) -> None:
+    """Dates that leave years 1-9999 in UTC, ages beyond 100 years and a near-zero request
+    rate are usage errors naming the option, not internal errors."""
+    result = run(*args, env={"BATCHSYNC_DATABASE_URL": database_url, "BLAND_API_KEY": KEY})
+    assert result.exit_code == EXIT_USAGE, result.output
+    option = next(a for a in args if a in OUT_OF_RANGE)
+    assert option in result.output
+
+
+OUT_OF_RANGE = ("--since", "--until", "--before", "--older-than", "--max-requests-per-second")
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--timeout", "nan"),
+        ("--timeout", "inf"),
+        ("--timeout", "1e308"),
+        ("--base-url", "http://[::1"),
+        ("--base-url", "http://127.0.0.1:99999"),
+    ],
+)
+def test_unusable_timeouts_and_base_urls_exit_3(option: str, value: str, sqlite_url: str) -> None:
+    """A timeout that is no usable number of seconds, or a base URL whose host or port cannot
+    be read, is a configuration error (3), not an internal one (70)."""
+    env = {"BATCHSYNC_DATABASE_URL": sqlite_url, "BLAND_API_KEY": KEY}
+    result = run("sync", "--all", "--dry-run", option, value, env=env)
+    assert result.exit_code == EXIT_CONFIG, result.output
+
+
+@pytest.mark.parametrize("key", ["é", "sk-test\x01key", "sk-test\nkey"])
+def test_api_key_a_header_cannot_carry_exits_3_naming_the_variable(
+    key: str, sqlite_url: str
+) -> None:
+    """A non-ASCII or control-character key exits 3 naming BLAND_API_KEY, never printing it."""
+    result = run(
+        "sync", "--all", "--dry-run", "--json",
+        env={"BATCHSYNC_DATABASE_URL": sqlite_url, "BLAND_API_KEY": key},
+    )  # fmt: skip
+    assert result.exit_code == EXIT_CONFIG, result.output
+    assert "BLAND_API_KEY" in result.output
+    assert key not in result.output
+
+
+def test_api_key_with_a_trailing_newline_is_used_stripped(
+    server: EmulatorServer, database_url: str
+) -> None:
+    """A key read from a file with its newline ("key\\n ") syncs as the key itself."""
+    result = run("sync", "--all", "--migrate", env=api_env(server, database_url, f"{KEY}\n "))
+    assert result.exit_code == EXIT_OK, result.output

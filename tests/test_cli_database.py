@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, inspect, make_url, text
 
 from batchsync.cli import EXIT_CONFIG, EXIT_DATABASE, EXIT_OK, cli
 from batchsync.emulator import Emulator, EmulatorServer
@@ -373,3 +373,38 @@ def test_other_user_reads_while_the_owner_writes(server: EmulatorServer, shared_
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"username": "no_such_role_batchsync"}, id="unknown-role"),
+        pytest.param({"database": "no_such_db_batchsync"}, id="unknown-database"),
+        pytest.param({"port": 99999}, id="port-out-of-range"),
+    ],
+)
+def test_settings_the_postgresql_server_refuses_exit_3_not_4(
+    postgres_url: str, change: dict[str, object]
+) -> None:
+    """An unknown role or database, or a port out of range, is a configuration error (3)
+    naming the way out, not 'database unavailable, retry' (4)."""
+    url = make_url(postgres_url).set(**change).render_as_string(hide_password=False)  # type: ignore[arg-type]
+    result = run("runs", "--database-url", url)
+    assert result.exit_code == EXIT_CONFIG, result.output
+    assert "BATCHSYNC_DATABASE_URL" in result.output
+
+
+def test_unreachable_postgresql_port_still_exits_4(postgres_url: str) -> None:
+    """Nothing listening on the port is the database being unavailable: exit 4."""
+    url = make_url(postgres_url).set(port=1).render_as_string(hide_password=False)
+    result = run("runs", "--database-url", url)
+    assert result.exit_code == EXIT_DATABASE, result.output
+
+
+def test_password_given_as_a_query_parameter_is_never_printed(postgres_url: str) -> None:
+    """?password= in the URL shows as *** in the errors, whatever the outcome."""
+    url = make_url(postgres_url).set(database="no_such_db_batchsync")
+    shown = url.update_query_dict({"password": "hunter2-query"})
+    result = run("runs", "--database-url", shown.render_as_string(hide_password=False))
+    assert "hunter2" not in result.output
+    assert "password=***" in result.output
