@@ -17,7 +17,6 @@ Exit codes (stable; orchestrators may rely on them):
 
 from __future__ import annotations
 
-import io
 import logging
 import signal
 import sys
@@ -201,6 +200,16 @@ def _open_database(
     return settings, create_db_engine(settings, read_only=read_only)
 
 
+def _usage_line(exc: click.ClickException) -> str:
+    """A usage error as one line, pointing at the --help of the command it concerns."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    if not isinstance(exc, click.UsageError) or ctx is None:
+        return message
+    words = ["batchsync", *ctx.command_path.split()[1:]]
+    return f"{message} (see `{' '.join(words)} --help`)"
+
+
 class _Group(click.Group):
     """Turn our errors into one clear line and an exit code; keep secrets out of tracebacks."""
 
@@ -220,9 +229,7 @@ class _Group(click.Group):
         try:
             code = super().main(argv, prog_name, complete_var, False, **extra)
         except click.ClickException as exc:
-            shown = io.StringIO()
-            exc.show(file=shown)
-            _echo(shown.getvalue(), err=True, nl=False)
+            _echo(f"batchsync: error: {_usage_line(exc)}", err=True)
             if "--json" in argv:
                 _echo_json(_failure_json(exc.format_message(), exc.exit_code))
             sys.exit(exc.exit_code)

@@ -168,10 +168,13 @@ def test_missing_key_exits_3(server: EmulatorServer, database_url: str) -> None:
     ],
 )
 def test_bad_usage_exits_2(args: list[str], sqlite_url: str) -> None:
-    """Contradictory or malformed options exit 2 with click's usage message."""
+    """Contradictory or malformed options exit 2 with one stderr line naming the --help."""
     result = run(*args, env={"BATCHSYNC_DATABASE_URL": sqlite_url, "BLAND_API_KEY": KEY})
     assert result.exit_code == EXIT_USAGE
-    assert "Usage:" in result.output or "Error" in result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("batchsync: error: ")
+    assert lines[0].endswith("--help`)")
 
 
 def test_unsupported_database_url_exits_3() -> None:
@@ -730,7 +733,8 @@ def test_json_usage_error_prints_one_json_object_with_exit_2(
     assert summary["status"] == "failed"
     assert summary["exit_code"] == EXIT_USAGE
     assert summary["error"]
-    assert "Usage:" in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("batchsync: error: ")
 
 
 def test_json_error_after_the_run_started_carries_its_run_id(database_url: str) -> None:
