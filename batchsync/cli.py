@@ -56,6 +56,7 @@ from batchsync.db import (
     downgrade,
     head_revision,
     plan_downgrade,
+    require_sqlite_file,
     upgrade,
 )
 from batchsync.errors import (
@@ -192,11 +193,19 @@ schema_option = click.option(
 
 
 def _open_database(
-    database_url: str | None, schema: str | None = None, *, read_only: bool = False
+    database_url: str | None,
+    schema: str | None = None,
+    *,
+    read_only: bool = False,
+    creates: bool = True,
+    can_migrate: bool = False,
 ) -> tuple[DatabaseSettings, Engine]:
     """Build the engine; ``read_only`` for commands that only read (on SQLite: no write
-    lock, never waits for a writer, and a missing file is reported, not created)."""
+    lock, never waits for a writer, and a missing file is reported, not created); without
+    ``creates``, a missing SQLite file or folder is reported rather than created too."""
     settings = load_database(database_url, schema)
+    if not creates:
+        require_sqlite_file(settings, can_migrate=can_migrate)
     return settings, create_db_engine(settings, read_only=read_only)
 
 
@@ -710,7 +719,7 @@ def sync(
     if dry_run and migrate:
         raise click.UsageError("--dry-run writes nothing, so it cannot --migrate")
     api = load_api(base_url, api_key, timeout)
-    settings, engine = _open_database(database_url, schema)
+    settings, engine = _open_database(database_url, schema, creates=migrate, can_migrate=True)
     if not dry_run:
         check_writable(engine)
     if migrate:
@@ -987,7 +996,7 @@ def purge(
         before = datetime.now(UTC) - timedelta(days=older_than)
     if not batch_ids and before is None:
         raise click.UsageError("name batches with --batch ID, or give --before / --older-than")
-    _, engine = _open_database(database_url, schema)
+    _, engine = _open_database(database_url, schema, creates=False)
     check_writable(engine)
     check_schema(engine)
     if not dry_run:

@@ -443,7 +443,7 @@ def test_purge_older_than_days(server: EmulatorServer, database_url: str) -> Non
     """`purge --older-than DAYS` deletes batches created more than DAYS days ago."""
     env = api_env(server, database_url)
     run("sync", "--all", "--migrate", env=env)
-    kept = run("purge", "--older-than", "100000", "--json", "--yes", env=env)
+    kept = run("purge", "--older-than", "36500", "--json", "--yes", env=env)
     assert json.loads(kept.output)["deleted"]["batches"] == 0
     gone = run("purge", "--older-than", "1", "--json", "--yes", env=env)
     assert json.loads(gone.output)["deleted"]["batches"] == 3

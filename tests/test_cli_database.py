@@ -275,6 +275,41 @@ def test_readers_report_a_missing_file_without_creating_it(
     result = run(*command, "--database-url", f"sqlite:///{path}")
     assert result.exit_code == EXIT_DATABASE
     assert f"no database at {path}" in result.output
+    assert "`batchsync db upgrade`" in result.output
+    assert "`batchsync sync` to" not in result.output  # sync alone refuses an empty file
+    assert not path.parent.exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "advice"),
+    [
+        (["purge", "--older-than", "5", "--yes"], "run `batchsync db upgrade`"),
+        (["sync", "--all"], "run `batchsync sync --migrate`"),
+        (["sync", "--all", "--dry-run"], "run `batchsync sync --migrate`"),
+    ],
+)
+def test_writers_that_do_not_create_report_a_missing_file_without_creating_it(
+    command: list[str], advice: str, tmp_path: Path
+) -> None:
+    """purge, and sync without --migrate, on a missing SQLite file exit 4 saying how to
+    create it, and leave no empty file behind."""
+    tmp_path.joinpath("here").mkdir()
+    path = tmp_path / "here" / "missing.db"
+    env = {"BLAND_API_KEY": KEY}
+    result = run(*command, "--database-url", f"sqlite:///{path}", env=env)
+    assert result.exit_code == EXIT_DATABASE, result.output
+    assert f"no database at {path}" in result.output
+    assert advice in result.output
+    assert not path.exists()
+
+
+def test_sync_into_a_missing_folder_says_the_folder_is_missing(tmp_path: Path) -> None:
+    """sync without --migrate into a folder that does not exist names the folder and
+    creates nothing, rather than report a missing schema."""
+    path = tmp_path / "nowhere" / "x.db"
+    result = run("sync", "--all", "--database-url", f"sqlite:///{path}", env={"BLAND_API_KEY": KEY})
+    assert result.exit_code == EXIT_DATABASE, result.output
+    assert f"its folder {path.parent} does not exist" in result.output
     assert not path.parent.exists()
 
 
