@@ -50,7 +50,14 @@ from batchsync.payload import (
 )
 
 # Phone-number-looking runs inside free text ("Cannot transfer to +1 (222) 333-4444 - ...").
-_NUMBER_IN_TEXT = re.compile(r"(?<![\w+])\+?\d[\d\s().\-/]{5,}\d(?!\w)")
+# An opening parenthesis ("(212)555-0199") and an extension ("x123", "ext. 12") belong to it.
+_NUMBER_IN_TEXT = re.compile(
+    r"(?<![\w+(])[+(]?\d[\d\s().\-/]{5,}\d"
+    r"(?:\s*(?:x|ext\.?|extension)\s*\d{1,6})?(?!\w)",
+    re.IGNORECASE,
+)
+# A trunk prefix written after the country code, "+44 (0) 20...": not dialled from abroad.
+_TRUNK_ZERO = re.compile(r"^(\+\d{1,3})[\s.\-]*\(0\)")
 # E-mail addresses inside free text (redact_transcripts only).
 _EMAIL_IN_TEXT = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")
 _WRITTEN_NUMBER = re.compile(r"\+?[\d\s().\-/]+")
@@ -95,9 +102,9 @@ def normalize_number(value: str) -> str | None:
     read as ``+``; 10 digits without a ``+`` are a North American number (``+1``), as are
     11 digits starting with 1. Other digit strings of 7 to 15 digits keep their digits
     behind a ``+``. Anything with letters, or fewer than 7 or more than 15 digits, is not a
-    number.
+    number. A trunk ``(0)`` after the country code (``+44 (0) 7700 900124``) is dropped.
     """
-    text = value.strip()
+    text = _TRUNK_ZERO.sub(r"\1", value.strip())
     if not text or not _WRITTEN_NUMBER.fullmatch(text):
         return None
     digits = _NOT_DIGIT.sub("", text)

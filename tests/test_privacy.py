@@ -505,3 +505,25 @@ def test_api_key_echoed_in_a_batch_body_is_stored_masked(database_url: str, stre
         assert "0123456" not in written, name
     assert "***" in texts["batches"]
     assert "Bearer ***" in texts["calls"]
+
+
+@pytest.mark.parametrize(
+    ("written", "normal"),
+    [("+44 (0) 7700 900124", "+447700900124"), ("+44(0)20 7946 0958", "+442079460958")],
+)
+def test_a_trunk_zero_after_the_country_code_is_dropped(written: str, normal: str) -> None:
+    """'+44 (0) 7700 900124' is the E.164 number +447700900124: the '(0)' is not dialled."""
+    assert normalize_number(written) == normal
+
+
+@pytest.mark.parametrize(
+    "written", ["+1-212-555-0199x123", "(212)555-0199", "(212) 555-0199 ext. 45", "212.555.0199"]
+)
+def test_redaction_masks_extensions_and_parentheses_whole(written: str) -> None:
+    """--redact-transcripts leaves no digit, parenthesis or extension of a number behind."""
+    raw = raw_batch()
+    raw["call_data"][0]["transcripts"] = [{"id": 1, "text": f"dial {written} now", "user": "user"}]
+    policy = PhonePolicy(redact_transcripts=True)
+    parsed = apply_phone_policy(parse_batch(raw, batch_id="b1"), policy)
+    assert parsed.transcripts is not None
+    assert parsed.transcripts[0].text == "dial [phone] now"
