@@ -62,6 +62,8 @@ _TRUNK_ZERO = re.compile(r"^(\+\d{1,3})[\s.\-]*\(0\)")
 _EMAIL_IN_TEXT = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")
 _WRITTEN_NUMBER = re.compile(r"\+?[\d\s().\-/]+")
 _NOT_DIGIT = re.compile(r"\D")
+# Six digits in a row or with separators: fewer cannot hold a number's digit form.
+_has_digits = re.compile(r"\d(?:[\s().\-/+]*\d){5}").search
 _KEY_SEPARATORS = re.compile(r"[\s_.\-]")
 # A run of digits and the separators written between them, where a known number may hide.
 _DIGIT_RUN = re.compile(r"(?<!\d)\+?\d[\d\s().\-/]*\d(?!\d)")
@@ -104,7 +106,9 @@ def normalize_number(value: str) -> str | None:
     behind a ``+``. Anything with letters, or fewer than 7 or more than 15 digits, is not a
     number. A trunk ``(0)`` after the country code (``+44 (0) 7700 900124``) is dropped.
     """
-    text = _TRUNK_ZERO.sub(r"\1", value.strip())
+    text = value.strip()
+    if "(0)" in text:
+        text = _TRUNK_ZERO.sub(r"\1", text)
     if not text or not _WRITTEN_NUMBER.fullmatch(text):
         return None
     digits = _NOT_DIGIT.sub("", text)
@@ -317,6 +321,11 @@ _CALL_DONE = frozenset({"to_number", "from_number", "error_message", "request_da
 _BATCH_DONE = frozenset({"label", "base_prompt", "call_params", "extra"})
 _LINE_DONE = frozenset({"text"})
 _ERROR_DONE = frozenset({"error_message"})
+_DONE: dict[type, frozenset[str]] = {
+    CallRecord: _CALL_DONE,
+    TranscriptLineRecord: _LINE_DONE,
+    ErrorRecord: _ERROR_DONE,
+}
 # Identifiers: batch_id is the key every table and the run ledger join on and names the
 # batch in messages and URLs, so it is stored as sent; call_id is handled by _CallIds.
 _IDS = frozenset({"batch_id", "call_id"})
@@ -385,12 +394,7 @@ class _CallIds:
 
     def follow(self, record: _Record, mask: _Mask) -> _Record:
         """``record`` scrubbed, with its call_id as stored for its call."""
-        done = {
-            CallRecord: _CALL_DONE,
-            TranscriptLineRecord: _LINE_DONE,
-            ErrorRecord: _ERROR_DONE,
-        }.get(type(record), frozenset())
-        record = _scrub(record, mask, done)
+        record = _scrub(record, mask, _DONE.get(type(record), frozenset()))
         call_id = getattr(record, "call_id", None)
         if not isinstance(call_id, str) or self.policy.mode is PhoneMode.KEEP:
             return record
@@ -433,6 +437,8 @@ class _Mask:
 
     def value(self, value: str, *, nullable: bool = True) -> str | None:
         """A text value: hashed (or dropped) when it is a known number, else masked inside."""
+        if not _has_digits(value):  # most values ("completed", "user"): nothing to test
+            return value
         if normalize_number(value) in self.numbers:
             stored = self.policy.number(value)
             return stored if stored is not None or nullable else "[phone]"
