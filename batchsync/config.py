@@ -284,7 +284,14 @@ def _secrets_pattern() -> re.Pattern[str] | None:
         # case-insensitive, since percent-escapes come in both cases (%2F, %2f).
         alternatives = sorted(spellings, key=len, reverse=True)
         _pattern = re.compile("|".join(map(_echo_pattern, alternatives)), re.IGNORECASE)
+        _each.clear()
+        _each.extend(re.compile(_echo_pattern(a), re.IGNORECASE) for a in alternatives)
     return _pattern
+
+
+# One pattern per spelling: where the alternation found an echo, the longest of them wins
+# (a cut-short spelling may match less than another spelling of the same key there).
+_each: list[re.Pattern[str]] = []
 
 
 def _needles() -> tuple[bytes, ...]:
@@ -319,7 +326,16 @@ def redact(text: str) -> str:
     HTML-escaped, base64-encoded, cut short, or with invisible characters inside).
     """
     pattern = _secrets_pattern()
-    return text if pattern is None else pattern.sub("***", text)
+    if pattern is None:
+        return text
+    parts: list[str] = []
+    position = 0
+    while found := pattern.search(text, position):
+        start = found.start()
+        end = max(m.end() for each in _each if (m := each.match(text, start)))
+        parts += [text[position:start], "***"]
+        position = end
+    return "".join(parts) + text[position:] if parts else text
 
 
 def forget_secrets() -> None:

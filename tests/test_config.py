@@ -200,3 +200,12 @@ def test_api_key_with_control_or_non_ascii_characters_is_refused_without_quoting
     with pytest.raises(ConfigError, match="BLAND_API_KEY") as raised:
         load_api(None, key)
     assert "test" not in str(raised.value)
+
+
+def test_a_cut_short_echo_is_masked_to_its_end_whatever_other_spellings_match() -> None:
+    """Where several spellings of the key match an echo, the longest match is masked, so no
+    tail of the key is left ('&q' of a key whose HTML form spells '&' as '&amp;')."""
+    key = "sk+SECRET/abc 123=XYZ&q<1>"
+    register_secret(key)
+    assert redact(f"bad key {key[:-3]}...") == "bad key ***..."
+    assert redact(f"x {key} y") == "x *** y"
