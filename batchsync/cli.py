@@ -5,7 +5,8 @@ Exit codes (stable; orchestrators may rely on them):
     0   every batch synced (or was unchanged / skipped)
     1   some batches failed; the others were committed
     2   usage error (bad option or argument, unknown revision, --yes missing off a terminal)
-    3   configuration or authentication error (missing or rejected API key, bad URL)
+    3   configuration or authentication error (missing, malformed or rejected API key, bad
+        URL or option value; the database refused its user, password, database or port)
     4   the database is unreachable, missing (SQLite file) or read-only, its schema is missing
         or behind, or a table name it needs belongs to another application
     5   the Bland API could not be used for the run as a whole (listing batches failed, or
@@ -16,7 +17,6 @@ Exit codes (stable; orchestrators may rely on them):
 
 from __future__ import annotations
 
-import io
 import logging
 import signal
 import sys
@@ -56,6 +56,7 @@ from batchsync.db import (
     downgrade,
     head_revision,
     plan_downgrade,
+    require_sqlite_file,
     upgrade,
 )
 from batchsync.errors import (
@@ -68,7 +69,12 @@ from batchsync.errors import (
     Interrupted,
     PayloadError,
 )
-from batchsync.privacy import PhoneMode, load_phone_policy, refuse_clear_numbers_over_protected
+from batchsync.privacy import (
+    PhoneMode,
+    load_phone_policy,
+    refuse_clear_numbers_over_protected,
+    refuse_partial_switch,
+)
 from batchsync.sync import RunResult, Shard, SyncEvents, SyncOptions, run_sync
 
 EXIT_OK = 0
@@ -187,12 +193,30 @@ schema_option = click.option(
 
 
 def _open_database(
-    database_url: str | None, schema: str | None = None, *, read_only: bool = False
+    database_url: str | None,
+    schema: str | None = None,
+    *,
+    read_only: bool = False,
+    creates: bool = True,
+    can_migrate: bool = False,
 ) -> tuple[DatabaseSettings, Engine]:
     """Build the engine; ``read_only`` for commands that only read (on SQLite: no write
-    lock, never waits for a writer, and a missing file is reported, not created)."""
+    lock, never waits for a writer, and a missing file is reported, not created); without
+    ``creates``, a missing SQLite file or folder is reported rather than created too."""
     settings = load_database(database_url, schema)
+    if not creates:
+        require_sqlite_file(settings, can_migrate=can_migrate)
     return settings, create_db_engine(settings, read_only=read_only)
+
+
+def _usage_line(exc: click.ClickException) -> str:
+    """A usage error as one line, pointing at the --help of the command it concerns."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    if not isinstance(exc, click.UsageError) or ctx is None:
+        return message
+    words = ["batchsync", *ctx.command_path.split()[1:]]
+    return f"{message} (see `{' '.join(words)} --help`)"
 
 
 class _Group(click.Group):
@@ -214,9 +238,7 @@ class _Group(click.Group):
         try:
             code = super().main(argv, prog_name, complete_var, False, **extra)
         except click.ClickException as exc:
-            shown = io.StringIO()
-            exc.show(file=shown)
-            _echo(shown.getvalue(), err=True, nl=False)
+            _echo(f"batchsync: error: {_usage_line(exc)}", err=True)
             if "--json" in argv:
                 _echo_json(_failure_json(exc.format_message(), exc.exit_code))
             sys.exit(exc.exit_code)
@@ -528,7 +550,14 @@ class UtcDateTime(click.ParamType[datetime, Any]):
                 )
         if parsed.tzinfo is None:
             return parsed.replace(tzinfo=UTC)
-        return parsed.astimezone(UTC)
+        try:
+            return parsed.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+            self.fail(
+                f"{value!r} is out of range once converted to UTC (before year 1 or after 9999)",
+                param,
+                ctx,
+            )
 
 
 def _utc_date_option(name: str, help_text: str) -> Callable[[F], F]:
@@ -605,7 +634,7 @@ def _plural(count: int, singular: str, plural: str | None = None) -> str:
 )
 @click.option(
     "--max-requests-per-second",
-    type=click.FloatRange(min=0, min_open=True),
+    type=click.FloatRange(min=0.001),  # one request per 1000 s; less would overflow clocks
     envvar="BATCHSYNC_MAX_REQUESTS_PER_SECOND",
     show_envvar=True,
     help="Cap on the request rate to the API [default: no cap]",
@@ -690,15 +719,20 @@ def sync(
     if dry_run and migrate:
         raise click.UsageError("--dry-run writes nothing, so it cannot --migrate")
     api = load_api(base_url, api_key, timeout)
-    settings, engine = _open_database(database_url, schema)
+    settings, engine = _open_database(database_url, schema, creates=migrate, can_migrate=True)
     if not dry_run:
         check_writable(engine)
     if migrate:
         upgrade(engine)
     check_schema(engine, can_migrate=True)
     phones = load_phone_policy(phone_numbers, redact_transcripts=redact_transcripts)
+    stored_policies = store.stored_phone_policies(engine)
     if ctx.get_parameter_source("phone_numbers") == click.core.ParameterSource.DEFAULT:
-        refuse_clear_numbers_over_protected(phones, store.stored_phone_policies(engine))
+        refuse_clear_numbers_over_protected(phones, stored_policies)
+    left_out = {"--no-calls": calls, "--no-transcripts": transcripts, "--no-analysis": analysis}
+    refuse_partial_switch(
+        phones, stored_policies, [flag for flag, on in left_out.items() if not on]
+    )
     options = SyncOptions(
         batch_ids=batch_ids,
         discover=discover,
@@ -924,7 +958,7 @@ def runs_show(
 @_utc_date_option("--before", "Delete every batch created before this UTC date.")
 @click.option(
     "--older-than",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=36500),  # 100 years; more would reach before year 1
     metavar="DAYS",
     help="Delete every batch created more than DAYS days ago (for retention jobs).",
 )
@@ -963,7 +997,7 @@ def purge(
         before = datetime.now(UTC) - timedelta(days=older_than)
     if not batch_ids and before is None:
         raise click.UsageError("name batches with --batch ID, or give --before / --older-than")
-    _, engine = _open_database(database_url, schema)
+    _, engine = _open_database(database_url, schema, creates=False)
     check_writable(engine)
     check_schema(engine)
     if not dry_run:

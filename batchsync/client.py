@@ -32,7 +32,7 @@ import orjson
 import tenacity
 
 from batchsync import __version__
-from batchsync.config import ApiSettings, redact
+from batchsync.config import ApiSettings, echoes_secret, redact
 from batchsync.errors import (
     ApiError,
     ApiUnreachable,
@@ -127,6 +127,7 @@ class FetchedBatch(NamedTuple):
     content_sha256: str
     size: int
     body: SpooledBody | None = None
+    echoes_secret: bool = False  # the body may quote the API key: its strings need redacting
 
 
 # Given a fetched body's content hash, whether it is the one already stored, so that the
@@ -179,8 +180,8 @@ class RateLimiter:
     """Space request starts at least ``1 / per_second`` apart, across threads."""
 
     def __init__(self, per_second: float, sleep: Callable[[float], None] = time.sleep) -> None:
-        if per_second <= 0:
-            raise ConfigError("--max-requests-per-second must be positive")
+        if not per_second >= 0.001:  # also refuses nan
+            raise ConfigError("--max-requests-per-second must be a number, at least 0.001")
         self._interval = 1.0 / per_second
         self._sleep = sleep
         self._lock = threading.Lock()
@@ -319,34 +320,36 @@ class BlandClient:
                 parsed = parse_batch_body(
                     body, batch_id=batch_id, transcripts_requested=transcripts
                 )
+                echoed = echoes_secret(body)
             elif self.spool_large_bodies:
                 # Closed by the SpooledBody's owner, not here: SIM115 does not apply.
                 spooled = tempfile.TemporaryFile(prefix="batchsync-")  # noqa: SIM115
+                counted = _Counted(self._chunks(response, digest))
                 try:
-                    size = 0
-                    for chunk in self._chunks(response, digest):
+                    for chunk in counted:
                         spooled.write(chunk)
-                        size += len(chunk)
                 except BaseException:
                     spooled.close()
                     raise
                 if unchanged is not None and unchanged(digest.hexdigest()):
                     spooled.close()
-                    return FetchedBatch(None, digest.hexdigest(), size)
+                    return FetchedBatch(None, digest.hexdigest(), counted.size)
                 saved = SpooledBody(
                     spooled,
                     batch_id=batch_id,
                     transcripts_requested=transcripts,
                     chunk_calls=self.chunk_calls,
                 )
-                return FetchedBatch(None, digest.hexdigest(), size, saved)
+                return FetchedBatch(
+                    None, digest.hexdigest(), counted.size, saved, counted.echoes_secret
+                )
             else:
                 counted = _Counted(self._chunks(response, digest))
                 parsed = parse_batch_stream(
                     counted, batch_id=batch_id, transcripts_requested=transcripts
                 )
-                size = counted.size
-            return FetchedBatch(parsed, digest.hexdigest(), size)
+                size, echoed = counted.size, counted.echoes_secret
+            return FetchedBatch(parsed, digest.hexdigest(), size, echoes_secret=echoed)
 
         return self._get(
             path,
@@ -544,15 +547,21 @@ def _json(body: bytes, batch_id: str | None) -> Any:
 
 
 class _Counted:
-    """Chunks passed through, their total size counted."""
+    """Chunks passed through, their total size counted, and whether any quotes a secret
+    (tested with the end of the previous chunk, so an echo split across two is seen)."""
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
         self.size = 0
+        self.echoes_secret = False
 
     def __iter__(self) -> Iterator[bytes]:
+        tail = b""
         for chunk in self._chunks:
             self.size += len(chunk)
+            if not self.echoes_secret:
+                self.echoes_secret = echoes_secret(tail + chunk)
+                tail = chunk[-256:]
             yield chunk
 
 

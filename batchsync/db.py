@@ -43,6 +43,7 @@ from batchsync.config import DatabaseSettings, quote_identifier, redact_url
 from batchsync.errors import (
     BadArgument,
     DatabaseReadOnly,
+    DatabaseRefused,
     DatabaseUnavailable,
     SchemaConflictError,
     SchemaOutdatedError,
@@ -217,15 +218,33 @@ def create_db_engine(
     return engine
 
 
+def require_sqlite_file(settings: DatabaseSettings, *, can_migrate: bool = False) -> None:
+    """On SQLite, refuse a file (or its folder) that does not exist, before anything would
+    create it: only `db upgrade` and `sync --migrate` create a database. Else nothing.
+    ``can_migrate``: the command has --migrate, so the advice may name it."""
+    url = settings.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return
+    path = Path(url.database).expanduser()
+    creators = "`batchsync db upgrade`"
+    if can_migrate:
+        creators = "`batchsync sync --migrate` (or `batchsync db upgrade`)"
+    if not path.parent.is_dir():
+        raise DatabaseUnavailable(
+            f"no database at {path}: its folder {path.parent} does not exist; create it, or "
+            f"check --database-url; then {creators} creates the database"
+        )
+    if not path.is_file():
+        raise DatabaseUnavailable(
+            f"no database at {path}: run {creators} to create it, or check --database-url"
+        )
+
+
 def _create_sqlite_reader(settings: DatabaseSettings, busy_timeout: float) -> Engine:
     """A read-only SQLite engine: mode=ro, no BEGIN IMMEDIATE, never creates the file."""
     assert settings.url.database is not None
     path = Path(settings.url.database).expanduser()
-    if not path.is_file():
-        raise DatabaseUnavailable(
-            f"no database at {path}: run `batchsync db upgrade` or `batchsync sync` to create it, "
-            "or check --database-url"
-        )
+    require_sqlite_file(settings)
     resolved = path.resolve()
     uri = f"file:{quote(str(resolved))}?mode=ro"
 
@@ -607,7 +626,21 @@ def unavailable(engine: Engine, exc: BaseException) -> DatabaseUnavailable:
             "read it (`runs`, `db current`) but needs write access to the file and its "
             "directory to sync or upgrade"
         )
+    if _REFUSED_SETTINGS.search(first):
+        return DatabaseRefused(
+            f"the database at {redact_url(engine.url)} refused the connection settings "
+            f"({first}): check the user, password, database name and port in "
+            "BATCHSYNC_DATABASE_URL"
+        )
     return DatabaseUnavailable(f"cannot use the database at {redact_url(engine.url)}: {first}")
+
+
+# What PostgreSQL (libpq) says when the server is there but the URL's settings are wrong.
+_REFUSED_SETTINGS = re.compile(
+    r"password authentication failed|authentication failed for user|role \"[^\"]*\" does not"
+    r" exist|database \"[^\"]*\" does not exist|no pg_hba\.conf entry|invalid port number"
+    r"|no password supplied|password is required"
+)
 
 
 def is_read_only(exc: BaseException) -> bool:

@@ -18,7 +18,10 @@
         ├── SchemaOutdatedError     schema missing or behind: run `batchsync db upgrade` -> exit 4
         ├── SchemaConflictError     a table batchsync would create is someone else's   -> exit 4
         └── DatabaseUnavailable     cannot connect, the connection dropped, no such file -> exit 4
-            └── DatabaseReadOnly    a write to a read-only SQLite file               -> exit 4
+            ├── DatabaseReadOnly    a write to a read-only SQLite file               -> exit 4
+            └── DatabaseRefused     the server refused the settings: authentication failed,
+                                    no such role or database, a port out of range (also a
+                                    ConfigError)                                     -> exit 3
 
 A failure of one batch (BatchNotFound, PayloadError, a per-batch TransientApiError or
 database error while writing it) is recorded against that batch; the run goes on and ends
@@ -121,3 +124,8 @@ class DatabaseUnavailable(DatabaseError):
 
 class DatabaseReadOnly(DatabaseUnavailable):
     """The database can be read but not written (a read-only SQLite file or directory)."""
+
+
+class DatabaseRefused(DatabaseUnavailable, ConfigError):
+    """The database server is up but refused the settings: a password, role or database
+    name, or a port out of range. Retrying cannot help; fixing the URL does (exit 3)."""

@@ -15,7 +15,10 @@ With ``hash`` or ``drop`` no number of the payload is stored as sent:
   of the call's numbers (for batch-level columns: of the batch's numbers), and the call's
   numbers written inside longer strings;
 - the call's numbers anywhere in its text (transcript lines, summary), the batch's numbers
-  in its label and base prompt, and anything that looks like a number in error messages.
+  in its label and base prompt, and anything that looks like a number in error messages;
+- every other field of every record, generically (:func:`_scrub`): text equal to a number
+  is hashed, numbers inside text masked, JSON and numeric values whose digits are a number
+  hashed or nulled; call ids that are numbers are stored alike in every table (:class:`_CallIds`).
 
 ``redact_transcripts`` (``--redact-transcripts``) also masks, best effort and by pattern,
 any phone number and e-mail address written in transcript lines and call summaries, under
@@ -34,18 +37,33 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple, TypeVar, get_args, get_type_hints
 
-from batchsync.config import ENV_PHONE_HASH_KEY, Secret, env, register_secret
+from batchsync.config import ENV_PHONE_HASH_KEY, Secret, env, redact, register_secret
 from batchsync.errors import ConfigError
-from batchsync.payload import CallRecord, ParsedBatch, TranscriptLineRecord
+from batchsync.payload import (
+    CallRecord,
+    ErrorRecord,
+    ParsedBatch,
+    QueueStatusCountRecord,
+    TranscriptLineRecord,
+)
 
 # Phone-number-looking runs inside free text ("Cannot transfer to +1 (222) 333-4444 - ...").
-_NUMBER_IN_TEXT = re.compile(r"(?<![\w+])\+?\d[\d\s().\-/]{5,}\d(?!\w)")
+# An opening parenthesis ("(212)555-0199") and an extension ("x123", "ext. 12") belong to it.
+_NUMBER_IN_TEXT = re.compile(
+    r"(?<![\w+(])[+(]?\d[\d\s().\-/]{5,}\d"
+    r"(?:\s*(?:x|ext\.?|extension)\s*\d{1,6})?(?!\w)",
+    re.IGNORECASE,
+)
+# A trunk prefix written after the country code, "+44 (0) 20...": not dialled from abroad.
+_TRUNK_ZERO = re.compile(r"^(\+\d{1,3})[\s.\-]*\(0\)")
 # E-mail addresses inside free text (redact_transcripts only).
 _EMAIL_IN_TEXT = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")
 _WRITTEN_NUMBER = re.compile(r"\+?[\d\s().\-/]+")
 _NOT_DIGIT = re.compile(r"\D")
+# Six digits in a row or with separators: fewer cannot hold a number's digit form.
+_has_digits = re.compile(r"\d(?:[\s().\-/+]*\d){5}").search
 _KEY_SEPARATORS = re.compile(r"[\s_.\-]")
 # A run of digits and the separators written between them, where a known number may hide.
 _DIGIT_RUN = re.compile(r"(?<!\d)\+?\d[\d\s().\-/]*\d(?!\d)")
@@ -63,7 +81,7 @@ TRANSCRIPT_TEXT_KEYS = ("summary", "concatenated_transcript")
 
 # Bump when what a policy stores changes (normalisation, places covered): the tag recorded
 # with each batch changes with it, so the next run rewrites batches stored the old way.
-_SCRUB_VERSION = "v2"
+_SCRUB_VERSION = "v3"
 
 
 class PhoneMode(StrEnum):
@@ -86,9 +104,11 @@ def normalize_number(value: str) -> str | None:
     read as ``+``; 10 digits without a ``+`` are a North American number (``+1``), as are
     11 digits starting with 1. Other digit strings of 7 to 15 digits keep their digits
     behind a ``+``. Anything with letters, or fewer than 7 or more than 15 digits, is not a
-    number.
+    number. A trunk ``(0)`` after the country code (``+44 (0) 7700 900124``) is dropped.
     """
     text = value.strip()
+    if "(0)" in text:
+        text = _TRUNK_ZERO.sub(r"\1", text)
     if not text or not _WRITTEN_NUMBER.fullmatch(text):
         return None
     digits = _NOT_DIGIT.sub("", text)
@@ -176,16 +196,86 @@ def refuse_clear_numbers_over_protected(policy: PhonePolicy, stored_policies: se
         )
 
 
+def redact_secrets(parsed: ParsedBatch) -> ParsedBatch:
+    """The batch with every registered secret (the API key...) masked in every string of
+    every record, JSON keys and values at any depth included.
+
+    For the rare body that quotes a secret (a 200 response echoing the key in
+    ``call_params`` or an error text): the caller tests the raw body once
+    (:func:`~batchsync.config.echoes_secret`) and only then pays for this walk.
+    """
+
+    parts: dict[str, Any] = {}
+    for name, part in zip(parsed._fields, parsed, strict=True):
+        if isinstance(part, list):
+            parts[name] = redact_secrets_in(part)
+        elif isinstance(part, tuple):  # a record (every field of ParsedBatch is one, or a list)
+            parts[name] = _redacted_record(part)
+    return parsed._replace(**parts)
+
+
+def redact_secrets_in(records: list[_Record]) -> list[_Record]:
+    """:func:`redact_secrets` for a list of records (a chunk of a batch written in chunks)."""
+    return [_redacted_record(each) if isinstance(each, tuple) else each for each in records]
+
+
+def _redacted_record(each: _Record) -> _Record:
+    changes = {
+        name: cleaned
+        for name, value in zip(each._fields, each, strict=True)
+        if (cleaned := _redacted(value)) != value
+    }
+    return each._replace(**changes) if changes else each
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact(str(key)): _redacted(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redacted(item) for item in value]
+    return value
+
+
+def refuse_partial_switch(
+    policy: PhonePolicy, stored_policies: set[str], left_out: Iterable[str]
+) -> None:
+    """Stop a policy switch that would leave some parts of stored batches as they were.
+
+    A run with --no-calls, --no-transcripts or --no-analysis leaves those parts of a stored
+    batch untouched, yet would record the batch under the new policy: the tag would claim a
+    protection (or a redaction) the untouched rows do not have. ``left_out``: the options
+    that leave parts out.
+    """
+    skipped = sorted(left_out)
+    other = sorted(tag for tag in stored_policies if tag != policy.tag)
+    if not skipped or not other:
+        return
+    raise ConfigError(
+        f"batches in this database were stored under another phone-number policy, and "
+        f"{' and '.join(skipped)} would leave those parts as stored while recording the new "
+        "policy. Run the switch once without "
+        f"{' and '.join(skipped)}, then use {'them' if len(skipped) > 1 else 'it'} again"
+    )
+
+
 def apply_phone_policy(parsed: ParsedBatch, policy: PhonePolicy) -> ParsedBatch:
-    """The batch with its phone numbers kept, hashed or dropped as ``policy`` says."""
+    """The batch with its phone numbers kept, hashed or dropped as ``policy`` says.
+
+    Under hash or drop every field of every record is scrubbed (:func:`_scrub`), whatever
+    its name: text fields, JSON values at any depth and numeric fields, so a field added to
+    a record is covered without being listed here.
+    """
     if policy.mode is PhoneMode.KEEP and not policy.redact_transcripts:
         return parsed
     masks: dict[str, _Mask] = {}
+    ids = _CallIds(policy)
     calls = None
     if parsed.calls is not None:
-        calls, transcripts, masks = _calls_and_lines(parsed.calls, parsed.transcripts, policy)
+        calls, transcripts, masks = _calls_and_lines(parsed.calls, parsed.transcripts, policy, ids)
     else:
-        transcripts = _lines(parsed.transcripts, {}, policy)
+        transcripts = _lines(parsed.transcripts, {}, policy, ids)
     if policy.mode is PhoneMode.KEEP:
         return parsed._replace(calls=calls, transcripts=transcripts)
     batch = parsed.batch
@@ -194,22 +284,135 @@ def apply_phone_policy(parsed: ParsedBatch, policy: PhonePolicy) -> ParsedBatch:
     batch_mask = _Mask(policy, numbers)
     errors = None
     if parsed.errors is not None:
-        errors = [
-            e._replace(
-                error_message=policy.text(
-                    masks.get(e.call_id or "", batch_mask).text(e.error_message)
-                )
-                or ""
-            )
-            for e in parsed.errors
-        ]
-    batch = batch._replace(
-        label=batch_mask.text(batch.label),
-        base_prompt=batch_mask.text(batch.base_prompt),
-        call_params=batch_mask.json(batch.call_params),
-        extra=batch_mask.json(batch.extra),
+        errors = []
+        for e in parsed.errors:
+            mask = masks.get(e.call_id or "", batch_mask)
+            message = policy.text(mask.text(e.error_message)) or ""
+            errors.append(ids.follow(e._replace(error_message=message), mask))
+    batch = _scrub(
+        batch._replace(
+            label=batch_mask.text(batch.label),
+            base_prompt=batch_mask.text(batch.base_prompt),
+            call_params=batch_mask.json(batch.call_params),
+            extra=batch_mask.json(batch.extra),
+        ),
+        batch_mask,
+        done=_BATCH_DONE,
     )
-    return parsed._replace(batch=batch, calls=calls, errors=errors, transcripts=transcripts)
+    analysis = parsed.analysis and _scrub(parsed.analysis, batch_mask)
+    counts = None
+    if parsed.queue_status_counts is not None:
+        counts = _merged_counts(_scrub(c, batch_mask) for c in parsed.queue_status_counts)
+    return parsed._replace(
+        batch=batch,
+        analysis=analysis,
+        queue_status_counts=counts,
+        calls=calls,
+        errors=errors,
+        transcripts=transcripts,
+    )
+
+
+# Fields already scrubbed by their own rule before the generic pass (see _call, and the
+# batch and error records above), or identifiers handled by _CallIds.
+_CALL_DONE = frozenset({"to_number", "from_number", "error_message", "request_data", "extra"})
+_BATCH_DONE = frozenset({"label", "base_prompt", "call_params", "extra"})
+_LINE_DONE = frozenset({"text"})
+_ERROR_DONE = frozenset({"error_message"})
+_DONE: dict[type, frozenset[str]] = {
+    CallRecord: _CALL_DONE,
+    TranscriptLineRecord: _LINE_DONE,
+    ErrorRecord: _ERROR_DONE,
+}
+# Identifiers: batch_id is the key every table and the run ledger join on and names the
+# batch in messages and URLs, so it is stored as sent; call_id is handled by _CallIds.
+_IDS = frozenset({"batch_id", "call_id"})
+
+_Record = TypeVar("_Record", bound=NamedTuple)
+
+
+@functools.cache
+def _nullable_fields(record_type: type) -> frozenset[str]:
+    """The fields of a record type that may hold None (a dropped value becomes None there)."""
+    hints = get_type_hints(record_type)
+    return frozenset(
+        name for name, hint in hints.items() if hint is Any or type(None) in get_args(hint)
+    )
+
+
+def _scrub(record: _Record, mask: _Mask, done: frozenset[str] = frozenset()) -> _Record:
+    """``record`` with the known numbers masked in every field not in ``done``.
+
+    Text: a value that is a number is hashed (drop: None, or ``[phone]`` where the field
+    cannot be empty), a number inside longer text is masked; JSON: as :meth:`_Mask.json`;
+    a numeric field whose digits are a number: None.
+    """
+    if not mask.active or not mask.numbers:
+        return record
+    nullable = _nullable_fields(type(record))
+    changes: dict[str, Any] = {}
+    for name, value in zip(record._fields, record, strict=True):
+        if name in done or name in _IDS or value is None or isinstance(value, bool):
+            continue
+        if isinstance(value, str):
+            cleaned: Any = mask.value(value, nullable=name in nullable)
+        elif isinstance(value, int | float):
+            cleaned = None if name in nullable and mask.is_number(value) else value
+        elif isinstance(value, dict | list):
+            cleaned = mask.json(value)
+        else:
+            continue
+        if cleaned is not value and cleaned != value:
+            changes[name] = cleaned
+    return record._replace(**changes) if changes else record
+
+
+def _merged_counts(counts: Iterable[QueueStatusCountRecord]) -> list[QueueStatusCountRecord]:
+    """Queue statuses that became the same hash or placeholder are one row: counts added."""
+    merged: dict[str, QueueStatusCountRecord] = {}
+    for count in counts:
+        seen = merged.get(count.queue_status)
+        merged[count.queue_status] = (
+            count if seen is None else seen._replace(count=seen.count + count.count)
+        )
+    return list(merged.values())
+
+
+class _CallIds:
+    """Call ids that are phone numbers, stored the same way in every table of a batch.
+
+    hash: the id's hash, as its number is stored elsewhere (so tables still join). drop:
+    ``[phone]``, then ``[phone] 2``... in the order the batch lists them; another batch may
+    use the same placeholder, which is why ``batch_id`` is part of every key.
+    """
+
+    def __init__(self, policy: PhonePolicy) -> None:
+        self.policy = policy
+        self.stored: dict[str, str] = {}
+
+    def follow(self, record: _Record, mask: _Mask) -> _Record:
+        """``record`` scrubbed, with its call_id as stored for its call."""
+        record = _scrub(record, mask, _DONE.get(type(record), frozenset()))
+        call_id = getattr(record, "call_id", None)
+        if not isinstance(call_id, str) or self.policy.mode is PhoneMode.KEEP:
+            return record
+        stored = self.stored.get(call_id)
+        if stored is None:
+            stored = call_id
+            if normalize_number(call_id) in mask.numbers or (
+                call_id.startswith("+") and normalize_number(call_id)
+            ):
+                stored = self.policy.number(call_id) or self._placeholder()
+            self.stored[call_id] = stored
+        return record._replace(call_id=stored) if stored != call_id else record
+
+    def _placeholder(self) -> str:
+        taken = set(self.stored.values())
+        candidate, n = "[phone]", 1
+        while candidate in taken:
+            n += 1
+            candidate = f"[phone] {n}"
+        return candidate
 
 
 def apply_phone_policy_to_calls(
@@ -219,28 +422,38 @@ def apply_phone_policy_to_calls(
     :func:`apply_phone_policy` does to them, for batches written in chunks."""
     if policy.mode is PhoneMode.KEEP and not policy.redact_transcripts:
         return calls, lines
-    masked_calls, masked_lines, _ = _calls_and_lines(calls, lines, policy)
+    masked_calls, masked_lines, _ = _calls_and_lines(calls, lines, policy, _CallIds(policy))
     return masked_calls, masked_lines
 
 
 def _calls_and_lines(
-    calls: list[CallRecord], lines: list[TranscriptLineRecord] | None, policy: PhonePolicy
+    calls: list[CallRecord],
+    lines: list[TranscriptLineRecord] | None,
+    policy: PhonePolicy,
+    ids: _CallIds,
 ) -> tuple[list[CallRecord], list[TranscriptLineRecord] | None, dict[str, _Mask]]:
     masks: dict[str, _Mask] = {}
     masked = []
     for call in calls:
         mask = _Mask(policy, _numbers_of_call(call))
         masks[call.call_id] = mask
-        masked.append(_call(call, mask))
-    return masked, _lines(lines, masks, policy), masks
+        masked.append(ids.follow(_call(call, mask), mask))
+    return masked, _lines(lines, masks, policy, ids), masks
 
 
 def _lines(
-    lines: list[TranscriptLineRecord] | None, masks: dict[str, _Mask], policy: PhonePolicy
+    lines: list[TranscriptLineRecord] | None,
+    masks: dict[str, _Mask],
+    policy: PhonePolicy,
+    ids: _CallIds,
 ) -> list[TranscriptLineRecord] | None:
     if lines is None:
         return None
-    return [_transcript_line(line, masks.get(line.call_id) or _Mask(policy, ())) for line in lines]
+    masked = []
+    for line in lines:
+        mask = masks.get(line.call_id) or _Mask(policy, ())
+        masked.append(ids.follow(_transcript_line(line, mask), mask))
+    return masked
 
 
 class _Mask:
@@ -254,6 +467,21 @@ class _Mask:
     @property
     def active(self) -> bool:
         return self.policy.mode is not PhoneMode.KEEP
+
+    def is_number(self, value: float) -> bool:
+        """Whether a JSON or column number's digits are one of the known numbers' forms."""
+        if isinstance(value, float) and not value.is_integer():
+            return False
+        return _as_text(value).lstrip("-") in self._needles
+
+    def value(self, value: str, *, nullable: bool = True) -> str | None:
+        """A text value: hashed (or dropped) when it is a known number, else masked inside."""
+        if not _has_digits(value):  # most values ("completed", "user"): nothing to test
+            return value
+        if normalize_number(value) in self.numbers:
+            stored = self.policy.number(value)
+            return stored if stored is not None or nullable else "[phone]"
+        return self.text(value)
 
     def text(self, value: str | None) -> str | None:
         """``value`` with each run of digits that holds a known number, however written, masked."""
@@ -293,9 +521,9 @@ class _Mask:
         if under_phone_key and isinstance(value, str | int | float):
             return self.policy.number(_as_text(value))
         if isinstance(value, str):
-            if normalize_number(value) in self.numbers:
-                return self.policy.number(value)
-            return self.text(value)
+            return self.value(value)
+        if isinstance(value, int | float) and self.is_number(value):
+            return self.policy.number(_as_text(value))
         return value
 
     def _key(self, key: str, taken: dict[str, Any]) -> str:

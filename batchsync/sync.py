@@ -55,7 +55,13 @@ from batchsync.payload import (
     ParsedBatch,
     TranscriptLineRecord,
 )
-from batchsync.privacy import PhonePolicy, apply_phone_policy, apply_phone_policy_to_calls
+from batchsync.privacy import (
+    PhonePolicy,
+    apply_phone_policy,
+    apply_phone_policy_to_calls,
+    redact_secrets,
+    redact_secrets_in,
+)
 from batchsync.runs import BatchOutcome
 from batchsync.store import (
     BatchWriter,
@@ -437,7 +443,7 @@ def _write(
     time as they come, in the same transaction: a fault found late undoes them all.
     """
     fingerprint = _fingerprint(fetched.content_sha256, options)
-    sink = _CallsWriter(options)
+    sink = _CallsWriter(options, echoes_secret=fetched.echoes_secret)
     try:
         with engine.connect() as connection, connection.begin() as transaction:
             lock_batch(connection, batch_id)
@@ -452,6 +458,8 @@ def _write(
                 parsed = _parsed(fetched, batch_id, sink if chunked else None)
                 calls = None if parsed.calls is None else len(parsed.calls) + sink.calls
                 parsed = apply_phone_policy(parsed, options.phones)
+                if fetched.echoes_secret:
+                    parsed = redact_secrets(parsed)
                 changes = sink.writer.finish(parsed, fingerprint)
                 outcome = BatchOutcome(batch_id, runs.SYNCED, calls=calls, changes=changes)
             ledger.outcome(connection, outcome)
@@ -494,8 +502,9 @@ class _CallsWriter:
     """Hands the chunks of calls a parser yields to the batch's writer (if any), counting
     them."""
 
-    def __init__(self, options: SyncOptions) -> None:
+    def __init__(self, options: SyncOptions, *, echoes_secret: bool = False) -> None:
         self.options = options
+        self.echoes_secret = echoes_secret  # the body quotes the API key: redact every string
         self.writer: BatchWriter | None = None
         self.calls = 0  # distinct calls written so far
         self.writing = False  # True while a chunk is being written: its faults are the writer's
@@ -509,6 +518,9 @@ class _CallsWriter:
         if self.writer is not None:
             self.writing = True
             calls, lines = apply_phone_policy_to_calls(calls, lines, self.options.phones)
+            if self.echoes_secret:
+                calls = redact_secrets_in(calls)
+                lines = None if lines is None else redact_secrets_in(lines)
             self.writer.write_calls(calls, lines, again=again)
             self.writing = False
         self.calls += len(calls) - len(again)

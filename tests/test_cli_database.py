@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, inspect, make_url, text
 
 from batchsync.cli import EXIT_CONFIG, EXIT_DATABASE, EXIT_OK, cli
 from batchsync.emulator import Emulator, EmulatorServer
@@ -275,6 +275,41 @@ def test_readers_report_a_missing_file_without_creating_it(
     result = run(*command, "--database-url", f"sqlite:///{path}")
     assert result.exit_code == EXIT_DATABASE
     assert f"no database at {path}" in result.output
+    assert "`batchsync db upgrade`" in result.output
+    assert "`batchsync sync` to" not in result.output  # sync alone refuses an empty file
+    assert not path.parent.exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "advice"),
+    [
+        (["purge", "--older-than", "5", "--yes"], "run `batchsync db upgrade`"),
+        (["sync", "--all"], "run `batchsync sync --migrate`"),
+        (["sync", "--all", "--dry-run"], "run `batchsync sync --migrate`"),
+    ],
+)
+def test_writers_that_do_not_create_report_a_missing_file_without_creating_it(
+    command: list[str], advice: str, tmp_path: Path
+) -> None:
+    """purge, and sync without --migrate, on a missing SQLite file exit 4 saying how to
+    create it, and leave no empty file behind."""
+    tmp_path.joinpath("here").mkdir()
+    path = tmp_path / "here" / "missing.db"
+    env = {"BLAND_API_KEY": KEY}
+    result = run(*command, "--database-url", f"sqlite:///{path}", env=env)
+    assert result.exit_code == EXIT_DATABASE, result.output
+    assert f"no database at {path}" in result.output
+    assert advice in result.output
+    assert not path.exists()
+
+
+def test_sync_into_a_missing_folder_says_the_folder_is_missing(tmp_path: Path) -> None:
+    """sync without --migrate into a folder that does not exist names the folder and
+    creates nothing, rather than report a missing schema."""
+    path = tmp_path / "nowhere" / "x.db"
+    result = run("sync", "--all", "--database-url", f"sqlite:///{path}", env={"BLAND_API_KEY": KEY})
+    assert result.exit_code == EXIT_DATABASE, result.output
+    assert f"its folder {path.parent} does not exist" in result.output
     assert not path.parent.exists()
 
 
@@ -373,3 +408,38 @@ def test_other_user_reads_while_the_owner_writes(server: EmulatorServer, shared_
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"username": "no_such_role_batchsync"}, id="unknown-role"),
+        pytest.param({"database": "no_such_db_batchsync"}, id="unknown-database"),
+        pytest.param({"port": 99999}, id="port-out-of-range"),
+    ],
+)
+def test_settings_the_postgresql_server_refuses_exit_3_not_4(
+    postgres_url: str, change: dict[str, object]
+) -> None:
+    """An unknown role or database, or a port out of range, is a configuration error (3)
+    naming the way out, not 'database unavailable, retry' (4)."""
+    url = make_url(postgres_url).set(**change).render_as_string(hide_password=False)  # type: ignore[arg-type]
+    result = run("runs", "--database-url", url)
+    assert result.exit_code == EXIT_CONFIG, result.output
+    assert "BATCHSYNC_DATABASE_URL" in result.output
+
+
+def test_unreachable_postgresql_port_still_exits_4(postgres_url: str) -> None:
+    """Nothing listening on the port is the database being unavailable: exit 4."""
+    url = make_url(postgres_url).set(port=1).render_as_string(hide_password=False)
+    result = run("runs", "--database-url", url)
+    assert result.exit_code == EXIT_DATABASE, result.output
+
+
+def test_password_given_as_a_query_parameter_is_never_printed(postgres_url: str) -> None:
+    """?password= in the URL shows as *** in the errors, whatever the outcome."""
+    url = make_url(postgres_url).set(database="no_such_db_batchsync")
+    shown = url.update_query_dict({"password": "hunter2-query"})
+    result = run("runs", "--database-url", shown.render_as_string(hide_password=False))
+    assert "hunter2" not in result.output
+    assert "password=***" in result.output

@@ -389,3 +389,141 @@ def test_api_error_quoting_a_number_is_recorded_masked_under_hash(
     ledger = table_texts(database_url)["sync_run_batches"]
     assert raw_numbers_in(ledger, ["+15551230001"]) == []
     assert "cannot dial [phone:" in ledger
+
+
+def plant_numbers_in_ordinary_fields(emulator: Emulator) -> str:
+    """Write the first call's number into columns with no phone-ish name; return the batch."""
+    batch_id = emulator.batch_ids()[0]
+    raw = emulator.raw_batch(batch_id)
+    call = raw["call_data"][0]
+    call["to"] = "+15551230001"
+    call["call_id"] = "+15551230001"
+    call["answered_by"] = "+15551230001"
+    call["status"] = "+1 555 123 0001"
+    call["queue_status"] = "+15551230001"
+    call["endpoint_url"] = "tel:+15551230001"
+    call["call_length"] = 15551230001
+    call["request_data"] = {"nested": {"deep": ["+15551230001", 15551230001, 5551230001]}}
+    for line in call.get("transcripts") or []:
+        line["user"] = "+15551230001"
+    raw["analysis"]["queue_statuses"] = {"complete": 1, "+15551230001": 1}
+    raw["analysis"]["error_messages"] = [{"call_id": "+15551230001", "error_message": "x"}]
+    emulator.put_batch(raw)
+    return batch_id
+
+
+@pytest.mark.parametrize("mode", ["hash", "drop"])
+def test_numbers_in_any_text_json_or_numeric_column_are_masked(
+    database_url: str, mode: str
+) -> None:
+    """hash/drop mask a call's number in every column (speaker, statuses, ids, URLs, JSON
+    integers, numeric columns), and a call id that is a number is stored alike in every table."""
+    emulator = Emulator(seed=3, batches=1, calls_per_batch=2, api_key="sk-privacy-fields")
+    batch_id = plant_numbers_in_ordinary_fields(emulator)
+    engine = create_db_engine(load_database(database_url))
+    upgrade(engine)
+    with BlandClient(
+        load_api("http://bland-emulator.local", emulator.api_key),
+        transport=httpx.MockTransport(emulator.handle),
+    ) as client:
+        result = run_sync(
+            engine,
+            client,
+            SyncOptions(batch_ids=(batch_id,), phones=PhonePolicy(PhoneMode(mode), KEY)),
+        )
+        with engine.connect() as connection:
+            ids = {
+                table: set(connection.execute(text(f"select call_id from {table}")).scalars())
+                for table in ("calls", "call_transcripts", "errors")
+            }
+    engine.dispose()
+    assert [o.status for o in result.outcomes] == ["synced"], result.outcomes
+    stored_id = HASH.number("+15551230001") if mode == "hash" else "[phone]"
+    assert stored_id in ids["calls"]
+    assert stored_id in ids["call_transcripts"]
+    assert ids["errors"] == {stored_id}
+    for name, written in table_texts(database_url).items():
+        assert raw_numbers_in(written, ["+15551230001"]) == [], name
+        assert "15551230001" not in written, name
+
+
+@pytest.mark.parametrize("left_out", ["--no-transcripts", "--no-calls", "--no-analysis"])
+def test_policy_switch_that_leaves_parts_out_is_refused_and_tags_stay(
+    database_url: str, left_out: str
+) -> None:
+    """A switch to hash with --no-calls/--no-transcripts/--no-analysis exits 3 naming the
+    option, stores nothing, and keeps the tag; the same policy with the option still runs."""
+    emulator = Emulator(seed=5, batches=1, calls_per_batch=2, api_key="sk-privacy-switch")
+    with emulator.serve() as server:
+        env = {
+            "BLAND_BASE_URL": server.url,
+            "BLAND_API_KEY": emulator.api_key,
+            "BATCHSYNC_DATABASE_URL": database_url,
+            "BATCHSYNC_PHONE_HASH_KEY": HASH_KEY,
+        }
+        runner = CliRunner()
+        first = runner.invoke(cli, ["sync", "--all", "--migrate"], env=env)
+        switch = runner.invoke(cli, ["sync", "--all", "--phone-numbers", "hash", left_out], env=env)
+        same = runner.invoke(cli, ["sync", "--all", "--refresh", left_out], env=env)
+    assert first.exit_code == 0, first.output
+    assert switch.exit_code == 3, switch.output
+    assert left_out in switch.output
+    assert same.exit_code == 0, same.output
+    engine = create_db_engine(load_database(database_url))
+    with engine.connect() as connection:
+        tags = set(connection.execute(text("select phone_numbers from batches")).scalars())
+    engine.dispose()
+    assert tags == {"keep"}
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["read-whole", "streamed"])
+def test_api_key_echoed_in_a_batch_body_is_stored_masked(database_url: str, streamed: bool) -> None:
+    """A 200 body quoting the API key (call_params, request headers, an error text, cut
+    short), read whole or streamed, is stored with *** in its place in every table."""
+    key = "sk-privacy-echo-0123456789"
+    emulator = Emulator(seed=5, batches=1, calls_per_batch=2, api_key=key)
+    batch_id = emulator.batch_ids()[0]
+    raw = emulator.raw_batch(batch_id)
+    raw["batch_params"]["call_params"] = {"api_key": key}
+    call = raw["call_data"][0]
+    call["request_data"] = {"webhook_headers": {"Authorization": f"Bearer {key}"}}
+    call["error_message"] = f"auth failed with {key[:-3]}"
+    raw["analysis"]["error_messages"] = [f"key {key[:12]}\u200b{key[12:]} refused"]
+    emulator.put_batch(raw)
+    engine = create_db_engine(load_database(database_url))
+    upgrade(engine)
+    with BlandClient(
+        load_api("http://bland-emulator.local", key), transport=httpx.MockTransport(emulator.handle)
+    ) as client:
+        if streamed:
+            client.stream_threshold = 0
+        result = run_sync(engine, client, SyncOptions(batch_ids=(batch_id,)))
+    engine.dispose()
+    assert [o.status for o in result.outcomes] == ["synced"], result.outcomes
+    texts = table_texts(database_url)
+    for name, written in texts.items():
+        assert "0123456" not in written, name
+    assert "***" in texts["batches"]
+    assert "Bearer ***" in texts["calls"]
+
+
+@pytest.mark.parametrize(
+    ("written", "normal"),
+    [("+44 (0) 7700 900124", "+447700900124"), ("+44(0)20 7946 0958", "+442079460958")],
+)
+def test_a_trunk_zero_after_the_country_code_is_dropped(written: str, normal: str) -> None:
+    """'+44 (0) 7700 900124' is the E.164 number +447700900124: the '(0)' is not dialled."""
+    assert normalize_number(written) == normal
+
+
+@pytest.mark.parametrize(
+    "written", ["+1-212-555-0199x123", "(212)555-0199", "(212) 555-0199 ext. 45", "212.555.0199"]
+)
+def test_redaction_masks_extensions_and_parentheses_whole(written: str) -> None:
+    """--redact-transcripts leaves no digit, parenthesis or extension of a number behind."""
+    raw = raw_batch()
+    raw["call_data"][0]["transcripts"] = [{"id": 1, "text": f"dial {written} now", "user": "user"}]
+    policy = PhonePolicy(redact_transcripts=True)
+    parsed = apply_phone_policy(parse_batch(raw, batch_id="b1"), policy)
+    assert parsed.transcripts is not None
+    assert parsed.transcripts[0].text == "dial [phone] now"
