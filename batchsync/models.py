@@ -135,6 +135,18 @@ class Batch(Base):
     phone_numbers: Mapped[str | None] = mapped_column(
         Text, comment="How phone numbers were stored by the last write: keep, hash:<key id>, drop."
     )
+    api_version: Mapped[str | None] = mapped_column(
+        Text, comment="The Bland API the batch came from: 'v1' or 'v2'."
+    )
+    org_id: Mapped[str | None] = mapped_column(
+        Text, comment="The organisation that owns the batch (v2 user_id); NULL for v1."
+    )
+    calls_successful: Mapped[int | None] = mapped_column(
+        Integer, comment="Calls that succeeded, from the v2 'complete' log entry; NULL for v1."
+    )
+    calls_failed: Mapped[int | None] = mapped_column(
+        Integer, comment="Calls that failed, from the v2 'complete' log entry; NULL for v1."
+    )
     synced_at: Mapped[datetime] = _synced_at()
     sync_run_id: Mapped[int] = _sync_run_id()
 
@@ -187,6 +199,49 @@ class Call(Base):
     extra: Mapped[Any | None] = mapped_column(
         JsonColumn, comment="Fields of the call that batchsync does not model, kept as sent (JSON)."
     )
+    price: Mapped[float | None] = mapped_column(
+        Float, comment="Price of the call in USD (call detail; NULL until fetched)."
+    )
+    summary: Mapped[str | None] = mapped_column(
+        Text, comment="Bland's summary of the call (call detail)."
+    )
+    recording_url: Mapped[str | None] = mapped_column(
+        Text, comment="Link to the recording; NULL unless recorded (call detail)."
+    )
+    started_at: Mapped[datetime | None] = mapped_column(
+        comment="When the call started (UTC; call detail)."
+    )
+    inbound: Mapped[bool | None] = mapped_column(
+        Boolean, comment="Whether the call was inbound (call detail)."
+    )
+    call_ended_by: Mapped[str | None] = mapped_column(
+        Text, comment="Who ended the call: ASSISTANT or USER (call detail)."
+    )
+    pathway_id: Mapped[str | None] = mapped_column(
+        Text, comment="The pathway the call followed (call detail)."
+    )
+    disposition_tag: Mapped[str | None] = mapped_column(
+        Text, comment="Disposition such as COMPLETED_ACTION or NO_ANSWER (call detail)."
+    )
+    transferred_to: Mapped[str | None] = mapped_column(
+        Text, comment="Number the call was transferred to (call detail)."
+    )
+    variables: Mapped[Any | None] = mapped_column(
+        JsonColumn, comment="The call's variables (JSON; call detail)."
+    )
+    call_metadata: Mapped[Any | None] = mapped_column(
+        "metadata", JsonColumn, comment="Metadata sent with the call (JSON; call detail)."
+    )
+    pathway_tags: Mapped[Any | None] = mapped_column(
+        JsonColumn,
+        comment="Pathway tags as sent: strings or {name, color} objects (JSON; call detail).",
+    )
+    analysis: Mapped[Any | None] = mapped_column(
+        JsonColumn, comment="Post-call analysis (JSON; call detail)."
+    )
+    details_synced_at: Mapped[datetime | None] = mapped_column(
+        comment="When the call's detail was fetched (UTC); NULL when it never was."
+    )
     synced_at: Mapped[datetime] = _synced_at()
     sync_run_id: Mapped[int] = _sync_run_id()
 
@@ -215,6 +270,29 @@ class CallTranscript(Base):
         Text, comment="Who spoke: user, assistant, robot or agent-action."
     )
     text: Mapped[str | None] = mapped_column(Text, comment="What was said.")
+    synced_at: Mapped[datetime] = _synced_at()
+    sync_run_id: Mapped[int] = _sync_run_id()
+
+
+class BatchLog(Base):
+    __tablename__ = "batch_logs"
+    __table_args__ = {"comment": "The log entries of a v2 batch (lifecycle and complete events)."}
+
+    batch_id: Mapped[str] = mapped_column(
+        Text,
+        ForeignKey("batches.batch_id", ondelete="CASCADE"),
+        primary_key=True,
+        comment="The batch.",
+    )
+    log_id: Mapped[str] = mapped_column(Text, primary_key=True, comment="The entry's id in Bland.")
+    event_type: Mapped[str | None] = mapped_column(
+        Text, comment="lifecycle or complete (others kept as sent)."
+    )
+    timestamp: Mapped[datetime | None] = mapped_column(comment="When the event happened (UTC).")
+    payload: Mapped[Any | None] = mapped_column(
+        JsonColumn,
+        comment="The event as sent (JSON): message and state_change, or the call counts.",
+    )
     synced_at: Mapped[datetime] = _synced_at()
     sync_run_id: Mapped[int] = _sync_run_id()
 

@@ -42,6 +42,11 @@ class BatchRecord(NamedTuple):
     created_at: datetime | None
     call_params: Any
     extra: JsonObject | None
+    # The API the batch came from; the v2 fields are NULL for v1 batches.
+    api_version: str = "v1"
+    org_id: str | None = None
+    calls_successful: int | None = None
+    calls_failed: int | None = None
 
 
 class AnalysisRecord(NamedTuple):
@@ -86,6 +91,31 @@ class CallRecord(NamedTuple):
     max_duration: float | None
     request_data: Any
     extra: JsonObject | None
+    # Per-call detail (GET /v1/calls/{id}); None until the detail is fetched.
+    price: float | None = None
+    summary: str | None = None
+    recording_url: str | None = None
+    started_at: datetime | None = None
+    inbound: bool | None = None
+    call_ended_by: str | None = None
+    pathway_id: str | None = None
+    disposition_tag: str | None = None
+    transferred_to: str | None = None
+    variables: Any = None
+    metadata: Any = None
+    pathway_tags: Any = None
+    analysis: Any = None
+    details_synced_at: datetime | None = None
+
+
+class BatchLogRecord(NamedTuple):
+    """One entry of a v2 batch's logs."""
+
+    batch_id: str
+    log_id: str
+    event_type: str | None
+    timestamp: datetime | None
+    payload: Any
 
 
 class TranscriptLineRecord(NamedTuple):
@@ -106,6 +136,7 @@ class ParsedBatch(NamedTuple):
     errors: list[ErrorRecord] | None
     calls: list[CallRecord] | None
     transcripts: list[TranscriptLineRecord] | None
+    logs: list[BatchLogRecord] | None = None  # v2 batches only
 
 
 class BatchSummary(NamedTuple):
@@ -234,6 +265,48 @@ def parse_batch_body(
     return parse_batch_stream(
         (body,), batch_id=batch_id, transcripts_requested=transcripts_requested
     )
+
+
+def decode_json_body(body: bytes, *, batch_id: str | None, what: str = "(body)") -> Any:
+    """Decode any JSON body by the rules every batch body follows (see above): U+FFFD for
+    unstorable escapes, exact integers, no number beyond floats; PayloadError otherwise.
+
+    For the bodies of other endpoints (the v2 API, the calls API), decoded whole.
+    """
+    fast = body[3:] if body.startswith(_BOM) else body
+    if _MAYBE_UNSTORABLE.search(fast):
+        fast = _UNSTORABLE_ESCAPE.sub(_replacement, fast)
+    if _LONG_DIGIT_RUN not in fast.translate(_DIGITS_AS_ZERO):
+        try:
+            return orjson.loads(fast)
+        except orjson.JSONDecodeError:
+            pass  # the streaming decoder says why
+    digit_runs = _DigitRuns()
+    reader = _ChunkReader(_replace_unstorable(digit_runs.cut(_without_bom((body,)))))
+    events = ijson.basic_parse(reader, use_float=False)
+    try:
+        event, value = next(events)
+        raw = _build(events, event, value, 0)
+        for _ in events:  # the parser refuses anything after the value
+            pass
+        if digit_runs.found:
+            raise _BodyInvalid(_NUMBER_OUT_OF_RANGE)
+        return raw
+    except (ijson.JSONError, StopIteration) as exc:
+        reason = _json_reason(exc) if isinstance(exc, ijson.JSONError) else "empty body"
+        raise PayloadError(
+            f"the response is not valid JSON ({reason})", batch_id=batch_id, field=what
+        ) from None
+    except UnicodeDecodeError:
+        raise PayloadError(
+            "the response is not valid JSON (text that is not UTF-8)",
+            batch_id=batch_id,
+            field=what,
+        ) from None
+    except _BodyInvalid as exc:
+        raise PayloadError(str(exc), batch_id=batch_id, field=what) from None
+    except (InvalidOperation, ValueError):
+        raise PayloadError(_NUMBER_OUT_OF_RANGE, batch_id=batch_id, field=what) from None
 
 
 def _replacement(match: re.Match[bytes]) -> bytes:

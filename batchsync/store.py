@@ -34,12 +34,14 @@ from batchsync.models import (
     Base,
     Batch,
     BatchError,
+    BatchLog,
     Call,
     CallTranscript,
     QueueStatusCount,
 )
 from batchsync.payload import (
     AnalysisRecord,
+    BatchLogRecord,
     CallRecord,
     ErrorRecord,
     ParsedBatch,
@@ -108,6 +110,7 @@ CALLS = _child(Call, CallRecord, ("call_id",))
 TRANSCRIPTS = _child(CallTranscript, TranscriptLineRecord, ("call_id", "line_id"))
 QUEUE_STATUS_COUNTS = _child(QueueStatusCount, QueueStatusCountRecord, ("batch_id", "queue_status"))
 ERRORS = _child(BatchError, ErrorRecord, ("batch_id", "position"))
+BATCH_LOGS = _child(BatchLog, BatchLogRecord, ("batch_id", "log_id"))
 BATCHES: Table = Batch.__table__  # type: ignore[assignment]
 
 
@@ -128,7 +131,7 @@ def lock_batch(connection: Connection, batch_id: str) -> None:
 # same body differently rewrites each batch on its next fetch instead of skipping it as
 # unchanged. Bump it whenever a release stores the same body differently: a new or removed
 # column, a value parsed or normalised otherwise, child rows keyed or assigned otherwise.
-MAPPING_VERSION = 2
+MAPPING_VERSION = 3  # 3: v2 batches, call detail columns, batch_logs
 
 
 class Fingerprint(NamedTuple):
@@ -176,10 +179,14 @@ def stored_batches(connection: Connection) -> dict[str, StoredBatch]:
     """Every stored batch: what its last write was made from, and whether it is complete.
 
     Complete means status 'completed', or, for old responses without a status, no call
-    left in progress.
+    left in progress; a v2 batch is final too once 'completed_partial' or 'failed'.
     """
     c = BATCHES.c
-    complete = or_(c.status == "completed", and_(c.status.is_(None), c.in_progress_calls == 0))
+    complete = or_(
+        c.status == "completed",
+        and_(c.status.is_(None), c.in_progress_calls == 0),
+        and_(c.api_version == "v2", c.status.in_(["completed_partial", "failed"])),
+    )
     rows = connection.execute(
         select(c.batch_id, c.content_sha256, c.fetched_parts, c.phone_numbers, complete)
     )
@@ -209,6 +216,7 @@ def write_batch(
     for child, records in (
         (QUEUE_STATUS_COUNTS, parsed.queue_status_counts),
         (ERRORS, parsed.errors),
+        (BATCH_LOGS, parsed.logs),
     ):
         if records is not None:
             changes[child.name] = rows.upsert(child, records, batch_id)
@@ -543,7 +551,9 @@ def purge_batches(
     if not batch_ids and before is None:
         raise ValueError("purge needs batch ids or a date")
     deleted = {}
-    for table in (TRANSCRIPTS.table, CALLS.table, ERRORS.table, QUEUE_STATUS_COUNTS.table, BATCHES):
+    tables = (TRANSCRIPTS.table, CALLS.table, ERRORS.table, QUEUE_STATUS_COUNTS.table,
+              BATCH_LOGS.table, BATCHES)  # fmt: skip
+    for table in tables:
         result = connection.execute(delete(table).where(table.c.batch_id.in_(chosen)))
         deleted[str(table.name)] = int(result.rowcount)
     return deleted

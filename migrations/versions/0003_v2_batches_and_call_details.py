@@ -1,0 +1,127 @@
+"""v2 batches and per-call detail: batches.api_version and the v2 counts, the calls' detail
+columns, and batch_logs.
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-11-30
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+JSON = sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
+RUN_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+TIMESTAMP = sa.DateTime(timezone=True)
+
+revision: str = "0003"
+down_revision: str | None = "0002"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+BATCH_COLUMNS = [
+    ("api_version", sa.Text(), "The Bland API the batch came from: 'v1' or 'v2'."),
+    ("org_id", sa.Text(), "The organisation that owns the batch (v2 user_id); NULL for v1."),
+    (
+        "calls_successful",
+        sa.Integer(),
+        "Calls that succeeded, from the v2 'complete' log entry; NULL for v1.",
+    ),
+    (
+        "calls_failed",
+        sa.Integer(),
+        "Calls that failed, from the v2 'complete' log entry; NULL for v1.",
+    ),
+]
+
+CALL_COLUMNS = [
+    ("price", sa.Float(), "Price of the call in USD (call detail; NULL until fetched)."),
+    ("summary", sa.Text(), "Bland's summary of the call (call detail)."),
+    ("recording_url", sa.Text(), "Link to the recording; NULL unless recorded (call detail)."),
+    ("started_at", TIMESTAMP, "When the call started (UTC; call detail)."),
+    ("inbound", sa.Boolean(), "Whether the call was inbound (call detail)."),
+    ("call_ended_by", sa.Text(), "Who ended the call: ASSISTANT or USER (call detail)."),
+    ("pathway_id", sa.Text(), "The pathway the call followed (call detail)."),
+    (
+        "disposition_tag",
+        sa.Text(),
+        "Disposition such as COMPLETED_ACTION or NO_ANSWER (call detail).",
+    ),
+    ("transferred_to", sa.Text(), "Number the call was transferred to (call detail)."),
+    ("variables", JSON, "The call's variables (JSON; call detail)."),
+    ("metadata", JSON, "Metadata sent with the call (JSON; call detail)."),
+    (
+        "pathway_tags",
+        JSON,
+        "Pathway tags as sent: strings or {name, color} objects (JSON; call detail).",
+    ),
+    ("analysis", JSON, "Post-call analysis (JSON; call detail)."),
+    (
+        "details_synced_at",
+        TIMESTAMP,
+        "When the call's detail was fetched (UTC); NULL when it never was.",
+    ),
+]
+
+
+def upgrade() -> None:
+    # Adding nullable columns needs no table copy on SQLite: batch mode emits ALTER TABLE.
+    with op.batch_alter_table("batches", schema=None) as batch_op:
+        for name, type_, comment in BATCH_COLUMNS:
+            batch_op.add_column(sa.Column(name, type_, nullable=True, comment=comment))
+    with op.batch_alter_table("calls", schema=None) as batch_op:
+        for name, type_, comment in CALL_COLUMNS:
+            batch_op.add_column(sa.Column(name, type_, nullable=True, comment=comment))
+    op.execute("UPDATE batches SET api_version = 'v1'")
+    op.create_table(
+        "batch_logs",
+        sa.Column("batch_id", sa.Text(), nullable=False, comment="The batch."),
+        sa.Column("log_id", sa.Text(), nullable=False, comment="The entry's id in Bland."),
+        sa.Column(
+            "event_type",
+            sa.Text(),
+            nullable=True,
+            comment="lifecycle or complete (others kept as sent).",
+        ),
+        sa.Column("timestamp", TIMESTAMP, nullable=True, comment="When the event happened (UTC)."),
+        sa.Column(
+            "payload",
+            JSON,
+            nullable=True,
+            comment="The event as sent (JSON): message and state_change, or the call counts.",
+        ),
+        sa.Column(
+            "synced_at",
+            TIMESTAMP,
+            nullable=False,
+            comment="When this row's current values were written (UTC).",
+        ),
+        sa.Column(
+            "sync_run_id",
+            RUN_ID,
+            nullable=False,
+            comment="The sync_runs.id of the run that wrote this row.",
+        ),
+        sa.ForeignKeyConstraint(
+            ["batch_id"],
+            ["batches.batch_id"],
+            name=op.f("fk_batch_logs_batch_id_batches"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("batch_id", "log_id", name=op.f("pk_batch_logs")),
+        comment="The log entries of a v2 batch (lifecycle and complete events).",
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("batch_logs")
+    # The analyst views read these tables: drop the columns in place (SQLite 3.35+) rather
+    # than copy the tables, which a view over them would forbid.
+    with op.batch_alter_table("calls", schema=None, recreate="never") as batch_op:
+        for name, _, _ in reversed(CALL_COLUMNS):
+            batch_op.drop_column(name)
+    with op.batch_alter_table("batches", schema=None, recreate="never") as batch_op:
+        for name, _, _ in reversed(BATCH_COLUMNS):
+            batch_op.drop_column(name)
