@@ -101,6 +101,9 @@ from typing import Any, Final, Literal, cast, get_args
 import httpx
 import orjson
 
+from batchsync.emulator.v2 import LIST_TARGET as V2_LIST_TARGET
+from batchsync.emulator.v2 import V2Account, V2Batch
+
 __all__ = [
     "FAULT_KINDS",
     "LIST_ORDERS",
@@ -110,6 +113,8 @@ __all__ = [
     "Fault",
     "FaultKind",
     "ListOrder",
+    "V2Account",
+    "V2Batch",
     "parse_fault",
 ]
 
@@ -381,6 +386,8 @@ class Emulator:
         changed_fraction: float = 0.1,
         page_cap: int | None = None,
         list_order: ListOrder = "asked",
+        v2_batches: int = 0,
+        v2_calls_per_batch: int = 5,
     ) -> None:
         if batches < 0 or calls_per_batch < 0 or revision < 0:
             raise ValueError("batches, calls_per_batch and revision must not be negative")
@@ -415,6 +422,8 @@ class Emulator:
             meta = self._meta(index)
             self._generated.append((meta.created, meta.batch_id))
         self._index_of = {batch_id: i for i, (_, batch_id) in enumerate(self._generated)}
+        # The account's v2 batches and their calls (see batchsync.emulator.v2).
+        self.v2 = V2Account(seed=seed, batches=v2_batches, calls_per_batch=v2_calls_per_batch)
 
     def __repr__(self) -> str:
         return (
@@ -525,6 +534,9 @@ class Emulator:
         # The raw path, so that an id holding an encoded '/' (or '?', '#', '%') stays whole.
         path = request.url.raw_path.split(b"?", 1)[0].decode("ascii").rstrip("/")
         prefix = "/v1/batches"
+        v2_targets = self.v2.targets(path, request.url.params)
+        if v2_targets is not None:
+            return self._handle_v2(path, request.url.params, v2_targets)
         if path == prefix:
             batch_id = None
             targets: tuple[str, ...] = (self.LIST_TARGET,)
@@ -551,6 +563,24 @@ class Emulator:
         except _BadRequest as exc:
             return _json_response(400, _error(str(exc)))
         if batch_id is not None and response.status_code == 200:
+            with self._lock:
+                self._details_served += 1
+        if fault is not None and fault.kind in _BODY_FAULTS and response.status_code == 200:
+            return _spoiled(response, fault)
+        return response
+
+    def _handle_v2(
+        self, path: str, params: httpx.QueryParams, targets: tuple[str, ...]
+    ) -> httpx.Response:
+        fault = self._take_fault(targets)
+        is_list = targets[0] == V2_LIST_TARGET
+        if fault is not None and fault.kind not in _BODY_FAULTS:
+            if fault.kind == "slow":
+                time.sleep(fault.delay)
+            else:
+                return _fault_response(fault, is_list=is_list)
+        response = self.v2.route(path, params)
+        if "*" in targets and response.status_code == 200:
             with self._lock:
                 self._details_served += 1
         if fault is not None and fault.kind in _BODY_FAULTS and response.status_code == 200:

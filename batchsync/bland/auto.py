@@ -1,0 +1,109 @@
+"""An account holding v1 and v2 batches: both lists read, each batch fetched by its own API."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from batchsync.bland.v2 import V2Source, is_v2_id
+from batchsync.client import BatchSource, FetchedBatch, Parts, Unchanged
+from batchsync.errors import ApiError, BatchNotFound
+from batchsync.payload import BatchSummary
+
+log = logging.getLogger(__name__)
+
+ApiChoice = Literal["auto", "v1", "v2"]
+API_CHOICES: tuple[ApiChoice, ...] = ("auto", "v1", "v2")
+# A list that answers one of these has no such API for this account: noted, then skipped.
+LIST_GONE_STATUSES = frozenset({404, 405, 410})
+
+
+@dataclass
+class AutoSource:
+    """The ``BatchSource`` over the v1 and the v2 API, or only one of them (``api``).
+
+    Discovery reads both lists (v2 first), deduplicating ids. A named id goes to the API its
+    shape names (a UUID to v2, any other to v1); in ``auto`` a 404 there tries the other API.
+    """
+
+    v1: BatchSource
+    v2: V2Source
+    api: ApiChoice = "auto"
+    _origin: dict[str, str] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _sources(self) -> list[tuple[str, BatchSource]]:
+        chosen: list[tuple[str, BatchSource]] = [("v2", self.v2), ("v1", self.v1)]
+        return [(name, source) for name, source in chosen if self.api in ("auto", name)]
+
+    def iter_batches(self, *, campaign_id: str | None = None) -> Iterator[BatchSummary]:
+        """Every batch of the chosen APIs, each id once.
+
+        In ``auto`` a list that answers 404, 405 or 410 before listing anything is noted
+        (info) and skipped; any other failure is raised as the one API's would be.
+        """
+        if self.api != "auto":
+            yield from self._iter_listed(campaign_id)
+            return
+        # Two lists, each in its own order: merged oldest first, so that the window check
+        # downstream sees one list in the order it asked for.
+        listed = list(self._iter_listed(campaign_id))
+        far = datetime.max.replace(tzinfo=UTC)
+        yield from sorted(listed, key=lambda summary: summary.created_at or far)
+
+    def _iter_listed(self, campaign_id: str | None) -> Iterator[BatchSummary]:
+        seen: set[str] = set()
+        for name, source in self._sources():
+            listed = 0
+            try:
+                for summary in source.iter_batches(campaign_id=campaign_id):
+                    listed += 1
+                    if summary.batch_id in seen:
+                        continue
+                    seen.add(summary.batch_id)
+                    with self._lock:
+                        self._origin[summary.batch_id] = name
+                    yield summary
+            except ApiError as exc:
+                gone = exc.status_code in LIST_GONE_STATUSES
+                if self.api != "auto" or not gone or listed:
+                    raise
+                log.info(
+                    "the %s batch list answered HTTP %d: this account has no %s batches there; "
+                    "listing the other API only",
+                    name,
+                    exc.status_code,
+                    name,
+                )
+
+    def fetch_batch(
+        self, batch_id: str, parts: Parts, *, unchanged: Unchanged | None = None
+    ) -> FetchedBatch:
+        """The batch from the API that listed it, or that its id names; in ``auto`` a 404
+        there tries the other API, and the first 404 is raised when both answer it."""
+        sources = dict(self._sources())
+        with self._lock:
+            first = self._origin.get(batch_id)
+        if first is None:
+            first = "v2" if is_v2_id(batch_id) else "v1"
+        if first not in sources:
+            first = next(iter(sources))
+        try:
+            return sources[first].fetch_batch(batch_id, parts, unchanged=unchanged)
+        except BatchNotFound:
+            other = "v1" if first == "v2" else "v2"
+            if other not in sources:
+                raise
+            try:
+                fetched = sources[other].fetch_batch(batch_id, parts, unchanged=unchanged)
+            except BatchNotFound:
+                pass
+            else:
+                log.info("batch %s is not a %s batch; found through the %s API", batch_id,
+                         first, other)  # fmt: skip
+                return fetched
+            raise
