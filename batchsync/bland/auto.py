@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from batchsync.bland.v2 import V2Source, is_v2_id
-from batchsync.client import BatchSource, FetchedBatch, Parts, Unchanged
+from batchsync.client import BatchSource, BlandClient, FetchedBatch, Parts, Unchanged
 from batchsync.errors import ApiError, BatchNotFound
 from batchsync.payload import BatchSummary
 
@@ -107,3 +107,11 @@ class AutoSource:
                          first, other)  # fmt: skip
                 return fetched
             raise
+
+
+def build_source(
+    client: BlandClient, api: ApiChoice = "auto", call_details: bool | None = None
+) -> AutoSource:
+    """The source for ``--api`` and ``--call-details`` (None: the default of each API)."""
+    v2 = V2Source(client, call_details=True if call_details is None else call_details)
+    return AutoSource(client, v2, api)

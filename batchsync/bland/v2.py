@@ -59,6 +59,8 @@ FINAL_QUEUE_STATUSES = frozenset(
     {"complete", "pre_queue_error", "queue_error", "call_error", "complete_error"}
 )
 IN_PROGRESS_QUEUE_STATUSES = frozenset({"new", "queued", "allocated", "started"})
+# Call details fetched at once within one batch (each batch in flight has its own).
+DETAIL_CONCURRENCY = 4
 FINAL_BATCH_STATUSES = frozenset({"completed", "completed_partial", "failed"})
 
 # Detail fields with a column of their own; the call's other fields go through the v1 call
@@ -408,7 +410,7 @@ class V2Source:
     call_details: bool = True
     list_page_size: int = 100
     calls_page_size: int = CALLS_PAGE_MAX
-    detail_concurrency: int = 8
+    detail_concurrency: int = DETAIL_CONCURRENCY
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     def iter_batches(self, *, campaign_id: str | None = None) -> Iterator[BatchSummary]:
