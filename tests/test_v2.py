@@ -96,7 +96,8 @@ def test_example_calls_merge_the_list_entry_and_the_detail() -> None:
     assert detailed.extra == {"is_canary": False, "pathway_version": None,
                               "transferred_at": None, "record": True}  # fmt: skip
     other = calls["7a8b9c0d-1e2f-4a3b-9c4d-5e6f7a8b9c0d"]
-    assert other.price is None and other.details_synced_at is None
+    assert other.price is None
+    assert other.details_synced_at is None
     assert [(line.line_id, line.speaker) for line in parsed.transcripts] == [
         (7395694, "user"),
         (7395695, "assistant"),
@@ -287,7 +288,8 @@ def test_fetch_reads_batch_logs_one_calls_page_and_each_detail(
     """One batch of 5 calls: batch, logs (a page and the empty one), one calls page, 5 details."""
     batch_id = v2_ids(account)[0]
     fetched = V2Source(shared_client).fetch_batch(batch_id, Parts())
-    assert fetched.parsed is not None and len(fetched.parsed.calls) == 5
+    assert fetched.parsed is not None
+    assert len(fetched.parsed.calls) == 5
     assert len(fetched.parsed.transcripts) > 0
     assert sorted(paths(account)).count("/v1/calls") == 1
     assert sum(p.startswith("/v1/calls/") for p in paths(account)) == 5
@@ -301,7 +303,8 @@ def test_no_call_details_makes_one_calls_request_per_thousand_calls(sleeps: list
     with BlandClient(api, transport=account.transport(), sleep=sleeps.append) as client:
         (batch_id,) = v2_ids(account)
         fetched = V2Source(client, call_details=False).fetch_batch(batch_id, Parts())
-    assert fetched.parsed is not None and len(fetched.parsed.calls) == 1001
+    assert fetched.parsed is not None
+    assert len(fetched.parsed.calls) == 1001
     assert paths(account).count("/v1/calls") == 2
     assert not any(p.startswith("/v1/calls/") for p in paths(account))
 
@@ -365,7 +368,7 @@ def test_a_call_detail_that_is_not_found_fails_the_batch_not_as_batch_not_found(
 ) -> None:
     """A 404 for one call's detail fails the batch; it is no reason to try the v1 API."""
     account.inject(*parse_fault("*call*:not_found"))
-    with pytest.raises(HttpStatusError, match="call .* of batch"):
+    with pytest.raises(HttpStatusError, match=r"call .* of batch"):
         V2Source(shared_client).fetch_batch(v2_ids(account)[0], Parts())
 
 
@@ -417,7 +420,8 @@ def test_named_uuid_that_v2_does_not_know_is_fetched_from_v1(
     v1_id = account.batch_ids()[0]
     assert is_v2_id(v1_id)
     fetched = build_source(shared_client).fetch_batch(v1_id, Parts())
-    assert fetched.parsed is not None and fetched.parsed.batch.api_version == "v1"
+    assert fetched.parsed is not None
+    assert fetched.parsed.batch.api_version == "v1"
     assert paths(account)[-1].startswith("/v1/batches/")
 
 
@@ -456,7 +460,8 @@ def test_same_content_is_reported_unchanged_without_parsing(
 def test_auto_source_is_a_batch_source(shared_client: BlandClient) -> None:
     """AutoSource keeps the v1 client as its v1 source."""
     source = build_source(shared_client)
-    assert isinstance(source, AutoSource) and source.v1 is shared_client
+    assert isinstance(source, AutoSource)
+    assert source.v1 is shared_client
 
 
 def test_example_fixture_files_are_left_unchanged_by_parsing() -> None:
