@@ -337,7 +337,7 @@ def test_unknown_v2_batch_is_not_found(shared_client: BlandClient) -> None:
         V2Source(shared_client).fetch_batch("00000000-0000-4000-8000-000000000000", Parts())
 
 
-@pytest.mark.parametrize("target", ["*v2list*", "*", "*logs*", "*calls*", "*call*"])
+@pytest.mark.parametrize("target", ["*v2list*", "*v2*", "*logs*", "*calls*", "*call*"])
 def test_a_server_error_on_each_v2_endpoint_is_retried(
     account: Emulator, shared_client: BlandClient, sleeps: list[float], target: str
 ) -> None:
@@ -350,7 +350,7 @@ def test_a_server_error_on_each_v2_endpoint_is_retried(
     assert len(sleeps) == 1
 
 
-@pytest.mark.parametrize("target", ["*", "*logs*", "*calls*", "*call*"])
+@pytest.mark.parametrize("target", ["*v2*", "*logs*", "*calls*", "*call*"])
 def test_a_body_that_is_not_json_on_each_v2_endpoint_fails_the_batch(
     account: Emulator, shared_client: BlandClient, target: str
 ) -> None:

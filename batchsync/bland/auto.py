@@ -44,7 +44,8 @@ class AutoSource:
         """Every batch of the chosen APIs, each id once.
 
         In ``auto`` a list that answers 404, 405 or 410 before listing anything is noted
-        (info) and skipped; any other failure is raised as the one API's would be.
+        (info) and skipped, unless both do; any other failure is raised as the one API's
+        would be.
         """
         if self.api != "auto":
             yield from self._iter_listed(campaign_id)
@@ -57,7 +58,9 @@ class AutoSource:
 
     def _iter_listed(self, campaign_id: str | None) -> Iterator[BatchSummary]:
         seen: set[str] = set()
-        for name, source in self._sources():
+        sources = self._sources()
+        gone: list[ApiError] = []
+        for name, source in sources:
             listed = 0
             try:
                 for summary in source.iter_batches(campaign_id=campaign_id):
@@ -69,9 +72,11 @@ class AutoSource:
                         self._origin[summary.batch_id] = name
                     yield summary
             except ApiError as exc:
-                gone = exc.status_code in LIST_GONE_STATUSES
-                if self.api != "auto" or not gone or listed:
+                if self.api != "auto" or exc.status_code not in LIST_GONE_STATUSES or listed:
                     raise
+                gone.append(exc)
+                if len(gone) == len(sources):
+                    raise  # neither API has a list here: that is no account to sync
                 log.info(
                     "the %s batch list answered HTTP %d: this account has no %s batches there; "
                     "listing the other API only",

@@ -580,7 +580,7 @@ class Emulator:
             else:
                 return _fault_response(fault, is_list=is_list)
         response = self.v2.route(path, params)
-        if "*" in targets and response.status_code == 200:
+        if "*v2*" in targets and response.status_code == 200:
             with self._lock:
                 self._details_served += 1
         if fault is not None and fault.kind in _BODY_FAULTS and response.status_code == 200:

@@ -8,7 +8,8 @@ Routes (answered by :meth:`V2Account.route`, reached through ``Emulator.handle``
 - ``GET /v1/calls?batch_id=&from=&to=&limit=&ascending=``: ``{total_count, count, calls}``;
 - ``GET /v1/calls/{call_id}``: one call's detail, no envelope.
 
-Fault targets: ``*v2list*`` (the v2 list), a batch id or ``*`` (``/v2/batches/{id}``),
+Fault targets: ``*v2list*`` (the v2 list), ``v2:ID`` or ``*v2*`` (``/v2/batches/{id}``: a
+v1 batch's own faults, queued under its bare id, are left for the v1 API),
 ``ID/logs`` or ``*logs*``, ``ID/calls`` or ``*calls*`` (the calls list of batch ID), a
 call id or ``*call*`` (a call's detail).
 
@@ -118,7 +119,7 @@ class V2Account:
             batch_id = urllib.parse.unquote(rest.removesuffix("/logs"))
             if rest.endswith("/logs"):
                 return (f"{batch_id}/logs", "*logs*")
-            return (batch_id, "*")
+            return (f"v2:{batch_id}", "*v2*")
         if path == "/v1/calls":
             return (f"{params.get('batch_id')}/calls", "*calls*")
         if path.startswith("/v1/calls/"):
