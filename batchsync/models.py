@@ -87,11 +87,22 @@ class Batch(Base):
     batch_id: Mapped[str] = mapped_column(Text, primary_key=True, comment="Bland's batch id.")
     status: Mapped[str | None] = mapped_column(
         Text,
-        comment="'in-progress' or 'completed'; NULL when the API did not say (before mid-2024).",
+        comment=(
+            "v1: 'in-progress' or 'completed', NULL when the API did not say (before "
+            "mid-2024). v2: 'completed' once a complete log entry exists, else the newest "
+            "lifecycle state as Bland spells it (validating, in_progress, completed_partial, "
+            "failed, ...)."
+        ),
     )
-    label: Mapped[str | None] = mapped_column(Text, comment="The batch's label or description.")
+    label: Mapped[str | None] = mapped_column(
+        Text, comment="The batch's label (v1) or description (v2)."
+    )
     base_prompt: Mapped[str | None] = mapped_column(
-        Text, comment="Base prompt of the batch's calls."
+        Text,
+        comment=(
+            "Base prompt of the batch's calls; v2: the task of its global properties, or the "
+            "whole base_prompt text when that is not a JSON object."
+        ),
     )
     endpoint_code: Mapped[str | None] = mapped_column(
         Text, comment="Endpoint code (API integrations)."
@@ -99,22 +110,35 @@ class Batch(Base):
     campaign_id: Mapped[str | None] = mapped_column(Text, comment="Campaign the batch belongs to.")
     created_at: Mapped[datetime | None] = mapped_column(comment="When the batch was created (UTC).")
     call_params: Mapped[Any | None] = mapped_column(
-        JsonColumn, comment="Parameters of the batch's calls (JSON)."
+        JsonColumn,
+        comment=(
+            "Parameters of the batch's calls (JSON); v2: the global properties without task, "
+            "NULL when base_prompt is not a JSON object."
+        ),
     )
     total_calls: Mapped[int | None] = mapped_column(
-        Integer, comment="analysis.total_calls: all calls, completed and in progress."
+        Integer,
+        comment=(
+            "analysis.total_calls: all calls, completed and in progress; v2: computed from "
+            "the stored calls."
+        ),
     )
     completed_calls: Mapped[int | None] = mapped_column(
-        Integer, comment="analysis.completed_calls."
+        Integer, comment="analysis.completed_calls; v2: computed, the calls with completed true."
     )
     in_progress_calls: Mapped[int | None] = mapped_column(
-        Integer, comment="analysis.in_progress_calls."
+        Integer,
+        comment=(
+            "analysis.in_progress_calls; v2: computed, the calls queued (new, queued, "
+            "allocated, started)."
+        ),
     )
     call_length_average: Mapped[float | None] = mapped_column(
-        Float, comment="Average call length in minutes."
+        Float, comment="Average call length in minutes (v2: computed from the calls)."
     )
     call_length_average_nonzero: Mapped[float | None] = mapped_column(
-        Float, comment="Average call length in minutes, excluding calls under one second."
+        Float,
+        comment="Average call length in minutes, excluding calls under one second (v2: computed).",
     )
     call_length_summary: Mapped[Any | None] = mapped_column(
         JsonColumn, comment="Number of calls per length range, as the API groups them (JSON)."
@@ -299,7 +323,12 @@ class BatchLog(Base):
 
 class QueueStatusCount(Base):
     __tablename__ = "queue_status_counts"
-    __table_args__ = {"comment": "Number of calls of a batch in each queue status (analysis)."}
+    __table_args__ = {
+        "comment": (
+            "Number of calls of a batch in each queue status (v1: analysis; v2: derived from "
+            "the calls)."
+        )
+    }
 
     batch_id: Mapped[str] = mapped_column(
         Text,
@@ -317,7 +346,12 @@ class QueueStatusCount(Base):
 
 class BatchError(Base):
     __tablename__ = "errors"
-    __table_args__ = {"comment": "Error messages of a batch's calls (analysis.error_messages)."}
+    __table_args__ = {
+        "comment": (
+            "Error messages of a batch's calls (v1: analysis.error_messages; v2: one row per "
+            "call with an error_message)."
+        )
+    }
 
     batch_id: Mapped[str] = mapped_column(
         Text,

@@ -65,6 +65,116 @@ CALL_COLUMNS = [
     ),
 ]
 
+# Existing comments that now say what they mean for v2 batches: (column, type, v1 text, text).
+COMMENTS = [
+    (
+        "status",
+        sa.Text(),
+        "'in-progress' or 'completed'; NULL when the API did not say (before mid-2024).",
+        (
+            "v1: 'in-progress' or 'completed', NULL when the API did not say (before "
+            "mid-2024). v2: 'completed' once a complete log entry exists, else the newest "
+            "lifecycle state as Bland spells it (validating, in_progress, completed_partial, "
+            "failed, ...)."
+        ),
+    ),
+    (
+        "label",
+        sa.Text(),
+        "The batch's label or description.",
+        "The batch's label (v1) or description (v2).",
+    ),
+    (
+        "base_prompt",
+        sa.Text(),
+        "Base prompt of the batch's calls.",
+        (
+            "Base prompt of the batch's calls; v2: the task of its global properties, or the "
+            "whole base_prompt text when that is not a JSON object."
+        ),
+    ),
+    (
+        "call_params",
+        JSON,
+        "Parameters of the batch's calls (JSON).",
+        (
+            "Parameters of the batch's calls (JSON); v2: the global properties without task, "
+            "NULL when base_prompt is not a JSON object."
+        ),
+    ),
+    (
+        "total_calls",
+        sa.Integer(),
+        "analysis.total_calls: all calls, completed and in progress.",
+        (
+            "analysis.total_calls: all calls, completed and in progress; v2: computed from "
+            "the stored calls."
+        ),
+    ),
+    (
+        "completed_calls",
+        sa.Integer(),
+        "analysis.completed_calls.",
+        "analysis.completed_calls; v2: computed, the calls with completed true.",
+    ),
+    (
+        "in_progress_calls",
+        sa.Integer(),
+        "analysis.in_progress_calls.",
+        (
+            "analysis.in_progress_calls; v2: computed, the calls queued (new, queued, "
+            "allocated, started)."
+        ),
+    ),
+    (
+        "call_length_average",
+        sa.Float(),
+        "Average call length in minutes.",
+        "Average call length in minutes (v2: computed from the calls).",
+    ),
+    (
+        "call_length_average_nonzero",
+        sa.Float(),
+        "Average call length in minutes, excluding calls under one second.",
+        "Average call length in minutes, excluding calls under one second (v2: computed).",
+    ),
+]
+TABLE_COMMENTS = [
+    (
+        "queue_status_counts",
+        "Number of calls of a batch in each queue status (analysis).",
+        (
+            "Number of calls of a batch in each queue status (v1: analysis; v2: derived from "
+            "the calls)."
+        ),
+    ),
+    (
+        "errors",
+        "Error messages of a batch's calls (analysis.error_messages).",
+        (
+            "Error messages of a batch's calls (v1: analysis.error_messages; v2: one row per "
+            "call with an error_message)."
+        ),
+    ),
+]
+
+
+def _comment(old: bool) -> None:
+    # Only PostgreSQL stores comments; on SQLite an altered column would copy the table.
+    if op.get_bind().dialect.name != "postgresql":
+        return
+    for name, type_, before, after in COMMENTS:
+        op.alter_column(
+            "batches",
+            name,
+            existing_type=type_,
+            existing_nullable=True,
+            comment=before if old else after,
+            existing_comment=after if old else before,
+        )
+    for table, before, after in TABLE_COMMENTS:
+        op.create_table_comment(table, before if old else after)
+
 
 def upgrade() -> None:
     # Adding nullable columns needs no table copy on SQLite: batch mode emits ALTER TABLE.
@@ -113,9 +223,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("batch_id", "log_id", name=op.f("pk_batch_logs")),
         comment="The log entries of a v2 batch (lifecycle and complete events).",
     )
+    _comment(old=False)
 
 
 def downgrade() -> None:
+    _comment(old=True)
     op.drop_table("batch_logs")
     # The analyst views read these tables: drop the columns in place (SQLite 3.35+) rather
     # than copy the tables, which a view over them would forbid.
