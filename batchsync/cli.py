@@ -26,6 +26,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn, TypeVar
@@ -737,7 +738,14 @@ def sync(
         max_requests_per_second=max_requests_per_second,
         max_connections=max(concurrency, 1) * (1 + DETAIL_CONCURRENCY),
     ) as client:
-        source = build_source(client, api_choice, call_details)
+        # Stored details are kept only where the stored values are the API's own (keep).
+        kept = None if refresh or phones.mode is not PhoneMode.KEEP else engine
+        source = build_source(
+            client,
+            api_choice,
+            call_details,
+            stored_calls=None if kept is None else partial(store.stored_calls, kept),
+        )
         result = _run(
             engine, client, options, as_json=as_json, database=settings.display_url, source=source
         )
@@ -1153,7 +1161,7 @@ def demo(database: Path, seed: int, batches: int, v2_batches: int, calls: int) -
             SyncOptions(discover=True),
             as_json=False,
             database=settings.display_url,
-            source=build_source(client),
+            source=build_source(client, stored_calls=partial(store.stored_calls, engine)),
         )
     _echo(f"\nRows in {database}:")
     for table, count in store.row_counts(engine).items():

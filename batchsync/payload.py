@@ -139,6 +139,13 @@ class ParsedBatch(NamedTuple):
     logs: list[BatchLogRecord] | None = None  # v2 batches only
 
 
+class StoredCalls(NamedTuple):
+    """A batch's stored calls and their transcript lines, as the records they were written from."""
+
+    calls: dict[str, CallRecord]
+    lines: dict[str, list[TranscriptLineRecord]]
+
+
 class BatchSummary(NamedTuple):
     """One entry of the batch list (discovery)."""
 

@@ -29,7 +29,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.types import JSON, DateTime
 
-from batchsync.db import json_dumps
+from batchsync.db import json_dumps, reading
 from batchsync.models import (
     Base,
     Batch,
@@ -46,6 +46,7 @@ from batchsync.payload import (
     ErrorRecord,
     ParsedBatch,
     QueueStatusCountRecord,
+    StoredCalls,
     TranscriptLineRecord,
 )
 
@@ -196,6 +197,28 @@ def stored_batches(connection: Connection) -> dict[str, StoredBatch]:
         )
         for batch_id, sha, parts, phones, is_complete in rows
     }
+
+
+def stored_calls(engine: Engine, batch_id: str) -> StoredCalls:
+    """The batch's calls and transcript lines as stored, read in a transaction of their own."""
+    calls_table, lines_table = CALLS.table, TRANSCRIPTS.table
+    call_columns = [calls_table.c[name] for name in CallRecord._fields]
+    line_columns = [lines_table.c[name] for name in TranscriptLineRecord._fields]
+    with reading(engine) as connection:
+        calls = {
+            str(row[0]): CallRecord(*row)
+            for row in connection.execute(
+                select(*call_columns).where(calls_table.c.batch_id == batch_id)
+            )
+        }
+        lines: dict[str, list[TranscriptLineRecord]] = {}
+        for row in connection.execute(
+            select(*line_columns)
+            .where(lines_table.c.batch_id == batch_id)
+            .order_by(lines_table.c.call_id, lines_table.c.line_id)
+        ):
+            lines.setdefault(str(row[0]), []).append(TranscriptLineRecord(*row))
+    return StoredCalls(calls, lines)
 
 
 def write_batch(

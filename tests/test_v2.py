@@ -449,7 +449,7 @@ def test_same_content_is_reported_unchanged_without_parsing(
     first = source.fetch_batch(batch_id, Parts())
     again = source.fetch_batch(batch_id, Parts(), unchanged=lambda sha: sha == first.content_sha256)
     assert again.parsed is None
-    call = account.v2.batches[batch_id].calls[0]
+    call = account.v2.batches[batch_id].calls[-1]  # queued: its detail is in the hash
     call["summary"] = "changed"
     changed = source.fetch_batch(
         batch_id, Parts(), unchanged=lambda sha: sha == first.content_sha256

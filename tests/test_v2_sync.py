@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from batchsync.client import BlandClient, RetryPolicy
 from batchsync.config import load_api
 from batchsync.emulator import Emulator, parse_fault
 from batchsync.models import Base
-from batchsync.store import purge
+from batchsync.store import purge, stored_calls
 from batchsync.sync import RunResult, SyncOptions, run_sync
 from tests.conftest import EMULATOR_URL
 
@@ -43,7 +44,9 @@ def client(account: Emulator, sleeps: list[float]) -> Iterator[BlandClient]:
 def sync(engine: Engine, client: BlandClient, **options: Any) -> RunResult:
     api = options.pop("api", "auto")
     details = options.pop("call_details", None)
-    source = build_source(client, api, details)
+    # As the CLI builds it: stored details kept unless --refresh.
+    stored = None if options.get("refresh") else partial(stored_calls, engine)
+    source = build_source(client, api, details, stored_calls=stored)
     options.setdefault("concurrency", 2)
     return run_sync(engine, source, SyncOptions(discover=True, **options))
 
@@ -149,7 +152,7 @@ def test_changed_api_converges_to_what_a_fresh_sync_stores(
     sync(engine, client)
     newest = list(account.v2.batches.values())[-1]
     vanished = newest.calls.pop(0)
-    newest.calls[0]["summary"] = "The user asked to be called back."
+    newest.calls[-1]["summary"] = "The user asked to be called back."  # was queued
     newest.complete()
     sync(engine, client)
     converged = dump(engine, bookkeeping=False)
@@ -312,3 +315,41 @@ def test_sync_help_shows_api_and_call_details_with_their_variables() -> None:
     assert "BATCHSYNC_API" in result.output
     assert "--call-details / --no-call-details" in result.output
     assert "BATCHSYNC_CALL_DETAILS" in result.output
+
+
+def test_resync_fetches_details_only_of_unfinished_and_changed_calls(
+    engine: Engine, client: BlandClient, account: Emulator
+) -> None:
+    """Incremental details: a final call listed as before keeps its stored detail; a queued
+    call and a call whose list entry changed are fetched again."""
+    sync(engine, client)
+    newest = list(account.v2.batches.values())[-1]
+    queued = [c["call_id"] for c in newest.calls if c["queue_status"] == "queued"]
+    changed = newest.calls[0]
+    changed["answered_by"] = "voicemail"
+    changed["summary"] = "Left a voicemail."
+    account.requests.clear()
+    sync(engine, client)
+    fetched = {url.rsplit("/", 1)[-1] for url in paths(account) if "/v1/calls/" in url}
+    assert fetched == {*queued, changed["call_id"]}
+    with engine.connect() as connection:
+        summary = connection.execute(
+            text("select summary from calls where call_id = :c"), {"c": changed["call_id"]}
+        ).scalar_one()
+        kept_lines = connection.execute(
+            text("select count(*) from call_transcripts where call_id = :c"),
+            {"c": newest.calls[1]["call_id"]},
+        ).scalar_one()
+    assert summary == "Left a voicemail."
+    assert kept_lines == 2  # a kept call keeps its transcript
+
+
+def test_refresh_fetches_every_detail_again(
+    engine: Engine, client: BlandClient, account: Emulator
+) -> None:
+    """--refresh fetches the detail of every call of every batch."""
+    sync(engine, client)
+    account.requests.clear()
+    sync(engine, client, refresh=True)
+    fetched = [url for url in paths(account) if "/v1/calls/" in url]
+    assert len(fetched) == 18

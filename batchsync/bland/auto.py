@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -12,7 +12,7 @@ from typing import Literal
 from batchsync.bland.v2 import V2Source, is_v2_id
 from batchsync.client import BatchSource, BlandClient, FetchedBatch, Parts, Unchanged
 from batchsync.errors import ApiError, BatchNotFound
-from batchsync.payload import BatchSummary
+from batchsync.payload import BatchSummary, StoredCalls
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +115,20 @@ class AutoSource:
 
 
 def build_source(
-    client: BlandClient, api: ApiChoice = "auto", call_details: bool | None = None
+    client: BlandClient,
+    api: ApiChoice = "auto",
+    call_details: bool | None = None,
+    *,
+    stored_calls: Callable[[str], StoredCalls] | None = None,
 ) -> AutoSource:
-    """The source for ``--api`` and ``--call-details`` (None: the default of each API)."""
-    v2 = V2Source(client, call_details=True if call_details is None else call_details)
+    """The source for ``--api`` and ``--call-details`` (None: the default of each API).
+
+    ``stored_calls``: a batch's stored calls, so that final calls keep their stored detail
+    (None: every detail is fetched, as --refresh wants).
+    """
+    v2 = V2Source(
+        client,
+        call_details=True if call_details is None else call_details,
+        stored_calls=stored_calls,
+    )
     return AutoSource(client, v2, api)

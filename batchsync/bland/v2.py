@@ -36,6 +36,7 @@ from batchsync.payload import (
     ErrorRecord,
     ParsedBatch,
     QueueStatusCountRecord,
+    StoredCalls,
     TranscriptLineRecord,
     _boolean,
     _integer,
@@ -232,12 +233,15 @@ def parse_v2_batch(
     batch_id: str,
     transcripts: bool = True,
     details_synced_at: datetime | None = None,
+    kept: Mapping[str, tuple[CallRecord, list[TranscriptLineRecord]]] | None = None,
 ) -> ParsedBatch:
     """A v2 batch as the records v1 batches give, or PayloadError.
 
     ``raw_batch`` is the ``data`` of ``GET /v2/batches/{id}``; ``raw_calls`` the calls list's
     entries (None: calls not fetched); ``details`` each fetched call's detail by call id
-    (None: no detail fetched). Counts, queue statuses and errors are derived from the calls.
+    (None: no detail fetched). ``kept``: calls whose stored record and transcript lines
+    stand in for a detail not fetched again. Counts, queue statuses and errors are derived
+    from the calls.
     """
     if not isinstance(raw_batch, Mapping):
         raise PayloadError(
@@ -285,6 +289,11 @@ def parse_v2_batch(
     lines: dict[str, dict[int, TranscriptLineRecord]] = {}
     for index, entry in enumerate(raw_calls):
         call_id = _call_id(entry)
+        if kept and call_id is not None and call_id in kept:
+            call, stored_lines = kept[call_id]
+            calls[call_id] = call
+            lines[call_id] = {line.line_id: line for line in stored_lines}
+            continue
         detail = details.get(call_id) if details is not None and call_id else None
         where = f"calls[{index}]" if detail is None else f"call {call_id}"
         try:
@@ -302,6 +311,46 @@ def parse_v2_batch(
     if details is not None and transcripts:
         all_lines = [line for by_id in lines.values() for line in by_id.values()]
     return ParsedBatch(batch, analysis, counts, errors, records, all_lines, logs)
+
+
+# List entry keys and the call columns they fill: a kept detail needs them all unchanged.
+_LIST_FIELDS = {"created_at": "created_at", "call_length": "call_length", "to": "to_number",
+                "from": "from_number", "completed": "completed", "queue_status": "queue_status",
+                "error_message": "error_message", "answered_by": "answered_by",
+                "status": "status", "pathway_tags": "pathway_tags"}  # fmt: skip
+
+
+def reusable_details(
+    raw_calls: Sequence[Mapping[str, Any]], stored: StoredCalls, batch_id: str
+) -> dict[str, tuple[CallRecord, list[TranscriptLineRecord]]]:
+    """The calls whose detail need not be fetched again: stored with a detail, in a final
+    queue status, and listed now with every list field as stored."""
+    kept = {}
+    for entry in raw_calls:
+        call_id = _call_id(entry)
+        old = stored.calls.get(call_id) if call_id else None
+        if call_id is None or old is None or old.details_synced_at is None:
+            continue
+        if old.queue_status not in FINAL_QUEUE_STATUSES:
+            continue
+        try:
+            fresh, _ = _parse_v2_call(entry, None, batch_id, False, None)
+        except _Invalid:
+            continue  # fetched again, and reported when parsed
+        if all(
+            getattr(fresh, name) == getattr(old, name)
+            for key, name in _LIST_FIELDS.items()
+            if key in entry
+        ):
+            kept[call_id] = (old, stored.lines.get(call_id, []))
+    return kept
+
+
+def _listed_final(entry: Mapping[str, Any]) -> bool:
+    status = entry.get("queue_status")
+    return isinstance(status, str) and (
+        _QUEUE_STATUS_ALIASES.get(status, status) in FINAL_QUEUE_STATUSES
+    )
 
 
 def _call_id(entry: Mapping[str, Any]) -> str | None:
@@ -408,6 +457,9 @@ class V2Source:
 
     client: BlandClient
     call_details: bool = True
+    # The batch's calls as stored (None: fetch every detail). A call whose stored detail is
+    # final and whose list entry is unchanged keeps its stored detail instead of a request.
+    stored_calls: Callable[[str], StoredCalls] | None = None
     list_page_size: int = 100
     calls_page_size: int = CALLS_PAGE_MAX
     detail_concurrency: int = DETAIL_CONCURRENCY
@@ -459,10 +511,11 @@ class V2Source:
                     raise
                 raise HttpStatusError(str(exc), status_code=404) from None
 
-        def record(body: bytes, what: str) -> Any:
+        def record(body: bytes, what: str, *, hashed: bool = True) -> Any:
             """Fold a body into the content hash, in request order, and decode it."""
             nonlocal size
-            digest.update(len(body).to_bytes(8, "big") + body)
+            if hashed:
+                digest.update(len(body).to_bytes(8, "big") + body)
             size += len(body)
             return decode_json_body(body, batch_id=batch_id, what=f"({what})")
 
@@ -474,10 +527,19 @@ class V2Source:
         raw_logs = self._logs(batch_id, segment, get)
         raw_calls = self._calls(batch_id, get) if parts.calls else None
         details = None
+        kept: dict[str, tuple[CallRecord, list[TranscriptLineRecord]]] = {}
         if raw_calls is not None and self.call_details:
+            if self.stored_calls is not None:
+                kept = reusable_details(raw_calls, self.stored_calls(batch_id), batch_id)
+            wanted = [call for call in raw_calls if _call_id(call) not in kept]
+            # The detail of a call listed as final is left out of the content hash, whether
+            # it was fetched or kept: the hash is then the same on every run that sees the
+            # same batch, so an unchanged batch is not rewritten (a final call's detail is
+            # not fetched again unless its list entry changes, or under --refresh).
+            final = {_call_id(call) for call in raw_calls if _listed_final(call)}
             details = {
-                call_id: record(body, f"call {call_id}")
-                for call_id, body in self._details(batch_id, raw_calls, fetch).items()
+                call_id: record(body, f"call {call_id}", hashed=call_id not in final)
+                for call_id, body in self._details(batch_id, wanted, fetch).items()
             }
         content_sha256 = digest.hexdigest()
         if unchanged is not None and unchanged(content_sha256):
@@ -490,6 +552,7 @@ class V2Source:
             batch_id=batch_id,
             transcripts=parts.transcripts,
             details_synced_at=self.clock(),
+            kept=kept,
         )
         return FetchedBatch(parsed, content_sha256, size)
 
