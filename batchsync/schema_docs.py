@@ -32,8 +32,8 @@ Batches of both Bland APIs share these tables; `batches.api_version` says which 
 from. Bland's v2 API sends no analysis: for v2 batches the counts and averages in `batches`, the
 rows of `queue_status_counts` and those of `errors` are computed from the batch's calls, and the
 status comes from its logs (kept in `batch_logs`). The calls' detail columns (`price` to
-`details_synced_at`) are filled from `GET /v1/calls/{id}`: always for v2 calls unless
-`--no-call-details`, for v1 calls not yet (they stay NULL).
+`details_synced_at`) are filled from `GET /v1/calls/{id}`: for v2 calls unless
+`--no-call-details`, for v1 calls with `--call-details` (otherwise they stay NULL).
 """
 
 

@@ -353,3 +353,48 @@ def test_refresh_fetches_every_detail_again(
     sync(engine, client, refresh=True)
     fetched = [url for url in paths(account) if "/v1/calls/" in url]
     assert len(fetched) == 18
+
+
+def test_call_details_for_v1_batches_fill_the_detail_columns_and_keep_transcripts(
+    engine: Engine, client: BlandClient, account: Emulator
+) -> None:
+    """--call-details: v1 calls get price, summary and the other detail columns from
+    GET /v1/calls/{id}; their transcript lines are those of the batch response."""
+    sync(engine, client, api="v1")
+    lines_before = dump(engine)["call_transcripts"]
+    account.requests.clear()
+    result = sync(engine, client, api="v1", call_details=True, refresh=True)
+    assert not result.failed
+    assert len([url for url in paths(account) if "/v1/calls/" in url]) == 12
+    with engine.connect() as connection:
+        filled = connection.execute(
+            text(
+                "select count(*) from calls where summary is not null "
+                "and details_synced_at is not null and call_ended_by is not null"
+            )
+        ).scalar_one()
+    assert filled == 12
+    assert dump(engine)["call_transcripts"] == lines_before
+
+
+def test_call_details_for_v1_resync_of_unchanged_batches_changes_no_row(
+    engine: Engine, client: BlandClient
+) -> None:
+    """With --call-details a second run over unchanged v1 batches rewrites nothing."""
+    sync(engine, client, api="v1", call_details=True)
+    before = dump(engine)
+    result = sync(engine, client, api="v1", call_details=True)
+    assert result.count("synced") == 0
+    assert dump(engine) == before
+
+
+def test_v1_call_detail_failing_fails_its_batch_only(
+    engine: Engine, client: BlandClient, account: Emulator
+) -> None:
+    """With --call-details, a v1 call's detail that stays a 503 fails its batch only."""
+    batch_id = account.batch_ids()[0]
+    call = account.raw_batch(batch_id)["call_data"][0]
+    account.inject(*parse_fault(f"{call.get('call_id') or call['c_id']}:server_error x3"))
+    result = sync(engine, client, api="v1", call_details=True)
+    assert [o.batch_id for o in result.failed] == [batch_id]
+    assert result.count("synced") == 2

@@ -33,6 +33,8 @@ class AutoSource:
     v1: BatchSource
     v2: V2Source
     api: ApiChoice = "auto"
+    # --call-details for v1 batches too (their detail responses already carry transcripts).
+    v1_call_details: bool = False
     _origin: dict[str, str] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -98,13 +100,13 @@ class AutoSource:
         if first not in sources:
             first = next(iter(sources))
         try:
-            return sources[first].fetch_batch(batch_id, parts, unchanged=unchanged)
+            return self._fetch_from(first, batch_id, parts, unchanged)
         except BatchNotFound:
             other = "v1" if first == "v2" else "v2"
             if other not in sources:
                 raise
             try:
-                fetched = sources[other].fetch_batch(batch_id, parts, unchanged=unchanged)
+                fetched = self._fetch_from(other, batch_id, parts, unchanged)
             except BatchNotFound:
                 pass
             else:
@@ -112,6 +114,15 @@ class AutoSource:
                          first, other)  # fmt: skip
                 return fetched
             raise
+
+    def _fetch_from(
+        self, name: str, batch_id: str, parts: Parts, unchanged: Unchanged | None
+    ) -> FetchedBatch:
+        if name == "v2":
+            return self.v2.fetch_batch(batch_id, parts, unchanged=unchanged)
+        if self.v1_call_details:
+            return self.v2.fetch_with_details(self.v1, batch_id, parts, unchanged=unchanged)
+        return self.v1.fetch_batch(batch_id, parts, unchanged=unchanged)
 
 
 def build_source(
@@ -131,4 +142,4 @@ def build_source(
         call_details=True if call_details is None else call_details,
         stored_calls=stored_calls,
     )
-    return AutoSource(client, v2, api)
+    return AutoSource(client, v2, api, v1_call_details=call_details is True)

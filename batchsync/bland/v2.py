@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from batchsync.client import BlandClient, FetchedBatch, Parts, Unchanged, batch_path_segment
+from batchsync.client import (
+    BatchSource,
+    BlandClient,
+    FetchedBatch,
+    Parts,
+    Unchanged,
+    batch_path_segment,
+)
 from batchsync.config import redact
 from batchsync.errors import BatchNotFound, HttpStatusError, PayloadError
 from batchsync.payload import (
@@ -346,6 +353,36 @@ def reusable_details(
     return kept
 
 
+_DETAIL_FIELDS = ("price", "summary", "recording_url", "started_at", "inbound", "call_ended_by",
+                  "pathway_id", "disposition_tag", "transferred_to", "variables", "metadata",
+                  "pathway_tags", "analysis", "details_synced_at")  # fmt: skip
+
+
+def with_detail(
+    call: CallRecord, detail: Any, *, batch_id: str, details_synced_at: datetime | None
+) -> CallRecord:
+    """A call of another API's batch with the detail columns of its ``GET /v1/calls/{id}``;
+    its other columns stay as that batch gave them."""
+    if not isinstance(detail, Mapping):
+        raise PayloadError(
+            f"expected an object, got {_type_name(detail)}",
+            batch_id=batch_id,
+            field=f"call {call.call_id}",
+        )
+    found = _call_id(detail)
+    if found is not None and found != call.call_id:
+        raise PayloadError(
+            f"the detail is for call {found!r}", batch_id=batch_id, field=f"call {call.call_id}"
+        )
+    try:
+        parsed, _ = _parse_v2_call(
+            {"call_id": call.call_id}, detail, batch_id, False, details_synced_at
+        )
+    except _Invalid as exc:
+        raise _payload_error(exc, batch_id, f"call {call.call_id}") from None
+    return call._replace(**{name: getattr(parsed, name) for name in _DETAIL_FIELDS})
+
+
 def _listed_final(entry: Mapping[str, Any]) -> bool:
     status = entry.get("queue_status")
     return isinstance(status, str) and (
@@ -617,6 +654,53 @@ class V2Source:
                 field="total_count",
             )
         return list(calls.values())
+
+    def fetch_with_details(
+        self,
+        source: BatchSource,
+        batch_id: str,
+        parts: Parts,
+        *,
+        unchanged: Unchanged | None = None,
+    ) -> FetchedBatch:
+        """A batch from another source (v1) with each call's detail added (--call-details).
+
+        The batch's own transcripts stay; the detail fills price, summary, recording_url and
+        the other detail columns. The content hash covers the batch and every detail.
+        """
+        fetched = source.fetch_batch(batch_id, parts)
+        parsed = fetched.parsed
+        if parsed is None or parsed.calls is None:
+            return fetched
+
+        def fetch(path: str, params: dict[str, Any], what: str) -> bytes:
+            try:
+                return self.client.get_body(path, params, what=what, batch_id=batch_id)
+            except BatchNotFound as exc:
+                raise HttpStatusError(str(exc), status_code=404) from None
+
+        digest = hashlib.sha256(f"details {fetched.content_sha256}".encode())
+        size = fetched.size
+        bodies = self._details(batch_id, [{"call_id": c.call_id} for c in parsed.calls], fetch)
+        for body in bodies.values():
+            digest.update(len(body).to_bytes(8, "big") + body)
+            size += len(body)
+        content_sha256 = digest.hexdigest()
+        if unchanged is not None and unchanged(content_sha256):
+            return FetchedBatch(None, content_sha256, size)
+        synced_at = self.clock()
+        calls = [
+            with_detail(
+                call,
+                decode_json_body(
+                    bodies[call.call_id], batch_id=batch_id, what=f"(call {call.call_id})"
+                ),
+                batch_id=batch_id,
+                details_synced_at=synced_at,
+            )
+            for call in parsed.calls
+        ]
+        return FetchedBatch(parsed._replace(calls=calls), content_sha256, size)
 
     def _details(
         self, batch_id: str, calls: Sequence[Mapping[str, Any]], fetch: _Get

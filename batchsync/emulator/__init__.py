@@ -102,7 +102,7 @@ import httpx
 import orjson
 
 from batchsync.emulator.v2 import LIST_TARGET as V2_LIST_TARGET
-from batchsync.emulator.v2 import V2Account, V2Batch
+from batchsync.emulator.v2 import V2Account, V2Batch, v1_call_detail
 
 __all__ = [
     "FAULT_KINDS",
@@ -580,12 +580,24 @@ class Emulator:
             else:
                 return _fault_response(fault, is_list=is_list)
         response = self.v2.route(path, params)
+        if response.status_code == 404 and path.startswith("/v1/calls/"):
+            response = self._v1_call_detail(urllib.parse.unquote(path[len("/v1/calls/") :]))
         if "*v2*" in targets and response.status_code == 200:
             with self._lock:
                 self._details_served += 1
         if fault is not None and fault.kind in _BODY_FAULTS and response.status_code == 200:
             return _spoiled(response, fault)
         return response
+
+    def _v1_call_detail(self, call_id: str) -> httpx.Response:
+        """The calls API's detail of a v1 batch's call: the call as the batch gives it,
+        with the detail fields (price, summary, ...) that only this endpoint sends."""
+        for batch_id in self.batch_ids():
+            raw = self.raw_batch(batch_id)
+            for call in raw.get("call_data") or ():
+                if isinstance(call, dict) and (call.get("call_id") or call.get("c_id")) == call_id:
+                    return _json_response(200, v1_call_detail(call, batch_id))
+        return _json_response(404, _error("Call not found"))
 
     def transport(self) -> httpx.MockTransport:
         """Mount the emulator in-process, for httpx.Client or httpx.AsyncClient."""

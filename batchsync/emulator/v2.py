@@ -310,3 +310,30 @@ def _generate(seed: int, index: int, calls_per_batch: int, *, newest: bool) -> V
     if not newest:
         v2.complete(created + timedelta(hours=1))
     return v2
+
+
+def v1_call_detail(call: dict[str, Any], batch_id: str) -> dict[str, Any]:
+    """A v1 call as ``GET /v1/calls/{id}`` sends it: its fields, the id under ``call_id``,
+    and the detail fields, deterministic in the call."""
+    call_id = str(call.get("call_id") or call.get("c_id"))
+    rng = random.Random(f"v1-detail:{call_id}")
+    length = call.get("call_length")
+    minutes = float(length) if isinstance(length, int | float) else 0.0
+    detail = {key: value for key, value in call.items() if key not in ("c_id", "transcripts")}
+    detail.update(
+        call_id=call_id,
+        c_id=call_id,
+        batch_id=batch_id,
+        price=round(0.09 * minutes, 4),
+        summary=f"Summary of call {call_id[:8]}.",
+        recording_url=None,
+        inbound=False,
+        call_ended_by=rng.choice(["ASSISTANT", "USER"]),
+        disposition_tag=rng.choice(["COMPLETED_ACTION", "NO_ANSWER"]),
+        pathway_tags=[],
+        variables={"to": call.get("to")},
+        metadata={},
+        analysis=None,
+        transcripts=call.get("transcripts") or [],
+    )
+    return detail
