@@ -625,6 +625,14 @@ def _plural(count: int, singular: str, plural: str | None = None) -> str:
     "numbers in clear over batches stored hashed or dropped.",
 )
 @click.option(
+    "--redact-transcripts",
+    is_flag=True,
+    envvar="BATCHSYNC_REDACT_TRANSCRIPTS",
+    show_envvar=True,
+    help="Mask phone numbers and e-mail addresses written in transcript lines and call "
+    "summaries, by pattern (best effort).",
+)
+@click.option(
     "--dry-run",
     is_flag=True,
     help="Fetch and validate; report what would be inserted, updated and deleted; write nothing.",
@@ -670,6 +678,7 @@ def sync(
     concurrency: int,
     max_requests_per_second: float | None,
     phone_numbers: str,
+    redact_transcripts: bool,
     dry_run: bool,
     migrate: bool,
     api_choice: ApiChoice,
@@ -714,7 +723,7 @@ def sync(
     if migrate:
         upgrade(engine)
     check_schema(engine, can_migrate=True)
-    phones = load_phone_policy(phone_numbers)
+    phones = load_phone_policy(phone_numbers, redact_transcripts=redact_transcripts)
     if ctx.get_parameter_source("phone_numbers") == click.core.ParameterSource.DEFAULT:
         refuse_clear_numbers_over_protected(phones, store.stored_phone_policies(engine))
     options = SyncOptions(

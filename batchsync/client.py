@@ -509,8 +509,11 @@ def _api_message(response: httpx.Response) -> str:
     return response.reason_phrase or "no message"
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header: a number of seconds or an HTTP date."""
+def _retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: a number of seconds or an HTTP date.
+
+    An HTTP date is measured from ``now`` (default: the current time).
+    """
     if not value:
         return None
     try:
@@ -523,7 +526,7 @@ def _retry_after(value: str | None) -> float | None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 __all__ = [

@@ -630,7 +630,7 @@ def _assemble(raw: Mapping[str, Any], calls: _Calls | None, batch_id: str) -> Pa
         found_id = params.get("id") or params.get("batch_id")
         if found_id is not None and str(found_id) != batch_id:
             raise _Invalid(
-                "batch_params.id", f"the response is for batch {found_id!r}, not the one requested"
+                "batch_params.id", "the response is for another batch than the one requested"
             )
         batch = _parse_batch_record(raw, params, batch_id)
         analysis = queue_counts = errors = None
@@ -896,7 +896,7 @@ def _integer(value: Any, key: str, *, limit: int = _INT32) -> int | None:
     else:
         raise _Invalid(key, f"expected a whole number, got {_type_name(value)}")
     if not -limit <= number < limit:
-        raise _Invalid(key, f"{number} is out of range")
+        raise _Invalid(key, "the number is out of range")
     return number
 
 
@@ -911,7 +911,7 @@ def _whole_from_text(value: str, key: str) -> int:
         number = float("nan")
     if number.is_integer():
         return int(number)
-    raise _Invalid(key, f"expected a whole number, got {value!r}")
+    raise _Invalid(key, "expected a whole number, got text that is not one")
 
 
 def _number(value: Any, key: str) -> float | None:
@@ -926,14 +926,14 @@ def _number(value: Any, key: str) -> float | None:
         try:
             return float(value)
         except OverflowError:
-            raise _Invalid(key, f"{value} is out of range") from None
+            raise _Invalid(key, "the number is out of range") from None
     if isinstance(value, str):
         try:
             number = float(value)
         except ValueError:
-            raise _Invalid(key, f"expected a number, got {value!r}") from None
+            raise _Invalid(key, "expected a number, got text that is not one") from None
         if number != number or number in (float("inf"), float("-inf")):
-            raise _Invalid(key, f"expected a finite number, got {value!r}")
+            raise _Invalid(key, "expected a finite number, got NaN or infinity")
         return number + 0.0
     raise _Invalid(key, f"expected a number, got {_type_name(value)}")
 
@@ -958,7 +958,7 @@ def _boolean(value: Any, key: str) -> bool | None:
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in _BOOLEANS:
         return _BOOLEANS[value.strip().lower()]
-    raise _Invalid(key, f"expected a boolean, got {value!r}")
+    raise _Invalid(key, f"expected a boolean, got {_type_name(value)} that is not one")
 
 
 def _answered_by(value: Any, key: str) -> str | None:
@@ -991,7 +991,7 @@ def _unusual_timestamp(value: str, key: str) -> datetime:
     try:
         return email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
-        raise _Invalid(key, f"expected an ISO 8601 timestamp, got {value!r}") from None
+        raise _Invalid(key, "expected an ISO 8601 timestamp, got text that is not one") from None
 
 
 def _timestamp(value: Any, key: str) -> datetime | None:
@@ -1009,7 +1009,7 @@ def _timestamp(value: Any, key: str) -> datetime | None:
             seconds = value / 1000 if abs(value) > 1e11 else value
             parsed = datetime.fromtimestamp(seconds, tz=UTC)
         except (OverflowError, OSError, ValueError):
-            raise _Invalid(key, f"timestamp {value!r} is out of range") from None
+            raise _Invalid(key, "the timestamp is out of range") from None
     else:
         raise _Invalid(key, f"expected a timestamp, got {_type_name(value)}")
     tz = parsed.tzinfo
@@ -1020,4 +1020,4 @@ def _timestamp(value: Any, key: str) -> datetime | None:
     try:
         return parsed.astimezone(UTC)
     except OverflowError:
-        raise _Invalid(key, f"timestamp {value!r} is out of range") from None
+        raise _Invalid(key, "the timestamp is out of range") from None

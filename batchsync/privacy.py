@@ -1,29 +1,69 @@
-"""What happens to phone numbers before they are stored: kept, hashed with a key, or dropped.
+"""What happens to phone numbers and other personal data before they are stored.
 
-``hash`` replaces each number by an HMAC-SHA256 of it under a secret key
+Phone numbers are kept, hashed with a key, or dropped (:class:`PhoneMode`). ``hash``
+replaces each number by an HMAC-SHA256 of its E.164 form under a secret key
 (BATCHSYNC_PHONE_HASH_KEY), so analysts can still count calls per number and join on it
-without seeing it, while nobody without the key can test a guessed number. ``drop``
-stores NULL. The policy covers the ``to_number`` / ``from_number`` columns, the
-``phone_number`` in a call's request data, and numbers written into error messages.
-Transcripts are free text and are not scrubbed: leave them out with ``--no-transcripts``.
+across tables without seeing it, while nobody without the key can test a guessed number.
+``drop`` stores NULL (or a ``[phone]`` placeholder inside text).
+
+With ``hash`` or ``drop`` no number of the payload is stored as sent:
+
+- ``calls.to_number`` / ``calls.from_number``;
+- at any depth of the JSON columns (``request_data``, ``extra`` with ``variables`` and
+  ``metadata``, ``call_params``, the batch's ``extra``): every value under a key that names
+  a phone number (:func:`names_a_phone_number`), every value and every key equal to one
+  of the call's numbers (for batch-level columns: of the batch's numbers), and the call's
+  numbers written inside longer strings;
+- the call's numbers anywhere in its text (transcript lines, summary), the batch's numbers
+  in its label and base prompt, and anything that looks like a number in error messages.
+
+``redact_transcripts`` (``--redact-transcripts``) also masks, best effort and by pattern,
+any phone number and e-mail address written in transcript lines and call summaries, under
+every phone policy.
+
+Numbers are compared by their E.164 form (:func:`normalize_number`), so ``+1 555-123-0001``
+and ``+15551230001`` are one number with one hash.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from batchsync.config import ENV_PHONE_HASH_KEY, Secret, env, register_secret
 from batchsync.errors import ConfigError
-from batchsync.payload import CallRecord, ErrorRecord, ParsedBatch
+from batchsync.payload import CallRecord, ParsedBatch, TranscriptLineRecord
 
-# E.164-looking numbers inside free text ("Cannot transfer to +12223334444 - ...").
-_NUMBER_IN_TEXT = re.compile(r"\+?\d[\d\s().-]{6,}\d")
-_REQUEST_NUMBER_KEYS = ("phone_number", "to", "from")
+# Phone-number-looking runs inside free text ("Cannot transfer to +1 (222) 333-4444 - ...").
+_NUMBER_IN_TEXT = re.compile(r"(?<![\w+])\+?\d[\d\s().\-/]{5,}\d(?!\w)")
+# E-mail addresses inside free text (redact_transcripts only).
+_EMAIL_IN_TEXT = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")
+_WRITTEN_NUMBER = re.compile(r"\+?[\d\s().\-/]+")
+_NOT_DIGIT = re.compile(r"\D")
+_KEY_SEPARATORS = re.compile(r"[\s_.\-]")
+# A run of digits and the separators written between them, where a known number may hide.
+_DIGIT_RUN = re.compile(r"(?<!\d)\+?\d[\d\s().\-/]*\d(?!\d)")
+
+# Keys whose value is a phone number, compared lower-case with "_", "-", " " and "." removed.
+# Any key containing "phone" counts too (phone, phone_number, PhoneNumber, mobile_phone...).
+PHONE_KEYS = frozenset(
+    {"to", "from", "number", "caller", "callee", "callerid", "tonumber", "fromnumber",
+     "tel", "telephone", "mobile", "cell", "msisdn", "fax", "transfernumber", "transferto",
+     "forwardto", "ani", "dnis"}
+)  # fmt: skip
+
+# Free-text fields of a call, in its ``extra``, that --redact-transcripts also masks.
+TRANSCRIPT_TEXT_KEYS = ("summary", "concatenated_transcript")
+
+# Bump when what a policy stores changes (normalisation, places covered): the tag recorded
+# with each batch changes with it, so the next run rewrites batches stored the old way.
+_SCRUB_VERSION = "v2"
 
 
 class PhoneMode(StrEnum):
@@ -32,10 +72,41 @@ class PhoneMode(StrEnum):
     DROP = "drop"
 
 
+@functools.lru_cache(maxsize=4096)  # the same few keys come back in every call
+def names_a_phone_number(key: str) -> bool:
+    """Whether a JSON key names a phone number: it contains "phone", or is in PHONE_KEYS."""
+    folded = _KEY_SEPARATORS.sub("", key.lower())
+    return "phone" in folded or folded in PHONE_KEYS
+
+
+def normalize_number(value: str) -> str | None:
+    """The E.164 form of a written phone number, or None when ``value`` is not one.
+
+    Separators (spaces, ``-``, ``.``, ``/``, parentheses) are removed; a leading ``00`` is
+    read as ``+``; 10 digits without a ``+`` are a North American number (``+1``), as are
+    11 digits starting with 1. Other digit strings of 7 to 15 digits keep their digits
+    behind a ``+``. Anything with letters, or fewer than 7 or more than 15 digits, is not a
+    number.
+    """
+    text = value.strip()
+    if not text or not _WRITTEN_NUMBER.fullmatch(text):
+        return None
+    digits = _NOT_DIGIT.sub("", text)
+    if not text.startswith("+"):
+        if digits.startswith("00"):
+            digits = digits[2:]
+        elif len(digits) == 10:
+            digits = "1" + digits
+    if not 7 <= len(digits) <= 15:
+        return None
+    return "+" + digits
+
+
 @dataclass(frozen=True)
 class PhonePolicy:
     mode: PhoneMode = PhoneMode.KEEP
     key: Secret | None = field(default=None, repr=False)
+    redact_transcripts: bool = False
 
     def __post_init__(self) -> None:
         if self.mode is PhoneMode.HASH and not self.key:
@@ -43,34 +114,49 @@ class PhonePolicy:
 
     @property
     def tag(self) -> str:
-        """Names the policy, and for hashing which key, without revealing the key."""
-        if self.mode is not PhoneMode.HASH or self.key is None:
-            return self.mode.value
-        fingerprint = hmac.new(self.key.reveal().encode(), b"batchsync", hashlib.sha256)
-        return f"hash:{fingerprint.hexdigest()[:12]}"
+        """Names what the policy stores, and for hashing which key, without revealing the key."""
+        if self.mode is PhoneMode.HASH and self.key is not None:
+            fingerprint = hmac.new(self.key.reveal().encode(), b"batchsync", hashlib.sha256)
+            tag = f"hash:{fingerprint.hexdigest()[:12]};{_SCRUB_VERSION}"
+        elif self.mode is PhoneMode.DROP:
+            tag = f"drop;{_SCRUB_VERSION}"
+        else:
+            tag = self.mode.value
+        return f"{tag};redacted-transcripts" if self.redact_transcripts else tag
 
     def number(self, value: str | None) -> str | None:
+        """A number as stored: as sent (keep), the hash of its E.164 form, or None (drop)."""
         if value is None or self.mode is PhoneMode.KEEP:
             return value
         if self.mode is PhoneMode.DROP or self.key is None:
             return None
-        digest = hmac.new(self.key.reveal().encode(), value.encode(), hashlib.sha256)
+        normal = normalize_number(value) or value.strip()
+        digest = hmac.new(self.key.reveal().encode(), normal.encode(), hashlib.sha256)
         return digest.hexdigest()
 
+    def placeholder(self, value: str) -> str:
+        """What replaces a number inside text: ``[phone:<start of its hash>]`` or ``[phone]``."""
+        if self.mode is PhoneMode.HASH and self.key is not None:
+            return f"[phone:{(self.number(value) or '')[:16]}]"
+        return "[phone]"
+
     def text(self, value: str | None) -> str | None:
+        """Free text (an error message) with everything that looks like a number masked."""
         if value is None or self.mode is PhoneMode.KEEP:
             return value
-        placeholder = "[phone]" if self.mode is PhoneMode.DROP else None
-        return _NUMBER_IN_TEXT.sub(
-            lambda m: placeholder or f"[phone:{(self.number(m.group()) or '')[:16]}]", value
-        )
+        return _NUMBER_IN_TEXT.sub(lambda m: self.placeholder(m.group()), value)
 
 
-def load_phone_policy(mode: str) -> PhonePolicy:
+def stores_numbers_in_clear(tag: str) -> bool:
+    """Whether batches recorded with ``tag`` hold their phone numbers as sent."""
+    return tag.split(";", 1)[0] == PhoneMode.KEEP.value
+
+
+def load_phone_policy(mode: str, *, redact_transcripts: bool = False) -> PhonePolicy:
     """The policy for ``mode``, with its key from BATCHSYNC_PHONE_HASH_KEY when hashing."""
     key = env(ENV_PHONE_HASH_KEY)
     register_secret(key)
-    return PhonePolicy(PhoneMode(mode), Secret(key) if key else None)
+    return PhonePolicy(PhoneMode(mode), Secret(key) if key else None, redact_transcripts)
 
 
 def refuse_clear_numbers_over_protected(policy: PhonePolicy, stored_policies: set[str]) -> None:
@@ -80,9 +166,9 @@ def refuse_clear_numbers_over_protected(policy: PhonePolicy, stored_policies: se
     """
     if policy.mode is not PhoneMode.KEEP:
         return
-    protected = stored_policies - {PhoneMode.KEEP.value}
+    protected = {tag for tag in stored_policies if not stores_numbers_in_clear(tag)}
     if protected:
-        modes = ", ".join(sorted(tag.partition(":")[0] for tag in protected))
+        modes = ", ".join(sorted({tag.replace(";", ":").partition(":")[0] for tag in protected}))
         raise ConfigError(
             f"batches in this database were stored with --phone-numbers {modes}; this run "
             "would store their numbers in clear. Set --phone-numbers (or "
@@ -92,35 +178,194 @@ def refuse_clear_numbers_over_protected(policy: PhonePolicy, stored_policies: se
 
 def apply_phone_policy(parsed: ParsedBatch, policy: PhonePolicy) -> ParsedBatch:
     """The batch with its phone numbers kept, hashed or dropped as ``policy`` says."""
-    if policy.mode is PhoneMode.KEEP:
+    if policy.mode is PhoneMode.KEEP and not policy.redact_transcripts:
         return parsed
+    masks: dict[str, _Mask] = {}
     calls = None
     if parsed.calls is not None:
-        calls = [_call(call, policy) for call in parsed.calls]
+        calls = []
+        for call in parsed.calls:
+            mask = _Mask(policy, _numbers_of_call(call))
+            masks[call.call_id] = mask
+            calls.append(_call(call, mask))
+    transcripts = None
+    if parsed.transcripts is not None:
+        transcripts = [
+            _transcript_line(line, masks.get(line.call_id) or _Mask(policy, ()))
+            for line in parsed.transcripts
+        ]
+    if policy.mode is PhoneMode.KEEP:
+        return parsed._replace(calls=calls, transcripts=transcripts)
+    batch = parsed.batch
+    numbers = [n for mask in masks.values() for n in mask.numbers]
+    numbers += _numbers_under_phone_keys(batch.call_params) + _numbers_under_phone_keys(batch.extra)
+    batch_mask = _Mask(policy, numbers)
     errors = None
     if parsed.errors is not None:
         errors = [
-            ErrorRecord(e.batch_id, e.position, e.call_id, policy.text(e.error_message) or "")
+            e._replace(
+                error_message=policy.text(
+                    masks.get(e.call_id or "", batch_mask).text(e.error_message)
+                )
+                or ""
+            )
             for e in parsed.errors
         ]
-    return parsed._replace(calls=calls, errors=errors)
+    batch = batch._replace(
+        label=batch_mask.text(batch.label),
+        base_prompt=batch_mask.text(batch.base_prompt),
+        call_params=batch_mask.json(batch.call_params),
+        extra=batch_mask.json(batch.extra),
+    )
+    return parsed._replace(batch=batch, calls=calls, errors=errors, transcripts=transcripts)
 
 
-def _call(call: CallRecord, policy: PhonePolicy) -> CallRecord:
-    return call._replace(
-        to_number=policy.number(call.to_number),
-        from_number=policy.number(call.from_number),
-        error_message=policy.text(call.error_message),
-        request_data=_request_data(call.request_data, policy),
+class _Mask:
+    """Masks one call's (or one batch's) numbers wherever they are written."""
+
+    def __init__(self, policy: PhonePolicy, numbers: Iterable[str]) -> None:
+        self.policy = policy
+        self.numbers = {n for n in map(normalize_number, numbers) if n}
+        self._needles = _digit_forms(self.numbers)
+
+    @property
+    def active(self) -> bool:
+        return self.policy.mode is not PhoneMode.KEEP
+
+    def text(self, value: str | None) -> str | None:
+        """``value`` with each run of digits that holds a known number, however written, masked."""
+        if value is None or not self.active or not self._needles:
+            return value
+        return _DIGIT_RUN.sub(self._masked_run, value)
+
+    def _masked_run(self, match: re.Match[str]) -> str:
+        run = match.group()
+        digits = _NOT_DIGIT.sub("", run)
+        if any(needle in digits for needle in self._needles):
+            return self.policy.placeholder(run)
+        return run
+
+    def free_text(self, value: str | None) -> str | None:
+        """Transcript text: known numbers masked, and with redaction any number or e-mail."""
+        value = self.text(value)
+        if value is None or not self.policy.redact_transcripts:
+            return value
+        value = _EMAIL_IN_TEXT.sub("[email]", value)
+        return _NUMBER_IN_TEXT.sub(lambda m: self.policy.placeholder(m.group()), value)
+
+    def json(self, value: Any, *, under_phone_key: bool = False) -> Any:
+        """A JSON value with numbers, keys naming numbers and keys that are numbers masked."""
+        if not self.active:
+            return value
+        if isinstance(value, dict):
+            cleaned: dict[str, Any] = {}
+            for key, item in value.items():
+                phone_key = under_phone_key or names_a_phone_number(str(key))
+                cleaned[self._key(str(key), cleaned)] = self.json(item, under_phone_key=phone_key)
+            return cleaned
+        if isinstance(value, list):
+            return [self.json(item, under_phone_key=under_phone_key) for item in value]
+        if isinstance(value, bool) or value is None:
+            return value
+        if under_phone_key and isinstance(value, str | int | float):
+            return self.policy.number(_as_text(value))
+        if isinstance(value, str):
+            if normalize_number(value) in self.numbers:
+                return self.policy.number(value)
+            return self.text(value)
+        return value
+
+    def _key(self, key: str, taken: dict[str, Any]) -> str:
+        """A key that is itself a number becomes its hash, or ``[phone]`` (numbered if taken)."""
+        if normalize_number(key) not in self.numbers and not (
+            key.startswith("+") and normalize_number(key)
+        ):
+            return key
+        masked = self.policy.number(key) or "[phone]"
+        candidate, n = masked, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{masked} {n}"
+        return candidate
+
+
+def _digit_forms(numbers: Iterable[str]) -> frozenset[str]:
+    """The digits each number is written with: with its country code, and in national form
+    (without the 1 in North America, with a trunk 0 elsewhere, whatever the code's length)."""
+    forms = set()
+    for number in numbers:
+        digits = number[1:]
+        forms.add(digits)
+        if len(digits) == 11 and digits.startswith("1"):
+            forms.add(digits[1:])
+        else:
+            forms.update("0" + digits[k:] for k in (1, 2, 3) if len(digits) - k >= 6)
+    return frozenset(forms)
+
+
+def _numbers_under_phone_keys(value: Any, under_phone_key: bool = False) -> list[str]:
+    """The strings and numbers found under keys that name a phone number, at any depth."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            phone_key = under_phone_key or names_a_phone_number(str(key))
+            found += _numbers_under_phone_keys(item, phone_key)
+            if str(key).startswith("+") and normalize_number(str(key)):
+                found.append(str(key))
+    elif isinstance(value, list):
+        for item in value:
+            found += _numbers_under_phone_keys(item, under_phone_key)
+    elif under_phone_key and isinstance(value, str | int | float) and not isinstance(value, bool):
+        found.append(_as_text(value))
+    return found
+
+
+def _as_text(value: str | float) -> str:
+    """A number sent as a JSON number, as its digits (442079460958.0 -> "442079460958")."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _numbers_of_call(call: CallRecord) -> list[str]:
+    numbers = [n for n in (call.to_number, call.from_number) if n]
+    return (
+        numbers
+        + _numbers_under_phone_keys(call.request_data)
+        + _numbers_under_phone_keys(call.extra)
     )
 
 
-def _request_data(data: Any, policy: PhonePolicy) -> Any:
-    if not isinstance(data, dict):
-        return data
-    cleaned = dict(data)
-    for key in _REQUEST_NUMBER_KEYS:
-        value = cleaned.get(key)
-        if isinstance(value, str):
-            cleaned[key] = policy.number(value)
-    return cleaned
+def _call(call: CallRecord, mask: _Mask) -> CallRecord:
+    policy = mask.policy
+    extra = call.extra
+    if extra is not None and policy.redact_transcripts:
+        extra = {
+            key: mask.free_text(value)
+            if key in TRANSCRIPT_TEXT_KEYS and isinstance(value, str)
+            else value
+            for key, value in extra.items()
+        }
+    return call._replace(
+        to_number=policy.number(call.to_number),
+        from_number=policy.number(call.from_number),
+        error_message=policy.text(mask.text(call.error_message)),
+        request_data=mask.json(call.request_data),
+        extra=mask.json(extra),
+    )
+
+
+def _transcript_line(line: TranscriptLineRecord, mask: _Mask) -> TranscriptLineRecord:
+    return line._replace(text=mask.free_text(line.text))
+
+
+__all__: list[str] = [
+    "PHONE_KEYS",
+    "PhoneMode",
+    "PhonePolicy",
+    "apply_phone_policy",
+    "load_phone_policy",
+    "names_a_phone_number",
+    "normalize_number",
+    "stores_numbers_in_clear",
+]

@@ -70,8 +70,15 @@ def _render(table: Table, *, view: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Names PostgreSQL gives the types SQLAlchemy's DDL asks for: FLOAT without a precision is
+# stored, and shown by \d and information_schema, as double precision.
+_PG_NAMES = {"float": "double precision"}
+
+
 def _type(column_type: TypeEngine[object], dialect: object) -> str:
-    return column_type.compile(dialect=dialect).lower()  # type: ignore[arg-type]
+    """The column's type as the database itself reports it."""
+    name = column_type.compile(dialect=dialect).lower()  # type: ignore[arg-type]
+    return _PG_NAMES.get(name, name) if dialect is _PG else name
 
 
 def _nullable(column: Column[object], view: bool) -> str:

@@ -241,7 +241,7 @@ def run_sync(
                     left = len(to_fetch) - len(result.outcomes) + len(skipped)
                     raise ApiUnavailable(
                         f"the Bland API did not answer for {unreachable} batches in a row; "
-                        f"stopping the run with {left} batch(es) not tried "
+                        f"stopping the run with {left} batch{'' if left == 1 else 'es'} not tried "
                         f"(last: {_one_line(fetched.reason)})"
                     )
                 if stop is not None and stop.is_set():
@@ -262,21 +262,28 @@ def run_sync(
 class _Ledger:
     """The run's record in sync_runs / sync_run_batches; records nothing in a dry run."""
 
-    def __init__(self, engine: Engine, run_id: int | None, clock: Callable[[], datetime]):
+    def __init__(
+        self,
+        engine: Engine,
+        run_id: int | None,
+        clock: Callable[[], datetime],
+        phones: PhonePolicy | None = None,
+    ):
         self.engine = engine
         self.run_id = run_id
         self.clock = clock
+        self.phones = phones or PhonePolicy()
 
     @classmethod
     def open(
         cls, engine: Engine, options: SyncOptions, clock: Callable[[], datetime], stack: ExitStack
     ) -> _Ledger:
         if options.dry_run:
-            return cls(engine, None, clock)
+            return cls(engine, None, clock, options.phones)
         for run_id in runs.mark_abandoned(engine, clock()):
             log.warning("run %d ended without recording an outcome: marked abandoned", run_id)
         run_id = stack.enter_context(runs.started_run(engine, options.as_json(), clock()))
-        return cls(engine, run_id, clock)
+        return cls(engine, run_id, clock, options.phones)
 
     def skipped(self, batch_ids: list[str]) -> None:
         if self.run_id is not None:
@@ -288,8 +295,11 @@ class _Ledger:
             runs.record_outcome(connection, self.run_id, outcome, self.clock())
 
     def failure(self, batch_id: str, error: str) -> BatchOutcome:
-        """Record a failed batch in a transaction of its own."""
-        error = _one_line(error)
+        """Record a failed batch in a transaction of its own.
+
+        The reason may quote the API's own words; under --phone-numbers hash or drop
+        anything in it that looks like a phone number is masked like the batch's data."""
+        error = self.phones.text(_one_line(error)) or ""
         log.error("%s", error, extra={"batch": batch_id})
         outcome = BatchOutcome(_recordable(batch_id), runs.BATCH_FAILED, error=error)
         if self.run_id is not None:

@@ -368,7 +368,7 @@ def test_api_dying_mid_run_exits_5_and_says_so(database_url: str) -> None:
         )  # fmt: skip
     assert result.exit_code == EXIT_API, result.output
     assert "did not answer for 3 batches in a row" in result.output
-    assert "2 batch(es) not tried" in result.output
+    assert "2 batches not tried" in result.output
     engine = create_engine(database_url)
     try:
         with engine.connect() as connection:
@@ -837,7 +837,7 @@ def test_runs_show_prints_options_as_json(server: EmulatorServer, database_url: 
     options_line = next(line for line in shown.stdout.splitlines() if "options:" in line)
     options = json.loads(options_line.split("options:", 1)[1])
     assert options["all"] is True
-    assert options["phone_numbers"] == "drop"
+    assert options["phone_numbers"].partition(";")[0] == "drop"
 
 
 def test_one_batch_reads_singular(
@@ -986,7 +986,7 @@ def test_purge_on_a_terminal_asks_first(
 
 def test_sqlite_file_in_a_folder_that_cannot_be_created_exits_4() -> None:
     """A SQLite path whose folder cannot be made is an unusable database (4), not a bug."""
-    result = run("runs", "--database-url", "sqlite:////proc/no-such-folder/batchsync.db")
+    result = run("db", "upgrade", "--database-url", "sqlite:////proc/no-such-folder/batchsync.db")
     assert result.exit_code == EXIT_DATABASE
     assert "cannot create the folder" in result.stderr
 

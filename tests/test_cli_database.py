@@ -141,7 +141,7 @@ def test_sync_with_schema_keeps_every_table_in_that_schema(
     assert current.exit_code == EXIT_OK
     assert "up to date" in current.output
     assert f"(schema {schema_name})" in current.output
-    assert run("purge", "--batch", batch_id, env=env).exit_code == EXIT_OK
+    assert run("purge", "--batch", batch_id, "--yes", env=env).exit_code == EXIT_OK
 
 
 def test_schema_with_capitals_is_kept_as_written(postgres_url: str) -> None:

@@ -242,10 +242,11 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
     assert _retry_after("7") == 7.0
     assert _retry_after(None) is None
     assert _retry_after("soon") is None
-    later = datetime.now(UTC) + timedelta(seconds=30)
-    assert 25 <= (_retry_after(format_datetime(later, usegmt=True)) or 0) <= 31
-    past = datetime.now(UTC) - timedelta(seconds=30)
-    assert _retry_after(format_datetime(past, usegmt=True)) == 0.0
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    later = now + timedelta(seconds=30)
+    assert _retry_after(format_datetime(later, usegmt=True), now=now) == 30.0
+    past = now - timedelta(seconds=30)
+    assert _retry_after(format_datetime(past, usegmt=True), now=now) == 0.0
 
 
 def test_rate_limiter_spaces_requests_across_threads() -> None:

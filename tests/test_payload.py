@@ -637,12 +637,13 @@ def test_batch_params_missing_or_not_an_object_is_rejected(params: Any) -> None:
 
 @pytest.mark.parametrize("key", ["id", "batch_id"])
 def test_batch_params_of_another_batch_is_rejected(key: str) -> None:
-    """A response whose batch_params id is another batch's is refused, naming both ids."""
+    """A response whose batch_params id is another batch's is refused, without quoting it."""
     raw = minimal_payload()
     del raw["batch_params"]["id"]
     raw["batch_params"][key] = "b2"
     error = rejection(raw, "batch_params.id")
-    assert "'b2'" in error.reason
+    assert "another batch" in error.reason
+    assert "b2" not in str(error)
 
 
 def test_batch_params_without_id_takes_the_requested_id() -> None:
@@ -715,13 +716,16 @@ def test_call_length_not_a_number_is_rejected_with_the_documented_message() -> N
     raw = with_calls(call(), {"call_id": "c2"}, {"call_id": "c3"}, call(call_id="c4"))
     raw["call_data"][3]["call_length"] = "abc"
     error = rejection(raw, "call_data[3].call_length")
-    assert str(error) == "batch b1, field call_data[3].call_length: expected a number, got 'abc'"
+    assert str(error) == (
+        "batch b1, field call_data[3].call_length: expected a number, got text that is not one"
+    )
 
 
 def test_completed_not_a_boolean_is_rejected() -> None:
-    """``completed`` "maybe" is rejected at call_data[i].completed."""
+    """``completed`` "maybe" is rejected at call_data[i].completed, without quoting it."""
     error = rejection(with_calls(call(completed="maybe")), "call_data[0].completed")
-    assert "'maybe'" in error.reason
+    assert "expected a boolean" in error.reason
+    assert "maybe" not in str(error)
 
 
 @pytest.mark.parametrize("value", [{"id": 1}, "hello", 3])

@@ -4,22 +4,34 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import os
+import re
+import subprocess
+import sys
+from typing import Any
 
+import httpx
 import pytest
-from sqlalchemy import Engine, text
+from click.testing import CliRunner
+from sqlalchemy import Engine, inspect, text
 
 from batchsync import runs
-from batchsync.client import BlandClient
-from batchsync.config import Secret
+from batchsync.cli import cli
+from batchsync.client import BlandClient, RetryPolicy
+from batchsync.config import Secret, load_api, load_database
+from batchsync.db import create_db_engine, upgrade
 from batchsync.emulator import Emulator
-from batchsync.errors import ConfigError
+from batchsync.errors import ConfigError, PayloadError
 from batchsync.payload import parse_batch
 from batchsync.privacy import (
     PhoneMode,
     PhonePolicy,
     apply_phone_policy,
     load_phone_policy,
+    normalize_number,
     refuse_clear_numbers_over_protected,
+    stores_numbers_in_clear,
 )
 from batchsync.sync import SyncOptions, run_sync
 
@@ -119,3 +131,261 @@ def test_default_keep_over_hashed_batches_is_refused_and_explicit_policies_pass(
         refuse_clear_numbers_over_protected(PhonePolicy(), {"keep", "hash:ab12"})
     refuse_clear_numbers_over_protected(PhonePolicy(), {"keep"})
     refuse_clear_numbers_over_protected(PhonePolicy(PhoneMode.DROP), {"hash:ab12"})
+
+
+# -- every place a number can hide, through the command line, on both databases -------------
+
+HASH_KEY = "k3y-for-the-privacy-scan"
+PLANTED = ("+15551230001", "+15559990000", "+442079460958")
+EMAIL = "jane.doe@example.com"
+
+
+def planted_payloads(emulator: Emulator) -> list[str]:
+    """Put numbers in every place of one batch, and a number as a bad value in another."""
+    first, second = emulator.batch_ids()[:2]
+    raw = emulator.raw_batch(first)
+    raw["batch_params"]["call_params"] = {"transfer_phone_number": "+1 555 999 0000"}
+    raw["batch_params"]["sales_contact"] = {"Caller": "555.123.0001"}  # -> batches.extra
+    raw["batch_params"]["base_prompt"] = "If asked, transfer to (555) 999-0000."
+    raw["analysis"]["error_messages"] = ["Cannot transfer to 555.123.0001 - unreachable"]
+    call = raw["call_data"][0]
+    call["to"] = "+1 555-123-0001"
+    call["from"] = "+15559990000"
+    call["error_message"] = "Invalid phone number: +1 (555) 123-0001"
+    call["request_data"] = {
+        "phone_number": "5551230001",
+        "contact": {"Mobile": "+44 20 7946 0958", "alt": ["+15551230001"]},
+        "+15551230001": "vip",
+        "wait": False,
+    }
+    call["variables"] = {"to": "+15551230001", "note": "customer 5551230001 prefers mornings"}
+    call["metadata"] = {"crm": {"record": {"PhoneNumber": 442079460958}}}
+    call["summary"] = f"Reached +1 555 123 0001; wrote to {EMAIL} and 020 7946 0958."
+    call["transcripts"] = [
+        {
+            "id": 990001,
+            "created_at": call["created_at"],
+            "text": f"Call me on 555-123-0001 or mail {EMAIL}, or +44 20 7946 0958.",
+            "user": "user",
+        }
+    ]
+    emulator.put_batch(raw)
+    bad = emulator.raw_batch(second)
+    bad["call_data"][0]["corrected_duration"] = "+1 555-123-0001"
+    emulator.put_batch(bad)
+    numbers = set(PLANTED)
+    for batch_id in (first, second):
+        for each in emulator.raw_batch(batch_id)["call_data"]:
+            numbers.update(str(each[key]) for key in ("to", "from") if each.get(key))
+    return sorted(numbers)
+
+
+def raw_numbers_in(text: str, numbers: list[str]) -> list[str]:
+    """Every written form of any of ``numbers`` in ``text``, whatever its separators."""
+    nationals = {re.sub(r"\D", "", n)[-10:] for n in numbers}
+    found = []
+    for match in re.finditer(r"\+?\d[\d\s().\-/]{5,}\d", text):
+        digits = re.sub(r"\D", "", match.group())
+        if any(national in digits for national in nationals):
+            found.append(match.group())
+    return found
+
+
+def table_texts(database_url: str) -> dict[str, str]:
+    """Every table's rows as text, keyed by table name."""
+    engine = create_db_engine(load_database(database_url))
+    texts = {}
+    with engine.connect() as connection:
+        for table in inspect(engine).get_table_names():
+            rows = connection.execute(text(f"select * from {table}")).all()
+            texts[table] = "\n".join(
+                " | ".join(json.dumps(v, default=str) if not isinstance(v, str) else v for v in r)
+                for r in rows
+            )
+    engine.dispose()
+    return texts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("redact", [False, True], ids=["as-said", "redact-transcripts"])
+@pytest.mark.parametrize("mode", ["keep", "hash", "drop"])
+def test_no_raw_number_is_written_anywhere_under_hash_or_drop(
+    database_url: str, mode: str, redact: bool
+) -> None:
+    """hash/drop leave no written form of any number in any table or output; keep only in data."""
+    emulator = Emulator(seed=5, batches=2, calls_per_batch=6, api_key="sk-privacy-scan")
+    numbers = planted_payloads(emulator)
+    args = ["-vv", "sync", "--all", "--migrate", "--json", "--phone-numbers", mode]
+    if redact:
+        args.append("--redact-transcripts")
+    with emulator.serve() as server:
+        env = {
+            **os.environ,
+            "BLAND_BASE_URL": server.url,
+            "BLAND_API_KEY": emulator.api_key,
+            "BATCHSYNC_DATABASE_URL": database_url,
+            "BATCHSYNC_PHONE_HASH_KEY": HASH_KEY,
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "batchsync", *args], env=env, capture_output=True, text=True
+        )
+    assert done.returncode == 1, done.stderr  # the batch with a number as a duration fails
+    texts = table_texts(database_url)
+    outputs = {"stdout": done.stdout, "stderr": done.stderr}
+    ledger = {name: texts.pop(name) for name in ("sync_runs", "sync_run_batches")}
+    assert "corrected_duration" in ledger["sync_run_batches"]  # the error names the field
+
+    for name, written in {**outputs, **ledger}.items():
+        assert raw_numbers_in(written, numbers) == [], name
+    spoken = texts["call_transcripts"] + texts["calls"]
+    if mode == "keep":
+        assert raw_numbers_in(texts["calls"], numbers)  # the scan does see numbers
+    else:
+        for name, written in texts.items():
+            assert raw_numbers_in(written, numbers) == [], name
+    if redact:
+        assert EMAIL not in spoken
+        assert raw_numbers_in(texts["call_transcripts"], numbers) == []
+    else:
+        assert EMAIL in spoken  # only --redact-transcripts masks e-mail addresses
+    if mode == "hash":
+        digest = hmac.new(HASH_KEY.encode(), b"+15551230001", hashlib.sha256).hexdigest()
+        assert texts["calls"].count(digest) >= 4  # to, request_data (twice), variables.to
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("corrected_duration", "+1 555-123-0001"),
+        ("call_length", "555-123-0001"),
+        ("completed", "+15551230001"),
+        ("created_at", "+1 (555) 123-0001"),
+        ("corrected_duration", 15551230001),
+    ],
+)
+def test_payload_errors_name_the_field_without_quoting_the_value(field: str, value: Any) -> None:
+    """A bad value that is a phone number is reported by field and problem, never quoted."""
+    raw = raw_batch()
+    raw["call_data"][0][field] = value
+    with pytest.raises(PayloadError) as caught:
+        parse_batch(raw, batch_id="b1")
+    message = str(caught.value)
+    assert f"call_data[0].{field}" in message
+    assert raw_numbers_in(message, ["+15551230001"]) == []
+
+
+@pytest.mark.parametrize(
+    "written",
+    ["+15551230001", "+1 555-123-0001", "+1 (555) 123-0001", "555.123.0001", "5551230001",
+     "15551230001", "001 555 123 0001"],
+)  # fmt: skip
+def test_written_forms_of_one_number_hash_alike(written: str) -> None:
+    """Every written form of a number normalises to E.164 and so gives the same hash."""
+    assert normalize_number(written) == "+15551230001"
+    assert HASH.number(written) == HASH.number("+15551230001")
+
+
+@pytest.mark.parametrize("written", ["12345", "call me", "+1 555 CALL NOW", "1234567890123456"])
+def test_what_is_not_a_number_does_not_normalise(written: str) -> None:
+    """Too few or too many digits, or letters, are not a phone number."""
+    assert normalize_number(written) is None
+
+
+def test_tag_changes_with_what_is_stored() -> None:
+    """The recorded tag differs between policies and with transcript redaction."""
+    tags = {
+        PhonePolicy().tag,
+        PhonePolicy(redact_transcripts=True).tag,
+        PhonePolicy(PhoneMode.DROP).tag,
+        PhonePolicy(PhoneMode.DROP, redact_transcripts=True).tag,
+        HASH.tag,
+        PhonePolicy(PhoneMode.HASH, KEY, redact_transcripts=True).tag,
+    }
+    assert len(tags) == 6
+    assert "drop" not in tags  # batches written under the old drop are rewritten
+
+
+def test_switching_on_redaction_rewrites_stored_transcripts(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """A run with transcript redaction rewrites batches stored without it."""
+    batch_id = emulator.batch_ids()[0]
+    raw = emulator.raw_batch(batch_id)
+    line = next(c for c in raw["call_data"] if c.get("transcripts"))["transcripts"][0]
+    line["text"] = f"write to {EMAIL}"
+    emulator.put_batch(raw)
+    run_sync(engine, client, SyncOptions(discover=True))
+    run_sync(
+        engine, client, SyncOptions(discover=True, phones=PhonePolicy(redact_transcripts=True))
+    )
+    with engine.connect() as connection:
+        stored = connection.execute(
+            text("select text from call_transcripts where line_id = :l"), {"l": line["id"]}
+        ).scalar_one()
+    assert stored == "write to [email]"
+
+
+def test_only_keep_tags_count_as_numbers_in_clear() -> None:
+    """The guard against un-hashing treats keep (redacted or not) as clear, hash/drop as not."""
+    assert stores_numbers_in_clear(PhonePolicy(redact_transcripts=True).tag)
+    assert not stores_numbers_in_clear(HASH.tag)
+    assert not stores_numbers_in_clear(PhonePolicy(PhoneMode.DROP, redact_transcripts=True).tag)
+
+
+def test_redacting_runs_at_the_default_policy_are_not_refused(database_url: str) -> None:
+    """Batches stored under keep with redacted transcripts do not block later keep runs."""
+    emulator = Emulator(seed=5, batches=2, calls_per_batch=4, api_key="sk-privacy-scan")
+    with emulator.serve() as server:
+        env = {
+            "BLAND_BASE_URL": server.url,
+            "BLAND_API_KEY": emulator.api_key,
+            "BATCHSYNC_DATABASE_URL": database_url,
+        }
+        runner = CliRunner()
+        first = runner.invoke(cli, ["sync", "--all", "--migrate", "--redact-transcripts"], env=env)
+        again = runner.invoke(cli, ["sync", "--all", "--refresh"], env=env)
+    assert first.exit_code == 0, first.output
+    assert again.exit_code == 0, again.output
+
+
+def test_numbers_sent_as_json_numbers_or_glued_to_words_are_masked() -> None:
+    """A number sent as a JSON float hashes like its text; one glued to a word is still found."""
+    raw = raw_batch()
+    raw["call_data"][0]["metadata"] = {"PhoneNumber": 15551230001.0}
+    raw["analysis"]["error_messages"].append("retry for id15551230001 failed")
+    parsed = apply_phone_policy(parse_batch(raw, batch_id="b1"), HASH)
+    assert parsed.calls is not None
+    assert parsed.errors is not None
+    extra = parsed.calls[0].extra
+    assert extra is not None
+    assert extra["metadata"]["PhoneNumber"] == HASH.number("+15551230001")
+    assert raw_numbers_in(parsed.errors[-1].error_message, ["+15551230001"]) == []
+
+
+def test_api_error_quoting_a_number_is_recorded_masked_under_hash(
+    database_url: str,
+) -> None:
+    """A 4xx body that quotes a phone number reaches no error column, log or summary in clear."""
+    emulator = Emulator(seed=5, batches=1, calls_per_batch=2, api_key="sk-privacy-errors")
+    batch_id = emulator.batch_ids()[0]
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/v1/batches/"):
+            return httpx.Response(422, json={"message": "cannot dial +1 555-123-0001 today"})
+        return emulator.handle(request)
+
+    engine = create_db_engine(load_database(database_url))
+    upgrade(engine)
+    policy = PhonePolicy(PhoneMode.HASH, KEY)
+    with BlandClient(
+        load_api("http://bland-emulator.local", emulator.api_key),
+        transport=httpx.MockTransport(refuse),
+        retry=RetryPolicy(attempts=1),
+    ) as client:
+        result = run_sync(engine, client, SyncOptions(batch_ids=(batch_id,), phones=policy))
+    engine.dispose()
+    assert [o.status for o in result.outcomes] == ["failed"]
+    assert "cannot dial [phone:" in (result.outcomes[0].error or "")
+    ledger = table_texts(database_url)["sync_run_batches"]
+    assert raw_numbers_in(ledger, ["+15551230001"]) == []
+    assert "cannot dial [phone:" in ledger

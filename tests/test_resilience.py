@@ -104,6 +104,16 @@ def reference(emulator: Emulator, tmp_path: Path, name: str) -> dict[str, Any]:
     return rows
 
 
+def wait_for_request(
+    emulator: Emulator, path: str, seen: int, process: subprocess.Popen[str]
+) -> None:
+    """Wait until ``process`` has sent a request to ``path`` beyond the ``seen`` ones."""
+    while emulator.request_count(path) <= seen:
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended before it requested {path}")
+        time.sleep(0.02)
+
+
 def test_killed_runs_leave_whole_batches_and_converge(
     database_url: str, big_emulator: Emulator, served: EmulatorServer, tmp_path: Path
 ) -> None:
@@ -125,20 +135,28 @@ def test_killed_runs_leave_whole_batches_and_converge(
     big_emulator.revision = 0
     assert batchsync("sync", "--all", "--refresh", env=env).returncode == 0
 
-    # Alternate the API between the two versions and kill runs at spread-out moments.
-    kills = 0
+    # Alternate the API between the two versions and kill runs at spread-out moments: half
+    # of them at a fraction of a clean run's duration (wherever the run happens to be, a
+    # database write included), half while the run provably waits for a given batch.
+    batch_ids = big_emulator.batch_ids()
     for attempt, fraction in enumerate([0.15, 0.3, 0.45, 0.6, 0.75, 0.9, 0.5, 0.35]):
         big_emulator.revision = (attempt + 1) % 2
+        held = batch_ids[attempt % len(batch_ids)]
+        if attempt % 2:
+            big_emulator.inject(held, Fault("slow", delay=600))
+        before = big_emulator.request_count(f"/v1/batches/{held}")
         process = spawn("sync", "--all", "--refresh", "--concurrency", "1", env=env)
-        time.sleep(duration * fraction)
+        if attempt % 2:
+            wait_for_request(big_emulator, f"/v1/batches/{held}", before, process)
+            assert process.poll() is None, "the run ended while its request was held"
+        else:
+            time.sleep(duration * fraction)
         if process.poll() is None:
             process.kill()
-            kills += 1
         process.wait(timeout=30)
         rows = batch_rows(engine)
         for batch_id, tables in rows.items():
             assert tables in (old[batch_id], new[batch_id]), f"batch {batch_id} is half-written"
-    assert kills >= 4
 
     big_emulator.revision = 1
     assert batchsync("sync", "--all", "--refresh", env=env).returncode == 0

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+from sqlalchemy import Engine, inspect
 
 from batchsync.models import VIEWS, Base
 from batchsync.schema_docs import render_schema_markdown
@@ -26,3 +29,24 @@ def test_every_table_view_and_column_is_described() -> None:
     rendered = render_schema_markdown()
     for name in [*Base.metadata.tables, *VIEWS.tables]:
         assert f"### `{name}`" in rendered
+
+
+def documented_types(markdown: str, column: int) -> dict[tuple[str, str], str]:
+    """(table, column) -> the type in the given column of each table's Markdown table."""
+    types: dict[tuple[str, str], str] = {}
+    for section in markdown.split("\n### `")[1:]:
+        table = section.split("`", 1)[0]
+        for row in re.findall(r"^\| `(\w+)` \|(.*)$", section, re.MULTILINE):
+            types[(table, row[0])] = row[1].split("|")[column].strip()
+    return types
+
+
+def test_documented_types_are_what_each_database_reports(engine: Engine) -> None:
+    """docs/schema.md gives, per database, the type the migrated database reports per column."""
+    column = 0 if engine.dialect.name == "postgresql" else 1
+    documented = documented_types(SCHEMA_DOC.read_text(), column)
+    inspector = inspect(engine)
+    for table in Base.metadata.tables:
+        for found in inspector.get_columns(table):
+            reported = found["type"].compile(dialect=engine.dialect).lower()
+            assert documented[(table, found["name"])] == reported, (table, found["name"])
