@@ -747,8 +747,9 @@ def sync(
         max_requests_per_second=max_requests_per_second,
         max_connections=max(concurrency, 1) * (1 + DETAIL_CONCURRENCY),
     ) as client:
-        # Stored details are kept only where the stored values are the API's own (keep).
-        kept = None if refresh or phones.mode is not PhoneMode.KEEP else engine
+        # Stored details are kept only where the stored values are the API's own.
+        as_sent = phones.mode is PhoneMode.KEEP and not phones.redact_transcripts
+        kept = engine if as_sent and not refresh else None
         source = build_source(
             client,
             api_choice,

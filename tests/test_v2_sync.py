@@ -398,3 +398,38 @@ def test_v1_call_detail_failing_fails_its_batch_only(
     result = sync(engine, client, api="v1", call_details=True)
     assert [o.batch_id for o in result.failed] == [batch_id]
     assert result.count("synced") == 2
+
+
+@pytest.mark.parametrize("redact", [False, True], ids=["as-said", "redact-transcripts"])
+@pytest.mark.parametrize("mode", ["hash", "drop"])
+def test_no_number_of_a_v2_batch_is_stored_in_clear_under_hash_or_drop(
+    database_url: str, engine: Engine, client: BlandClient, account: Emulator, mode: str,
+    redact: bool,
+) -> None:  # fmt: skip
+    """The phone policy covers the v2 columns and tables: detail columns, JSON at any
+    depth, summaries, transcripts and log payloads hold no number in clear."""
+    from batchsync.config import Secret
+    from batchsync.privacy import PhoneMode, PhonePolicy
+    from tests.test_privacy import EMAIL, PLANTED, raw_numbers_in, table_texts
+
+    v2 = next(iter(account.v2.batches.values()))
+    call = v2.calls[0]
+    call.update(
+        to="+1 555-123-0001",
+        transferred_to="+15559990000",
+        variables={"to": "+15551230001", "note": "customer 5551230001 prefers mornings"},
+        metadata={"crm": {"record": {"PhoneNumber": 442079460958}}},
+        analysis={"callback_phone": "+44 20 7946 0958"},
+        pathway_tags=[{"name": "+15551230001", "color": "#fff"}],
+        summary=f"Reached +1 555 123 0001; wrote to {EMAIL}.",
+    )
+    call["transcripts"][0]["text"] = f"Call me on 555-123-0001 or mail {EMAIL}."
+    v2.logs[0]["payload"]["message"] = "Transfer line +1 555 999 0000 validated."
+    policy = PhonePolicy(PhoneMode(mode), Secret("k3y"), redact_transcripts=redact)
+    result = sync(engine, client, phones=policy, api="v2")
+    assert not result.failed
+    numbers = sorted({*PLANTED, *(str(c["to"]) for c in v2.calls), str(call["from"])})
+    texts = table_texts(database_url)
+    for name, written in texts.items():
+        assert raw_numbers_in(written, numbers) == [], name
+    assert (EMAIL in texts["calls"] + texts["call_transcripts"]) is not redact
