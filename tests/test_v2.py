@@ -198,8 +198,9 @@ def test_detail_that_is_not_an_object_fails_the_batch() -> None:
 def test_response_for_another_batch_fails() -> None:
     """A v2 batch body naming another id is refused."""
     raw = fixture("batch.json")["data"] | {"id": "00000000-0000-4000-8000-000000000000"}
-    with pytest.raises(PayloadError, match="not the one requested"):
+    with pytest.raises(PayloadError, match="another batch than the one requested") as caught:
         parse(raw_batch=raw)
+    assert "00000000-0000" not in str(caught.value)  # the value sent is not quoted
 
 
 def test_calls_not_fetched_leave_call_tables_alone() -> None:
@@ -470,3 +471,28 @@ def test_example_fixture_files_are_left_unchanged_by_parsing() -> None:
     before = copy.deepcopy(parts)
     parse_v2_batch(**parts, batch_id=BATCH_ID)
     assert parts == before
+
+
+def test_v1_call_detail_for_another_call_fails_the_batch() -> None:
+    """--call-details: a detail answering for another call is refused, naming the call."""
+    from batchsync.bland.v2 import with_detail
+
+    call = parse().calls[0]
+    detail = fixture("call-detail.json") | {"call_id": "someone-else", "c_id": "someone-else"}
+    with pytest.raises(PayloadError, match="another call") as caught:
+        with_detail(call, detail, batch_id=BATCH_ID, details_synced_at=SYNCED)
+    assert caught.value.field == f"call {call.call_id}"
+
+
+def test_v1_call_detail_fills_only_the_detail_columns() -> None:
+    """--call-details keeps the batch's own values and adds price, summary and the rest."""
+    from batchsync.bland.v2 import with_detail
+
+    call = parse(details=None).calls[0]._replace(answered_by="voicemail")
+    enriched = with_detail(
+        call, fixture("call-detail.json"), batch_id=BATCH_ID, details_synced_at=SYNCED
+    )
+    assert enriched.answered_by == "voicemail"  # the batch's value, not the detail's
+    assert enriched.price == 0.068
+    assert enriched.pathway_tags == [{"name": "Greeting", "color": "#3b82f6"}]
+    assert enriched.details_synced_at == SYNCED

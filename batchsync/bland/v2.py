@@ -257,7 +257,7 @@ def parse_v2_batch(
     found_id = raw_batch.get("id")
     if found_id is not None and str(found_id) != batch_id:
         raise PayloadError(
-            f"the response is for batch {found_id!r}, not the one requested",
+            "the response is for another batch than the one requested",
             batch_id=batch_id,
             field="data.id",
         )
@@ -372,7 +372,9 @@ def with_detail(
     found = _call_id(detail)
     if found is not None and found != call.call_id:
         raise PayloadError(
-            f"the detail is for call {found!r}", batch_id=batch_id, field=f"call {call.call_id}"
+            "the detail is for another call than the one requested",
+            batch_id=batch_id,
+            field=f"call {call.call_id}",
         )
     try:
         parsed, _ = _parse_v2_call(

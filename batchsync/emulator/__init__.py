@@ -77,6 +77,10 @@ batch has finished. Going from revision 1 to 2 therefore also brings back the ca
 removed and drops the one it added.
 
 Batches stored with :meth:`Emulator.put_batch` are served exactly as given, at every revision.
+
+v2. ``Emulator(v2_batches=n)`` also holds n v2 batches, served by the v2 batches API and the
+calls API (``/v2/batches/...``, ``/v1/calls``, ``/v1/calls/{id}``, which answers for v1 calls
+too): see :mod:`batchsync.emulator.v2` for the routes, their fault targets and the quirks.
 """
 
 from __future__ import annotations
