@@ -496,3 +496,25 @@ def test_v1_call_detail_fills_only_the_detail_columns() -> None:
     assert enriched.price == 0.068
     assert enriched.pathway_tags == [{"name": "Greeting", "color": "#3b82f6"}]
     assert enriched.details_synced_at == SYNCED
+
+
+def test_a_full_page_holding_every_call_of_total_count_ends_the_calls_list(
+    account: Emulator, shared_client: BlandClient
+) -> None:
+    """Pages of 5 for 5 calls with total_count 5: one calls request, not a second empty one."""
+    batch_id = v2_ids(account)[0]
+    source = V2Source(shared_client, call_details=False, calls_page_size=5)
+    fetched = source.fetch_batch(batch_id, Parts())
+    assert fetched.parsed is not None
+    assert len(fetched.parsed.calls) == 5
+    assert paths(account).count("/v1/calls") == 1
+
+
+def test_without_total_count_a_full_page_asks_for_the_next(
+    account: Emulator, shared_client: BlandClient
+) -> None:
+    """Batch 1 sends no total_count: a full page of 5 is followed by an empty one."""
+    batch_id = v2_ids(account)[1]
+    source = V2Source(shared_client, call_details=False, calls_page_size=5)
+    source.fetch_batch(batch_id, Parts())
+    assert paths(account).count("/v1/calls") == 2

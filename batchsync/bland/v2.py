@@ -621,7 +621,7 @@ class V2Source:
     def _calls(self, batch_id: str, get: _Get) -> list[Mapping[str, Any]]:
         """Every call of the batch, ascending, deduplicated by call id; PayloadError when
         fewer arrive than ``total_count`` says (a partial set must not pass for the whole)."""
-        limit = min(self.calls_page_size, CALLS_PAGE_MAX)
+        limit = max(1, min(self.calls_page_size, CALLS_PAGE_MAX))
         calls: dict[str, Mapping[str, Any]] = {}
         total: int | None = None
         start = 0
@@ -645,7 +645,9 @@ class V2Source:
                     )
                 new += call_id not in calls
                 calls[call_id] = entry
-            if len(page) < limit or new == 0:
+            # A short page ends the list; so does a full one that brought every call the
+            # total_count announced (a batch of exactly 1,000 calls is one request).
+            if len(page) < limit or new == 0 or (total is not None and len(calls) >= total):
                 break
             start += len(page)
         if total is not None and len(calls) < total:
