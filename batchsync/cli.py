@@ -739,6 +739,8 @@ def sync(
         concurrency=concurrency,
         phones=phones,
         dry_run=dry_run,
+        api=api_choice,
+        call_details=call_details,
     )
     retry = RetryPolicy(attempts=retries, max_wait=max_retry_wait)
     with BlandClient(

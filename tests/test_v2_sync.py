@@ -306,6 +306,11 @@ def test_cli_sync_with_api_v2_and_no_call_details(database_url: str, account: Em
     # the v2 list (a page, then an empty one), and per batch: itself, two log pages, one
     # calls page
     assert summary["http"]["requests"] == 2 + 3 * 4
+    shown = CliRunner().invoke(
+        cli, ["runs", "show", "1", "--json"], env=env, catch_exceptions=False
+    )
+    options = json.loads(shown.stdout)["options"]
+    assert (options["api"], options["call_details"]) == ("v2", False)  # recorded with the run
 
 
 def test_sync_help_shows_api_and_call_details_with_their_variables() -> None:
