@@ -427,9 +427,9 @@ class SyncRunBatch(Base):
 
 
 # -- views ------------------------------------------------------------------------------------
-# The analyst views are created by migrations (0002); they are described here, outside the
-# tables' metadata, so the schema documentation covers them and a test can check that the
-# database's views have exactly these columns.
+# The analyst views are created by migrations (0002; 0003 adds api_version); they are
+# described here, outside the tables' metadata, so the schema documentation covers them and a
+# test can check that the database's views have exactly these columns.
 
 VIEWS = MetaData()
 
@@ -463,6 +463,7 @@ Table(
     Column("label", Text, comment="The batch's label."),
     Column("campaign_id", Text, comment="The batch's campaign."),
     Column("status", Text, comment="The batch's status."),
+    Column("api_version", Text, comment="The API the batch came from: 'v1' or 'v2'."),
     Column("created_at", UTCDateTime(), comment="When the batch was created (UTC)."),
     *_outcome_columns(),
     Column("error_messages", Integer, comment="Rows of the batch in errors."),
@@ -485,6 +486,7 @@ Table(
     Column("batch_label", Text, comment="The batch's label."),
     Column("campaign_id", Text, comment="The batch's campaign."),
     Column("batch_status", Text, comment="The batch's status."),
+    Column("api_version", Text, comment="The API the batch came from: 'v1' or 'v2'."),
     Column("batch_created_at", UTCDateTime(), comment="When the batch was created (UTC)."),
     Column("created_at", UTCDateTime(), comment="When the call was created (UTC)."),
     Column("to_number", Text, comment="Phone number called."),

@@ -6,7 +6,10 @@ Revises: 0002
 Create Date: 2026-11-30
 """
 
+import importlib.util
 from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
 
 import sqlalchemy as sa
 from alembic import op
@@ -176,6 +179,66 @@ def _comment(old: bool) -> None:
         op.create_table_comment(table, before if old else after)
 
 
+API_VERSION_COMMENT = "The API the batch came from: 'v1' or 'v2'."
+
+
+def _views_0002() -> ModuleType:
+    """Revision 0002, for the view definitions and comments this revision extends."""
+    path = Path(__file__).with_name("0002_analyst_views.py")
+    spec = importlib.util.spec_from_file_location("batchsync_revision_0002", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _create_views_with_api_version() -> None:
+    """batch_outcomes and calls_with_batch as in 0002, with the batch's api_version."""
+    views = _views_0002()
+    op.execute("DROP VIEW IF EXISTS calls_with_batch")
+    op.execute("DROP VIEW IF EXISTS batch_outcomes")
+    op.execute(
+        f"""
+        CREATE VIEW batch_outcomes AS
+        SELECT b.batch_id, b.label, b.campaign_id, b.status, b.api_version, b.created_at,
+               {views._outcomes("c")},
+               (SELECT count(*) FROM errors e WHERE e.batch_id = b.batch_id) AS error_messages
+        FROM batches b
+        LEFT JOIN calls c ON c.batch_id = b.batch_id
+        GROUP BY b.batch_id, b.label, b.campaign_id, b.status, b.api_version, b.created_at
+        """
+    )
+    op.execute(
+        """
+        CREATE VIEW calls_with_batch AS
+        SELECT c.call_id, c.batch_id, b.label AS batch_label, b.campaign_id,
+               b.status AS batch_status, b.api_version, b.created_at AS batch_created_at,
+               c.created_at, c.to_number, c.from_number, c.completed, c.call_length,
+               c.answered_by, c.status, c.queue_status, c.error_message,
+               c.corrected_duration, c.end_at, c.endpoint_url
+        FROM calls c
+        JOIN batches b ON b.batch_id = c.batch_id
+        """
+    )
+    if op.get_bind().dialect.name != "postgresql":
+        return
+    literal = views._literal
+    for view in ("batch_outcomes", "calls_with_batch"):
+        op.execute(f"COMMENT ON VIEW {view} IS {literal(views.VIEW_COMMENTS[view])}")
+        columns = {**views.OTHER_COLUMN_COMMENTS[view], "api_version": API_VERSION_COMMENT}
+        if view == "batch_outcomes":
+            columns.update(views.COLUMN_COMMENTS)
+        for column, text in columns.items():
+            op.execute(f"COMMENT ON COLUMN {view}.{column} IS {literal(text)}")
+
+
+def _restore_views_0002() -> None:
+    views = _views_0002()
+    views.downgrade()
+    views.upgrade()
+
+
 def upgrade() -> None:
     # Adding nullable columns needs no table copy on SQLite: batch mode emits ALTER TABLE.
     with op.batch_alter_table("batches", schema=None) as batch_op:
@@ -224,10 +287,12 @@ def upgrade() -> None:
         comment="The log entries of a v2 batch (lifecycle and complete events).",
     )
     _comment(old=False)
+    _create_views_with_api_version()
 
 
 def downgrade() -> None:
     _comment(old=True)
+    _restore_views_0002()
     op.drop_table("batch_logs")
     # The analyst views read these tables: drop the columns in place (SQLite 3.35+) rather
     # than copy the tables, which a view over them would forbid.
