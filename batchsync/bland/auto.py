@@ -12,7 +12,7 @@ from typing import Literal
 from batchsync.bland.v2 import V2Source, is_v2_id
 from batchsync.client import BatchSource, BlandClient, FetchedBatch, Parts, Unchanged
 from batchsync.errors import ApiError, BatchNotFound
-from batchsync.payload import BatchSummary, StoredCalls
+from batchsync.records import BatchSummary, StoredCalls
 
 log = logging.getLogger(__name__)
 

@@ -33,18 +33,10 @@ from batchsync.client import (
 )
 from batchsync.config import redact
 from batchsync.errors import BatchNotFound, HttpStatusError, PayloadError
+
+# The v1 parser's value coercions, so that a value means the same from either API.
 from batchsync.payload import (
     _QUEUE_STATUS_ALIASES,
-    AnalysisRecord,
-    BatchLogRecord,
-    BatchRecord,
-    BatchSummary,
-    CallRecord,
-    ErrorRecord,
-    ParsedBatch,
-    QueueStatusCountRecord,
-    StoredCalls,
-    TranscriptLineRecord,
     _boolean,
     _integer,
     _Invalid,
@@ -56,6 +48,18 @@ from batchsync.payload import (
     _timestamp,
     _type_name,
     decode_json_body,
+)
+from batchsync.records import (
+    AnalysisRecord,
+    BatchLogRecord,
+    BatchRecord,
+    BatchSummary,
+    CallRecord,
+    ErrorRecord,
+    ParsedBatch,
+    QueueStatusCountRecord,
+    StoredCalls,
+    TranscriptLineRecord,
 )
 
 log = logging.getLogger(__name__)
