@@ -751,12 +751,12 @@ def sync(
     ) as client:
         # Stored details are kept only where the stored values are the API's own.
         as_sent = phones.mode is PhoneMode.KEEP and not phones.redact_transcripts
-        kept = engine if as_sent and not refresh else None
         source = build_source(
             client,
             api_choice,
             call_details,
-            stored_calls=None if kept is None else partial(store.stored_calls, kept),
+            stored_calls=partial(store.stored_calls, engine) if as_sent else None,
+            refresh=refresh,
         )
         result = _run(
             engine, client, options, as_json=as_json, database=settings.display_url, source=source

@@ -44,9 +44,14 @@ def client(account: Emulator, sleeps: list[float]) -> Iterator[BlandClient]:
 def sync(engine: Engine, client: BlandClient, **options: Any) -> RunResult:
     api = options.pop("api", "auto")
     details = options.pop("call_details", None)
-    # As the CLI builds it: stored details kept unless --refresh.
-    stored = None if options.get("refresh") else partial(stored_calls, engine)
-    source = build_source(client, api, details, stored_calls=stored)
+    # As the CLI builds it under --phone-numbers keep.
+    source = build_source(
+        client,
+        api,
+        details,
+        stored_calls=partial(stored_calls, engine),
+        refresh=bool(options.get("refresh")),
+    )
     options.setdefault("concurrency", 2)
     return run_sync(engine, source, SyncOptions(discover=True, **options))
 
@@ -438,3 +443,16 @@ def test_no_number_of_a_v2_batch_is_stored_in_clear_under_hash_or_drop(
     for name, written in texts.items():
         assert raw_numbers_in(written, numbers) == [], name
     assert (EMAIL in texts["calls"] + texts["call_transcripts"]) is not redact
+
+
+def test_no_call_details_after_a_detailed_sync_keeps_the_stored_details(
+    engine: Engine, client: BlandClient, account: Emulator
+) -> None:
+    """A run with --no-call-details does not erase the details an earlier run stored."""
+    sync(engine, client)
+    before = dump(engine)
+    result = sync(engine, client, call_details=False, refresh=True)
+    assert not result.failed
+    after = dump(engine)
+    assert after["calls"] == before["calls"]
+    assert after["call_transcripts"] == before["call_transcripts"]

@@ -131,15 +131,18 @@ def build_source(
     call_details: bool | None = None,
     *,
     stored_calls: Callable[[str], StoredCalls] | None = None,
+    refresh: bool = False,
 ) -> AutoSource:
     """The source for ``--api`` and ``--call-details`` (None: the default of each API).
 
     ``stored_calls``: a batch's stored calls, so that final calls keep their stored detail
-    (None: every detail is fetched, as --refresh wants).
+    (None: every detail is fetched, and --no-call-details leaves detail columns NULL);
+    ``refresh``: fetch every detail again all the same.
     """
     v2 = V2Source(
         client,
         call_details=True if call_details is None else call_details,
         stored_calls=stored_calls,
+        refresh_details=refresh,
     )
     return AutoSource(client, v2, api, v1_call_details=call_details is True)

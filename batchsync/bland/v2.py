@@ -389,6 +389,29 @@ def with_detail(
     return call._replace(**{name: getattr(parsed, name) for name in _DETAIL_FIELDS})
 
 
+def carry_stored_details(
+    calls: Sequence[CallRecord], raw_calls: Sequence[Mapping[str, Any]], stored: StoredCalls
+) -> list[CallRecord]:
+    """Calls whose detail was not fetched keep what only their detail gave before: every
+    column the list entry does not carry (the detail columns, end_at, request_data, ...)."""
+    entries = {_call_id(entry): entry for entry in raw_calls}
+    carried = []
+    for call in calls:
+        old = stored.calls.get(call.call_id)
+        if call.details_synced_at is None and old is not None and old.details_synced_at is not None:
+            entry = entries.get(call.call_id) or {}
+            listed = {name for key, name in _LIST_FIELDS.items() if key in entry}
+            call = call._replace(
+                **{
+                    name: getattr(old, name)
+                    for name in CallRecord._fields
+                    if name not in ("call_id", "batch_id") and name not in listed
+                }
+            )
+        carried.append(call)
+    return carried
+
+
 def _listed_final(entry: Mapping[str, Any]) -> bool:
     status = entry.get("queue_status")
     return isinstance(status, str) and (
@@ -503,6 +526,8 @@ class V2Source:
     # The batch's calls as stored (None: fetch every detail). A call whose stored detail is
     # final and whose list entry is unchanged keeps its stored detail instead of a request.
     stored_calls: Callable[[str], StoredCalls] | None = None
+    # --refresh: fetch every detail again rather than keep stored ones.
+    refresh_details: bool = False
     list_page_size: int = 100
     calls_page_size: int = CALLS_PAGE_MAX
     detail_concurrency: int = DETAIL_CONCURRENCY
@@ -572,7 +597,7 @@ class V2Source:
         details = None
         kept: dict[str, tuple[CallRecord, list[TranscriptLineRecord]]] = {}
         if raw_calls is not None and self.call_details:
-            if self.stored_calls is not None:
+            if self.stored_calls is not None and not self.refresh_details:
                 kept = reusable_details(raw_calls, self.stored_calls(batch_id), batch_id)
             wanted = [call for call in raw_calls if _call_id(call) not in kept]
             # The detail of a call listed as final is left out of the content hash, whether
@@ -597,6 +622,10 @@ class V2Source:
             details_synced_at=self.clock(),
             kept=kept,
         )
+        if details is None and raw_calls is not None and self.stored_calls is not None:
+            # --no-call-details: a call's stored detail stays; it is not fetched, not gone.
+            calls = carry_stored_details(parsed.calls or [], raw_calls, self.stored_calls(batch_id))
+            parsed = parsed._replace(calls=calls)
         return FetchedBatch(parsed, content_sha256, size)
 
     def _logs(self, batch_id: str, segment: str, get: _Get) -> list[Any]:
