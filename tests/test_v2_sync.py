@@ -456,3 +456,19 @@ def test_no_call_details_after_a_detailed_sync_keeps_the_stored_details(
     after = dump(engine)
     assert after["calls"] == before["calls"]
     assert after["call_transcripts"] == before["call_transcripts"]
+
+
+def test_calls_list_over_several_pages_stores_every_call_once(
+    engine: Engine, client: BlandClient, account: Emulator
+) -> None:
+    """Calls listed 4 a page (6 per batch: two pages each) are all stored, each once."""
+    from batchsync.bland.auto import AutoSource
+    from batchsync.bland.v2 import V2Source
+
+    source = AutoSource(client, V2Source(client, calls_page_size=4), "v2")
+    result = run_sync(engine, source, SyncOptions(discover=True))
+    assert result.count("synced") == 3
+    assert [url for url in paths(account) if "/v1/calls?" in url].__len__() == 6
+    with engine.connect() as connection:
+        stored = connection.execute(text("select count(distinct call_id) from calls")).scalar_one()
+    assert stored == 18
