@@ -468,7 +468,7 @@ def test_calls_list_over_several_pages_stores_every_call_once(
     source = AutoSource(client, V2Source(client, calls_page_size=4), "v2")
     result = run_sync(engine, source, SyncOptions(discover=True))
     assert result.count("synced") == 3
-    assert [url for url in paths(account) if "/v1/calls?" in url].__len__() == 6
+    assert len([url for url in paths(account) if "/v1/calls?" in url]) == 6
     with engine.connect() as connection:
         stored = connection.execute(text("select count(distinct call_id) from calls")).scalar_one()
     assert stored == 18
