@@ -748,6 +748,7 @@ def sync(
         retry=retry,
         max_requests_per_second=max_requests_per_second,
         max_connections=max(concurrency, 1) * (1 + DETAIL_CONCURRENCY),
+        spool_large_bodies=True,
     ) as client:
         # Stored details are kept only where the stored values are the API's own.
         as_sent = phones.mode is PhoneMode.KEEP and not phones.redact_transcripts

@@ -4,7 +4,9 @@
 transient (429, 500/502/503/504, connection errors, timeouts) with capped exponential
 backoff and jitter, honouring ``Retry-After``; 401/403 raise :class:`AuthError` at once,
 404 raises :class:`BatchNotFound`. Batch bodies are decoded and parsed by
-:mod:`batchsync.payload`, whole or as they stream in, with the same outcome.
+:mod:`batchsync.payload`, whole or as they stream in, with the same outcome; with
+``spool_large_bodies`` a large body is saved to a temporary file instead, for its writer to
+parse a chunk of calls at a time (:class:`SpooledBody`).
 
 A source of batches is anything with ``iter_batches`` and ``fetch_batch``
 (:class:`BatchSource`): the v1 API here; a v2 source, which lists batches and their
@@ -16,13 +18,14 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import logging
+import tempfile
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, NoReturn, Protocol, TypeVar, cast
+from typing import Any, BinaryIO, NamedTuple, NoReturn, Protocol, TypeVar, cast
 
 import httpx
 import orjson
@@ -42,7 +45,9 @@ from batchsync.errors import (
     TransientApiError,
 )
 from batchsync.payload import (
+    CHUNK_CALLS,
     BatchSummary,
+    CallsSink,
     ParsedBatch,
     parse_batch_body,
     parse_batch_list,
@@ -75,10 +80,53 @@ class Parts:
         return tag is not None and set(self.tag.split(",")) <= set(tag.split(","))
 
 
+class SpooledBody:
+    """A batch body saved to a temporary file as it arrived, to be parsed by its writer.
+
+    Lets a batch of any size be parsed a chunk of calls at a time while those calls are
+    written (``parse`` with ``on_calls``), instead of holding all its records at once.
+    """
+
+    def __init__(
+        self,
+        file: BinaryIO,
+        *,
+        batch_id: str,
+        transcripts_requested: bool,
+        chunk_calls: int = CHUNK_CALLS,
+    ) -> None:
+        self._file = file
+        self.batch_id = batch_id
+        self.transcripts_requested = transcripts_requested
+        self.chunk_calls = chunk_calls
+
+    def chunks(self, size: int = 1 << 16) -> Iterator[bytes]:
+        self._file.seek(0)
+        while chunk := self._file.read(size):
+            yield chunk
+
+    def parse(self, on_calls: CallsSink | None = None) -> ParsedBatch:
+        """The body's records, as :func:`~batchsync.payload.parse_batch_stream` gives them;
+        with ``on_calls``, the calls go to it in chunks and are not returned."""
+        return parse_batch_stream(
+            self.chunks(),
+            batch_id=self.batch_id,
+            transcripts_requested=self.transcripts_requested,
+            on_calls=on_calls,
+            chunk_size=self.chunk_calls,
+        )
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class FetchedBatch(NamedTuple):
-    parsed: ParsedBatch | None  # None: the caller judged the content unchanged, so not parsed
+    # None: the caller judged the content unchanged, so not parsed; or the body is in
+    # ``body``, to be parsed by the caller.
+    parsed: ParsedBatch | None
     content_sha256: str
     size: int
+    body: SpooledBody | None = None
 
 
 # Given a fetched body's content hash, whether it is the one already stored, so that the
@@ -161,6 +209,11 @@ class BlandClient:
     # Bodies up to this size are decoded whole (fastest); larger ones, or of unknown length,
     # are parsed as they stream in (bounded memory). Both give the same records and errors.
     stream_threshold: int = 32 * 1024 * 1024
+    # With this set, a body above the stream threshold is saved to a temporary file and
+    # returned unparsed (FetchedBatch.body): its writer parses it a chunk of calls at a
+    # time, so memory is bounded whatever the batch's size.
+    spool_large_bodies: bool = False
+    chunk_calls: int = CHUNK_CALLS  # calls per chunk when a spooled body is parsed
     stats: ClientStats = field(default_factory=ClientStats)
 
     def __post_init__(self) -> None:
@@ -266,6 +319,27 @@ class BlandClient:
                 parsed = parse_batch_body(
                     body, batch_id=batch_id, transcripts_requested=transcripts
                 )
+            elif self.spool_large_bodies:
+                # Closed by the SpooledBody's owner, not here: SIM115 does not apply.
+                spooled = tempfile.TemporaryFile(prefix="batchsync-")  # noqa: SIM115
+                try:
+                    size = 0
+                    for chunk in self._chunks(response, digest):
+                        spooled.write(chunk)
+                        size += len(chunk)
+                except BaseException:
+                    spooled.close()
+                    raise
+                if unchanged is not None and unchanged(digest.hexdigest()):
+                    spooled.close()
+                    return FetchedBatch(None, digest.hexdigest(), size)
+                saved = SpooledBody(
+                    spooled,
+                    batch_id=batch_id,
+                    transcripts_requested=transcripts,
+                    chunk_calls=self.chunk_calls,
+                )
+                return FetchedBatch(None, digest.hexdigest(), size, saved)
             else:
                 counted = _Counted(self._chunks(response, digest))
                 parsed = parse_batch_stream(

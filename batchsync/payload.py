@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import email.utils
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, NamedTuple
 
 import ijson
 import orjson
@@ -41,6 +42,20 @@ from batchsync.records import (
     StoredCalls,
     TranscriptLineRecord,
 )
+
+# Receives a batch's calls a chunk at a time while its body is parsed: the calls, their
+# transcript lines (None when transcripts were not requested) and the ids of the calls of
+# the chunk that an earlier chunk already held (the later copy wins, lines included).
+CallsSink = Callable[[list[CallRecord], list["TranscriptLineRecord"] | None, frozenset[str]], None]
+# Calls per chunk handed to a CallsSink: enough to keep the writes efficient, few enough
+# that a chunk's records take a few tens of MB at most.
+CHUNK_CALLS = 5000
+
+
+class CallDataRepeated(Exception):
+    """The body holds ``call_data`` twice, the second after calls of the first were handed
+    to the sink: the last list counts, so the caller must start over without chunks."""
+
 
 _BATCH_PARAM_KEYS = frozenset(
     {"id", "batch_id", "created_at", "label", "base_prompt", "endpoint_code", "campaign_id",
@@ -318,7 +333,12 @@ class _DigitRuns:
 
 
 def parse_batch_stream(
-    chunks: Iterable[bytes], *, batch_id: str, transcripts_requested: bool = True
+    chunks: Iterable[bytes],
+    *,
+    batch_id: str,
+    transcripts_requested: bool = True,
+    on_calls: CallsSink | None = None,
+    chunk_size: int = CHUNK_CALLS,
 ) -> ParsedBatch:
     """Parse a ``GET /v1/batches/{id}`` body as it arrives, one call at a time.
 
@@ -326,6 +346,13 @@ def parse_batch_stream(
     whole decoded body never exists at once, only the records and one call at a time.
     A call that cannot be parsed is reported only once the rest of the body proved to be
     JSON, and after any fault of ``batch_params``, as :func:`parse_batch` reports them.
+
+    With ``on_calls``, the calls are handed to it ``chunk_size`` at a time as they are
+    parsed, the last chunk once the whole body proved valid, and the batch returned holds
+    none (its ``calls`` is empty, or None if the body had no ``call_data``). A body found
+    faulty after some chunks still raises its PayloadError: the caller undoes what it did
+    with them. What ``on_calls`` raises propagates as it is; CallDataRepeated asks the
+    caller to parse again without ``on_calls``.
     """
     digit_runs = _DigitRuns()
     reader = _ChunkReader(_replace_unstorable(digit_runs.cut(_without_bom(chunks))))
@@ -335,8 +362,11 @@ def parse_batch_stream(
         if digit_runs.found:
             raise _BodyInvalid(_NUMBER_OUT_OF_RANGE)
 
+    sink = None if on_calls is None else _Sink(on_calls, chunk_size)
     try:
-        return _parse_events(events, batch_id, transcripts_requested, proved_json)
+        return _parse_events(events, batch_id, transcripts_requested, proved_json, sink)
+    except _SinkFailed as exc:
+        raise exc.error from None
     except ijson.JSONError as exc:
         raise PayloadError(
             f"the response is not valid JSON ({_json_reason(exc)})",
@@ -353,6 +383,19 @@ def parse_batch_stream(
         raise PayloadError(str(exc), batch_id=batch_id, field="(body)") from None
     except (InvalidOperation, ValueError):  # ijson reading a number: an exponent, 4300+ digits
         raise PayloadError(_NUMBER_OUT_OF_RANGE, batch_id=batch_id, field="(body)") from None
+
+
+class _Sink(NamedTuple):
+    send: CallsSink
+    chunk_size: int
+
+
+class _SinkFailed(Exception):
+    """What the sink raised, carried past the parser's own error handling."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error = error
 
 
 class _BodyInvalid(Exception):
@@ -377,6 +420,7 @@ def _parse_events(
     batch_id: str,
     transcripts_requested: bool,
     proved_json: Callable[[], None],
+    sink: _Sink | None = None,
 ) -> ParsedBatch:
     event, value = next(events)
     if event != "start_map":
@@ -397,10 +441,12 @@ def _parse_events(
             break
         event, value = next(events)
         if key == "call_data":  # a repeated key: the last one counts, as in a decoded object
+            if calls is not None and calls.sent:
+                raise CallDataRepeated(batch_id)
             top.pop(key, None)
             calls, failure = None, None
             if event == "start_array":
-                calls = _Calls(batch_id, transcripts_requested)
+                calls = _Calls(batch_id, transcripts_requested, sink)
                 for index, (event, value) in enumerate(events):
                     if event == "end_array":
                         break
@@ -645,19 +691,37 @@ def _parse_analysis(
 class _Calls:
     """Calls and their transcript lines, parsed one raw call at a time."""
 
-    def __init__(self, batch_id: str, transcripts_requested: bool) -> None:
+    def __init__(
+        self, batch_id: str, transcripts_requested: bool, sink: _Sink | None = None
+    ) -> None:
         self.batch_id = batch_id
         self.transcripts_requested = transcripts_requested
         self.calls: dict[str, CallRecord] = {}
         # A repeated call id is the same call sent twice: the later copy wins, lines included.
         self.lines: dict[str, dict[int, TranscriptLineRecord]] = {}
+        self.sink = sink
+        self.sent: set[str] = set()  # ids of the calls already handed to the sink
+
+    def send(self) -> None:
+        """Hand the calls held to the sink and forget them."""
+        assert self.sink is not None
+        calls, lines = self._records()
+        again = frozenset(self.calls.keys() & self.sent) if self.sent else frozenset()
+        self.sent.update(self.calls)
+        self.calls, self.lines = {}, {}
+        try:
+            self.sink.send(calls, lines, again)
+        except BaseException as exc:
+            raise _SinkFailed(exc) from exc
 
     def add(self, index: int, item: Any) -> None:
         batch_id = self.batch_id
         try:
-            if not isinstance(item, Mapping):
+            if type(item) is not dict and not isinstance(item, Mapping):
                 raise _Invalid("", f"expected an object, got {_type_name(item)}")
             call = _parse_call(item, batch_id)
+            if self.sink is not None and len(self.calls) >= self.sink.chunk_size:
+                self.send()
             self.calls[call.call_id] = call
             if not self.transcripts_requested:
                 return
@@ -675,6 +739,12 @@ class _Calls:
             raise _payload_error(exc, batch_id, f"call_data[{index}]") from None
 
     def result(self) -> tuple[list[CallRecord], list[TranscriptLineRecord] | None]:
+        """The calls and lines held; with a sink, they are sent and none is returned."""
+        if self.sink is not None:
+            self.send()
+        return self._records()
+
+    def _records(self) -> tuple[list[CallRecord], list[TranscriptLineRecord] | None]:
         calls = list(self.calls.values())
         if not self.transcripts_requested:
             return calls, None
@@ -682,33 +752,72 @@ class _Calls:
 
 
 def _parse_call(item: Mapping[str, Any], batch_id: str) -> CallRecord:
+    # The hot loop of a sync: each value takes an inline fast path when it already has its
+    # type (a str, a UTC timestamp string) and the coercion below otherwise, so quirks are
+    # handled exactly as ever. Low-cardinality text is interned: a chunk's records share it.
     get = item.get
     raw_id = get("call_id")
     if raw_id is None or raw_id == "":
         raw_id = get("c_id")
     if raw_id is None or raw_id == "":
         raise _Invalid("call_id", "missing (neither call_id nor c_id)")
-    call_id = _text(raw_id, "call_id") or ""
-    unknown = item.keys() - _CALL_KEYS
-    extra = {k: item[k] for k in unknown} if unknown else None
-    queue_status = _text(get("queue_status"), "queue_status")
+    call_id = raw_id if type(raw_id) is str else (_text(raw_id, "call_id") or "")
+    extra = None if _CALL_KEYS.issuperset(item) else {k: item[k] for k in item.keys() - _CALL_KEYS}
+    # Coerced in the order of the record's fields (queue_status first), so that a call with
+    # several faults names the same field as ever.
+    queue_status = get("queue_status")
     if queue_status is not None:
-        queue_status = _QUEUE_STATUS_ALIASES.get(queue_status, queue_status)
+        if type(queue_status) is not str:
+            queue_status = _text(queue_status, "queue_status") or ""
+        queue_status = _intern(_QUEUE_STATUS_ALIASES.get(queue_status, queue_status))
+    created_at = _timestamp(get("created_at"), "created_at")
+    to = get("to")
+    if to is not None and type(to) is not str:
+        to = _text(to, "to")
+    from_ = get("from")
+    if from_ is not None:
+        from_ = _intern(from_) if type(from_) is str else _text(from_, "from")
+    completed = get("completed")
+    if completed is not None and type(completed) is not bool:
+        completed = _boolean(completed, "completed")
+    call_length = _number(get("call_length"), "call_length")
+    answered_by = get("answered_by")
+    if answered_by is not None:
+        answered_by = (
+            _intern(answered_by)
+            if type(answered_by) is str
+            else _answered_by(answered_by, "answered_by")
+        )
+    status = get("status")
+    if status is not None:
+        status = _intern(status) if type(status) is str else _text(status, "status")
+    error_message = get("error_message")
+    if error_message is not None and type(error_message) is not str:
+        error_message = _text(error_message, "error_message")
+    corrected_duration = _integer(get("corrected_duration"), "corrected_duration")
+    end_at = _timestamp(get("end_at"), "end_at")
+    endpoint_url = get("endpoint_url")
+    if endpoint_url is not None:
+        endpoint_url = (
+            _intern(endpoint_url)
+            if type(endpoint_url) is str
+            else _text(endpoint_url, "endpoint_url")
+        )
     return CallRecord(
         call_id,
         batch_id,
-        _timestamp(get("created_at"), "created_at"),
-        _text(get("to"), "to"),
-        _text(get("from"), "from"),
-        _boolean(get("completed"), "completed"),
-        _number(get("call_length"), "call_length"),
-        _answered_by(get("answered_by"), "answered_by"),
-        _text(get("status"), "status"),
+        created_at,
+        to,
+        from_,
+        completed,
+        call_length,
+        answered_by,
+        status,
         queue_status,
-        _text(get("error_message"), "error_message"),
-        _integer(get("corrected_duration"), "corrected_duration"),
-        _timestamp(get("end_at"), "end_at"),
-        _text(get("endpoint_url"), "endpoint_url"),
+        error_message,
+        corrected_duration,
+        end_at,
+        endpoint_url,
         _number(get("max_duration"), "max_duration"),
         get("request_data"),
         extra,
@@ -716,19 +825,24 @@ def _parse_call(item: Mapping[str, Any], batch_id: str) -> CallRecord:
 
 
 def _parse_transcript_line(raw: Any, call_id: str, batch_id: str) -> TranscriptLineRecord:
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict and not isinstance(raw, Mapping):
         raise _Invalid("", f"expected an object, got {_type_name(raw)}")
-    line_id = _integer(raw.get("id"), "id", limit=_INT64)
-    if line_id is None:
-        raise _Invalid("id", "missing")
+    line_id = raw.get("id")
+    if type(line_id) is not int or not -_INT64 <= line_id < _INT64:
+        line_id = _integer(line_id, "id", limit=_INT64)
+        if line_id is None:
+            raise _Invalid("id", "missing")
+    speaker, text = raw.get("user"), raw.get("text")
+    if speaker is not None:
+        speaker = _intern(speaker) if type(speaker) is str else _text(speaker, "user")
+    if text is not None and type(text) is not str:
+        text = _text(text, "text")
     return TranscriptLineRecord(
-        call_id,
-        line_id,
-        batch_id,
-        _timestamp(raw.get("created_at"), "created_at"),
-        _text(raw.get("user"), "user"),
-        _text(raw.get("text"), "text"),
+        call_id, line_id, batch_id, _timestamp(raw.get("created_at"), "created_at"), speaker, text
     )
+
+
+_intern = sys.intern
 
 
 # -- scalar coercions: each takes the value and its key, for the error ------------------------
@@ -885,7 +999,7 @@ def _timestamp(value: Any, key: str) -> datetime | None:
     """Parse the ISO 8601 variants the API sends; naive times are UTC. Always returns UTC."""
     if value is None or value == "":
         return None
-    if isinstance(value, str):
+    if type(value) is str or isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:

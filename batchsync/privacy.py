@@ -184,17 +184,9 @@ def apply_phone_policy(parsed: ParsedBatch, policy: PhonePolicy) -> ParsedBatch:
     masks: dict[str, _Mask] = {}
     calls = None
     if parsed.calls is not None:
-        calls = []
-        for call in parsed.calls:
-            mask = _Mask(policy, _numbers_of_call(call))
-            masks[call.call_id] = mask
-            calls.append(_call(call, mask))
-    transcripts = None
-    if parsed.transcripts is not None:
-        transcripts = [
-            _transcript_line(line, masks.get(line.call_id) or _Mask(policy, ()))
-            for line in parsed.transcripts
-        ]
+        calls, transcripts, masks = _calls_and_lines(parsed.calls, parsed.transcripts, policy)
+    else:
+        transcripts = _lines(parsed.transcripts, {}, policy)
     if policy.mode is PhoneMode.KEEP:
         return parsed._replace(calls=calls, transcripts=transcripts)
     batch = parsed.batch
@@ -224,6 +216,37 @@ def apply_phone_policy(parsed: ParsedBatch, policy: PhonePolicy) -> ParsedBatch:
     return parsed._replace(
         batch=batch, calls=calls, errors=errors, transcripts=transcripts, logs=logs
     )
+
+
+def apply_phone_policy_to_calls(
+    calls: list[CallRecord], lines: list[TranscriptLineRecord] | None, policy: PhonePolicy
+) -> tuple[list[CallRecord], list[TranscriptLineRecord] | None]:
+    """Calls and their transcript lines (one chunk of a batch) under ``policy``: what
+    :func:`apply_phone_policy` does to them, for batches written in chunks."""
+    if policy.mode is PhoneMode.KEEP and not policy.redact_transcripts:
+        return calls, lines
+    masked_calls, masked_lines, _ = _calls_and_lines(calls, lines, policy)
+    return masked_calls, masked_lines
+
+
+def _calls_and_lines(
+    calls: list[CallRecord], lines: list[TranscriptLineRecord] | None, policy: PhonePolicy
+) -> tuple[list[CallRecord], list[TranscriptLineRecord] | None, dict[str, _Mask]]:
+    masks: dict[str, _Mask] = {}
+    masked = []
+    for call in calls:
+        mask = _Mask(policy, _numbers_of_call(call))
+        masks[call.call_id] = mask
+        masked.append(_call(call, mask))
+    return masked, _lines(lines, masks, policy), masks
+
+
+def _lines(
+    lines: list[TranscriptLineRecord] | None, masks: dict[str, _Mask], policy: PhonePolicy
+) -> list[TranscriptLineRecord] | None:
+    if lines is None:
+        return None
+    return [_transcript_line(line, masks.get(line.call_id) or _Mask(policy, ())) for line in lines]
 
 
 class _Mask:

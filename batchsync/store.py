@@ -12,18 +12,25 @@ left as they are.
 Two write paths share that contract. PostgreSQL streams rows with binary ``COPY`` into a
 temporary staging table, then applies one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE
 ... WHERE <row differs>`` and one ``DELETE ... WHERE NOT EXISTS`` per table. SQLite runs
-``executemany`` upserts through the driver, which is as fast as SQLite goes.
+``executemany`` upserts through the driver. On both, a table that holds no row of the
+batch yet (a first load) takes plain inserts (``COPY`` straight into the table, a plain
+``INSERT``); a key found under another batch (a call that moved) undoes that statement
+and its rows go the upsert way. A batch's calls can come in chunks (:class:`BatchWriter`),
+so a batch of any size is written without holding all its records at once.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+import sqlite3
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
+import orjson
 import psycopg
+from psycopg.types.json import set_json_dumps
 from sqlalchemy import Column, Connection, Engine, Table, and_, delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -104,6 +111,9 @@ def _child(model: Any, record: type[tuple[Any, ...]], keys: tuple[str, ...]) -> 
     fields: tuple[str, ...] = record._fields  # type: ignore[attr-defined]
     # Records are written positionally: their fields must be the table's columns, in order.
     assert names == (*fields, *_BOOKKEEPING), f"{record.__name__} does not match {table.name}"
+    # The SQLite writer tells inserted rows by their rowid: a key that is the rowid itself
+    # (a lone INTEGER primary key) would defeat it.
+    assert len(keys) > 1 or table.c[keys[0]].type.python_type is not int, table.name
     return _ChildTable(table, keys)
 
 
@@ -233,33 +243,97 @@ def write_batch(
 
     Runs in the caller's transaction; call :func:`lock_batch` first in the same transaction.
     """
-    batch_id = parsed.batch.batch_id
-    rows = _RowWriter.for_connection(connection, run_id=run_id, synced_at=synced_at)
-    changes: BatchChanges = {"batches": _upsert_batch(connection, parsed, rows.stamp, fingerprint)}
-    for child, records in (
-        (QUEUE_STATUS_COUNTS, parsed.queue_status_counts),
-        (ERRORS, parsed.errors),
-        (BATCH_LOGS, parsed.logs),
-    ):
-        if records is not None:
-            changes[child.name] = rows.upsert(child, records, batch_id)
-            changes[child.name].deleted = rows.delete_missing(child, batch_id)
-    if parsed.calls is None:
+    writer = BatchWriter(connection, parsed.batch.batch_id, run_id=run_id, synced_at=synced_at)
+    return writer.finish(parsed, fingerprint)
+
+
+class BatchWriter:
+    """Writes one batch in the caller's transaction, its calls in as many chunks as come.
+
+    :meth:`write_calls` takes the calls (and their lines) a chunk at a time, so a batch of
+    any size never has to be held whole; :meth:`finish` then writes the batch row and the
+    rest of the response and deletes what vanished. Nothing is committed here: a batch
+    whose parse fails after some chunks is rolled back whole by the caller's transaction.
+    """
+
+    def __init__(
+        self, connection: Connection, batch_id: str, *, run_id: int, synced_at: datetime
+    ) -> None:
+        self.connection = connection
+        self.batch_id = batch_id
+        self.rows = _RowWriter.for_connection(connection, run_id=run_id, synced_at=synced_at)
+        self._batch_existed: bool | None = None  # known once the batch row is made sure of
+        self._calls = TableChanges()
+        self._lines = TableChanges()
+
+    def write_calls(
+        self,
+        calls: Sequence[CallRecord],
+        lines: Sequence[TranscriptLineRecord] | None,
+        *,
+        again: Collection[str] = (),
+    ) -> None:
+        """Upsert a chunk of calls and, when transcripts were requested, all their lines.
+
+        ``again`` names calls an earlier chunk of this batch already wrote: the later copy
+        wins, so their lines written before are deleted first.
+        """
+        if self._batch_existed is None:
+            self._batch_existed = _ensure_batch_row(self.connection, self.batch_id, self.rows)
+        if again and lines is not None:
+            self._lines.deleted += self.rows.forget(TRANSCRIPTS, self.batch_id, again)
+        # Parents before children.
+        self._calls += self.rows.upsert(CALLS, calls, self.batch_id)
+        if lines is not None:
+            self._lines += self.rows.upsert(TRANSCRIPTS, lines, self.batch_id)
+
+    def finish(self, parsed: ParsedBatch, fingerprint: Fingerprint | None) -> BatchChanges:
+        """Write the batch row, its other child rows and ``parsed``'s calls (the last chunk),
+        then delete the rows that vanished; returns the row changes per table."""
+        batch_id = self.batch_id
+        rows = self.rows
+        changes: BatchChanges = {
+            "batches": _upsert_batch(
+                self.connection, parsed, rows.stamp, fingerprint, existed=self._batch_existed
+            )
+        }
+        self._batch_existed = True
+        for child, records in (
+            (QUEUE_STATUS_COUNTS, parsed.queue_status_counts),
+            (ERRORS, parsed.errors),
+            (BATCH_LOGS, parsed.logs),
+        ):
+            if records is not None:
+                changes[child.name] = rows.upsert(child, records, batch_id)
+                changes[child.name].deleted = rows.delete_missing(child, batch_id)
+        if parsed.calls is None:
+            return changes
+        self.write_calls(parsed.calls, parsed.transcripts)
+        changes[CALLS.name] = calls = self._calls
+        changes[TRANSCRIPTS.name] = lines = self._lines
+        # Children before parents on the way out.
+        if parsed.transcripts is not None:
+            lines.deleted += rows.delete_missing(TRANSCRIPTS, batch_id)
+        else:
+            # Transcripts were not fetched: keep them, but not those of calls that vanished.
+            lines.deleted += rows.delete_missing(TRANSCRIPTS, batch_id, present=CALLS)
+        # A call that moved here from another batch keeps none of the lines stored with it there.
+        lines.deleted += _delete_lines_left_elsewhere(self.connection, batch_id)
+        calls.deleted += rows.delete_missing(CALLS, batch_id)
         return changes
-    # Parents before children on the way in, children before parents on the way out.
-    calls = changes[CALLS.name] = rows.upsert(CALLS, parsed.calls, batch_id)
-    if parsed.transcripts is not None:
-        lines = changes[TRANSCRIPTS.name] = rows.upsert(TRANSCRIPTS, parsed.transcripts, batch_id)
-        lines.deleted = rows.delete_missing(TRANSCRIPTS, batch_id)
-    else:
-        # Transcripts were not fetched: keep them, but not those of calls that vanished.
-        changes[TRANSCRIPTS.name] = TableChanges(
-            deleted=rows.delete_missing(TRANSCRIPTS, batch_id, present=CALLS)
-        )
-    # A call that moved here from another batch keeps none of the lines stored with it there.
-    changes[TRANSCRIPTS.name].deleted += _delete_lines_left_elsewhere(connection, batch_id)
-    calls.deleted = rows.delete_missing(CALLS, batch_id)
-    return changes
+
+
+def _ensure_batch_row(connection: Connection, batch_id: str, rows: _RowWriter) -> bool:
+    """Make sure the batch has a row before its calls are written (their foreign key);
+    returns whether it had one. A new row holds only the id until the batch is finished."""
+    c = BATCHES.c
+    if connection.execute(select(c.batch_id).where(c.batch_id == batch_id)).first() is not None:
+        return True
+    synced_at, run_id = rows.stamp
+    connection.execute(
+        BATCHES.insert().values(batch_id=batch_id, synced_at=synced_at, sync_run_id=run_id)
+    )
+    return False
 
 
 def _delete_lines_left_elsewhere(connection: Connection, batch_id: str) -> int:
@@ -283,7 +357,11 @@ def _upsert_batch(
     parsed: ParsedBatch,
     stamp: tuple[datetime, int],
     fingerprint: Fingerprint | None,
+    *,
+    existed: bool | None,
 ) -> TableChanges:
+    """Upsert the batch row; ``existed`` says whether it existed before this write, when a
+    row was already made for its calls (None: look it up here)."""
     values: dict[str, Any] = parsed.batch._asdict()
     if parsed.analysis is not None:
         values.update(parsed.analysis._asdict())
@@ -291,9 +369,13 @@ def _upsert_batch(
         values.update(fingerprint._asdict())
     compared = [name for name in values if name != "batch_id"]
     values["synced_at"], values["sync_run_id"] = stamp
-    exists = connection.execute(
-        select(BATCHES.c.batch_id).where(BATCHES.c.batch_id == parsed.batch.batch_id)
-    ).first()
+    if existed is None:
+        existed = (
+            connection.execute(
+                select(BATCHES.c.batch_id).where(BATCHES.c.batch_id == parsed.batch.batch_id)
+            ).first()
+            is not None
+        )
     insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
     statement = insert(BATCHES).values(values)
     differs = _differs([BATCHES.c[name] for name in compared], statement.excluded)
@@ -304,7 +386,7 @@ def _upsert_batch(
     )
     # RETURNING yields a row only when the row was inserted or really updated.
     written = connection.execute(statement.returning(BATCHES.c.batch_id)).first()
-    if exists is None:
+    if not existed:
         return TableChanges(inserted=1)
     return TableChanges(updated=0 if written is None else 1)
 
@@ -316,13 +398,19 @@ def _differs(columns: Sequence[Column[Any]], excluded: Any) -> Any:
 class _RowWriter:
     """Writes the child rows of one batch; one subclass per dialect.
 
-    ``upsert`` writes a table's rows and remembers their keys; ``delete_missing`` then
-    deletes the batch's rows whose key was not among them.
+    ``upsert`` writes rows of a table, as often as chunks come, and remembers their keys;
+    ``delete_missing`` then deletes the batch's rows whose key none of them had. A table
+    that held no row of the batch when its first rows came is loaded by plain inserts
+    (a first load): nothing of it can then be missing, and no key is remembered. A plain
+    insert that meets a key stored under another batch (a call that moved) is undone
+    and its rows go the upsert way.
     """
 
     def __init__(self, connection: Connection, *, run_id: int, synced_at: datetime) -> None:
         self.connection = connection
         self.stamp = (synced_at, run_id)
+        # Per table written: True when the batch had no rows there before (a first load).
+        self._first_load: dict[str, bool] = {}
 
     @staticmethod
     def for_connection(connection: Connection, *, run_id: int, synced_at: datetime) -> _RowWriter:
@@ -334,13 +422,64 @@ class _RowWriter:
         self, child: _ChildTable, records: Sequence[tuple[Any, ...]], batch_id: str
     ) -> TableChanges:
         """Insert new rows and update rows where a value differs."""
-        raise NotImplementedError
+        first_load = self._first_load.get(child.name)
+        if first_load is None:
+            first_load = self._first_load[child.name] = not self._has_rows(child, batch_id)
+            self._start(child, first_load)
+        if not records:
+            return TableChanges()
+        if first_load and self._insert(child, records):
+            return TableChanges(inserted=len(records))
+        return self._upsert(child, records, batch_id, remember=not first_load)
 
     def delete_missing(
         self, child: _ChildTable, batch_id: str, *, present: _ChildTable | None = None
     ) -> int:
         """Delete the batch's rows of ``child`` whose key ``present`` (default: ``child``)'s
-        last upsert did not write; the key is ``present``'s primary key."""
+        upserts did not write; the key is ``present``'s primary key."""
+        present = present or child
+        if self._first_load.get(present.name, False):
+            return 0  # the batch had no rows there before this write: nothing can be missing
+        if present.name not in self._first_load:
+            self._start(present, False)  # nothing written: every row of the batch is missing
+        return self._delete_missing(child, batch_id, present)
+
+    def forget(self, child: _ChildTable, batch_id: str, call_ids: Collection[str]) -> int:
+        """Delete the batch's rows of ``child`` for these calls, written earlier in this
+        write, and forget their keys; returns the rows deleted."""
+        table = child.table
+        result = self.connection.execute(
+            delete(table).where(table.c.batch_id == batch_id, table.c.call_id.in_(list(call_ids)))
+        )
+        self._forget_keys(child, call_ids)
+        return max(int(result.rowcount), 0)
+
+    def _has_rows(self, child: _ChildTable, batch_id: str) -> bool:
+        table = child.table
+        query = select(table.c.batch_id).where(table.c.batch_id == batch_id).limit(1)
+        return self.connection.execute(query).first() is not None
+
+    def _start(self, child: _ChildTable, first_load: bool) -> None:
+        """Get ready to write ``child``'s rows of one batch."""
+
+    def _insert(self, child: _ChildTable, records: Sequence[tuple[Any, ...]]) -> bool:
+        """Insert ``records`` as new rows; False (and nothing written) if a key exists."""
+        raise NotImplementedError
+
+    def _upsert(
+        self,
+        child: _ChildTable,
+        records: Sequence[tuple[Any, ...]],
+        batch_id: str,
+        *,
+        remember: bool,
+    ) -> TableChanges:
+        raise NotImplementedError
+
+    def _delete_missing(self, child: _ChildTable, batch_id: str, present: _ChildTable) -> int:
+        raise NotImplementedError
+
+    def _forget_keys(self, child: _ChildTable, call_ids: Collection[str]) -> None:
         raise NotImplementedError
 
 
@@ -355,44 +494,66 @@ _COPY_TYPES = {
 }
 
 
+def jsonb_dumps(value: Any) -> bytes:
+    """JSON column text for binary COPY: orjson (psycopg's default is the slower json
+    module), with every digit of integers beyond 64 bits, as :func:`json_dumps` writes."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        return json_dumps(value).encode()
+
+
 def _copy_type(column: Column[Any], dialect: Any) -> str:
     return _COPY_TYPES[column.type.compile(dialect=dialect)]
 
 
 class _PostgresRowWriter(_RowWriter):
-    """COPY into a staging table, then one upsert and one delete per table.
+    """COPY into a staging table, then one upsert per chunk and one delete per table.
 
-    A table that holds no row of the batch yet (a first load) takes the rows by COPY
-    straight into the table instead, under a savepoint: twice as fast, and if a key
-    exists under another batch after all, the savepoint is rolled back and the rows go
-    the staged way.
+    A first load COPYs straight into the table under a savepoint: twice as fast. The keys
+    of the rows staged are kept in a second temporary table for the delete.
     """
-
-    def __init__(self, connection: Connection, *, run_id: int, synced_at: datetime) -> None:
-        super().__init__(connection, run_id=run_id, synced_at=synced_at)
-        self._direct: set[str] = set()
 
     @staticmethod
     def _stage_name(child: _ChildTable) -> str:
         return f"batchsync_stage_{child.name}"
 
-    def upsert(
-        self, child: _ChildTable, records: Sequence[tuple[Any, ...]], batch_id: str
+    @staticmethod
+    def _keys_name(child: _ChildTable) -> str:
+        return f"batchsync_keys_{child.name}"
+
+    def _start(self, child: _ChildTable, first_load: bool) -> None:
+        if first_load:
+            return
+        # Session temp tables, created once per connection and emptied at every commit.
+        keys = ", ".join(child.keys)
+        self.connection.exec_driver_sql(
+            f"CREATE TEMP TABLE IF NOT EXISTS {self._keys_name(child)} ON COMMIT DELETE ROWS"
+            f" AS SELECT {keys} FROM {child.name} WITH NO DATA"
+        )
+        self.connection.exec_driver_sql(f"TRUNCATE {self._keys_name(child)}")
+
+    def _insert(self, child: _ChildTable, records: Sequence[tuple[Any, ...]]) -> bool:
+        savepoint = self.connection.begin_nested()
+        try:
+            self._copy(child.name, child, records)
+        except psycopg.errors.UniqueViolation:
+            savepoint.rollback()
+            return False
+        savepoint.commit()
+        return True
+
+    def _upsert(
+        self,
+        child: _ChildTable,
+        records: Sequence[tuple[Any, ...]],
+        batch_id: str,
+        *,
+        remember: bool,
     ) -> TableChanges:
-        if records and not self._has_rows(child, batch_id):
-            savepoint = self.connection.begin_nested()
-            try:
-                self._copy(child.name, child, records)
-            except psycopg.errors.UniqueViolation:
-                savepoint.rollback()
-            else:
-                savepoint.commit()
-                self._direct.add(child.name)
-                return TableChanges(inserted=len(records))
         stage = self._stage_name(child)
         names = [c.name for c in child.columns]
         cols = ", ".join(names)
-        # A session temp table, created once per connection and emptied at every commit.
         self.connection.exec_driver_sql(
             f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS"
             f" AS SELECT {cols} FROM {child.name} WITH NO DATA"
@@ -401,6 +562,10 @@ class _PostgresRowWriter(_RowWriter):
         self._copy(stage, child, records)
 
         keys = ", ".join(child.keys)
+        if remember:
+            self.connection.exec_driver_sql(
+                f"INSERT INTO {self._keys_name(child)} ({keys}) SELECT {keys} FROM {stage}"
+            )
         updates = ", ".join(f"{n} = EXCLUDED.{n}" for n in names if n not in child.keys)
         target = ", ".join(f"t.{n}" for n in child.compared)
         excluded = ", ".join(f"EXCLUDED.{n}" for n in child.compared)
@@ -415,63 +580,100 @@ class _PostgresRowWriter(_RowWriter):
         ).one()
         return TableChanges(inserted=inserted, updated=updated)
 
-    def _has_rows(self, child: _ChildTable, batch_id: str) -> bool:
-        return (
-            self.connection.exec_driver_sql(
-                f"SELECT 1 FROM {child.name} WHERE batch_id = %(batch_id)s LIMIT 1",
-                {"batch_id": batch_id},
-            ).first()
-            is not None
-        )
-
     def _copy(self, target: str, child: _ChildTable, records: Sequence[tuple[Any, ...]]) -> None:
         """Stream ``records`` (stamped) into ``target`` with binary COPY."""
         driver = self.connection.connection.driver_connection
         assert driver is not None
         cols = ", ".join(c.name for c in child.columns)
         stamp = self.stamp
-        with (
-            driver.cursor() as cursor,
-            cursor.copy(f"COPY {target} ({cols}) FROM STDIN (FORMAT BINARY)") as copy,
-        ):
-            copy.set_types([_copy_type(c, self.connection.dialect) for c in child.columns])
-            for record in records:
-                copy.write_row(record + stamp)
+        with driver.cursor() as cursor:
+            set_json_dumps(jsonb_dumps, context=cursor)
+            with cursor.copy(f"COPY {target} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types([_copy_type(c, self.connection.dialect) for c in child.columns])
+                for record in records:
+                    copy.write_row(record + stamp)
 
-    def delete_missing(
-        self, child: _ChildTable, batch_id: str, *, present: _ChildTable | None = None
-    ) -> int:
-        present = present or child
-        if present.name in self._direct:
-            return 0  # the batch had no rows there before this write: nothing can be missing
+    def _delete_missing(self, child: _ChildTable, batch_id: str, present: _ChildTable) -> int:
         match = " AND ".join(f"s.{k} = t.{k}" for k in present.keys)
         result = self.connection.exec_driver_sql(
             f"DELETE FROM {child.name} AS t WHERE t.batch_id = %(batch_id)s"
-            f" AND NOT EXISTS (SELECT 1 FROM {self._stage_name(present)} AS s WHERE {match})",
+            f" AND NOT EXISTS (SELECT 1 FROM {self._keys_name(present)} AS s WHERE {match})",
             {"batch_id": batch_id},
         )
         return result.rowcount
 
+    def _forget_keys(self, child: _ChildTable, call_ids: Collection[str]) -> None:
+        if not self._first_load.get(child.name, False):
+            self.connection.exec_driver_sql(
+                f"DELETE FROM {self._keys_name(child)} WHERE call_id = ANY(%(ids)s)",
+                {"ids": list(call_ids)},
+            )
+
 
 class _SqliteRowWriter(_RowWriter):
+    """Plain ``executemany`` inserts for a first load, upserts otherwise.
+
+    The keys written are kept in a temporary table, as on PostgreSQL, so that memory does
+    not grow with the batch.
+    """
+
     def __init__(self, connection: Connection, *, run_id: int, synced_at: datetime) -> None:
         super().__init__(connection, run_id=run_id, synced_at=synced_at)
-        self._written: dict[str, set[tuple[Any, ...]]] = {}
         driver = connection.connection.driver_connection
         assert driver is not None
         self._cursor = driver.cursor()
 
-    def upsert(
-        self, child: _ChildTable, records: Sequence[tuple[Any, ...]], batch_id: str
+    @staticmethod
+    def _keys_name(child: _ChildTable) -> str:
+        return f"temp.batchsync_keys_{child.name}"
+
+    def _start(self, child: _ChildTable, first_load: bool) -> None:
+        if first_load:
+            return
+        # Created once per connection; emptied for each batch (SQLite has no ON COMMIT).
+        keys = ", ".join(child.keys)
+        self._cursor.execute(
+            f"CREATE TABLE IF NOT EXISTS {self._keys_name(child)}"
+            f" ({keys}, PRIMARY KEY ({keys})) WITHOUT ROWID"
+        )
+        self._cursor.execute(f"DELETE FROM {self._keys_name(child)}")
+
+    def _insert(self, child: _ChildTable, records: Sequence[tuple[Any, ...]]) -> bool:
+        names = [c.name for c in child.columns]
+        # A savepoint, so that a key met under another batch undoes only this statement.
+        self._cursor.execute("SAVEPOINT batchsync_insert")
+        try:
+            self._cursor.executemany(
+                f"INSERT INTO {child.name} ({', '.join(names)})"
+                f" VALUES ({', '.join('?' * len(names))})",
+                self._rows(child, records),
+            )
+        except sqlite3.IntegrityError:
+            self._cursor.execute("ROLLBACK TO batchsync_insert")
+            self._cursor.execute("RELEASE batchsync_insert")
+            return False
+        self._cursor.execute("RELEASE batchsync_insert")
+        return True
+
+    def _upsert(
+        self,
+        child: _ChildTable,
+        records: Sequence[tuple[Any, ...]],
+        batch_id: str,
+        *,
+        remember: bool,
     ) -> TableChanges:
-        positions = [[c.name for c in child.columns].index(k) for k in child.keys]
-        wanted = {tuple(record[p] for p in positions) for record in records}
-        self._written[child.name] = wanted
-        if not records:
-            return TableChanges()
-        existing = self._keys_of(child, batch_id)
-        # Keys new to this batch may still be stored under another batch (a call that moved).
-        new_keys = self._absent(child, wanted - existing)
+        if remember:
+            positions = [[c.name for c in child.columns].index(k) for k in child.keys]
+            self._cursor.executemany(
+                f"INSERT OR IGNORE INTO {self._keys_name(child)}"
+                f" VALUES ({', '.join('?' * len(child.keys))})",
+                (tuple(record[p] for p in positions) for record in records),
+            )
+        # A row the upsert inserts gets a rowid above every one before it; one it updates
+        # (a call that moved, or that an earlier chunk of this batch wrote) keeps its own.
+        self._cursor.execute(f"SELECT max(rowid) FROM {child.name}")
+        last_rowid = self._cursor.fetchone()[0] or 0
         names = [c.name for c in child.columns]
         updates = ", ".join(f"{n} = excluded.{n}" for n in names if n not in child.keys)
         differs = " OR ".join(f"{n} IS NOT excluded.{n}" for n in child.compared)
@@ -481,48 +683,31 @@ class _SqliteRowWriter(_RowWriter):
             self._rows(child, records),
         )
         # sqlite3 counts inserted rows and the rows an upsert really updated, nothing else.
-        inserted = len(new_keys)
-        return TableChanges(inserted=inserted, updated=max(self._cursor.rowcount, 0) - inserted)
+        written = max(self._cursor.rowcount, 0)
+        self._cursor.execute(f"SELECT count(*) FROM {child.name} WHERE rowid > ?", (last_rowid,))
+        inserted = int(self._cursor.fetchone()[0])
+        return TableChanges(inserted=inserted, updated=written - inserted)
 
-    def _absent(self, child: _ChildTable, keys: set[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
-        """Those of ``keys`` that no row of the table has, under any batch.
-
-        Looked up by the key's first column with a plain IN list, which SQLite answers from
-        the primary key's index; a row-value IN (VALUES ...) would scan the whole table.
-        """
-        absent = set(keys)
-        firsts = list({key[0] for key in keys})
-        columns = ", ".join(child.keys)
-        step = 900  # stay under SQLite's limit on bound parameters
-        for start in range(0, len(firsts), step):
-            chunk = firsts[start : start + step]
-            self._cursor.execute(
-                f"SELECT {columns} FROM {child.name} WHERE {child.keys[0]} IN "
-                f"({', '.join('?' * len(chunk))})",
-                chunk,
-            )
-            absent.difference_update(self._cursor.fetchall())
-        return absent
-
-    def delete_missing(
-        self, child: _ChildTable, batch_id: str, *, present: _ChildTable | None = None
-    ) -> int:
-        present = present or child
-        vanished = list(self._keys_of(child, batch_id, present.keys) - self._written[present.name])
-        if not vanished:
-            return 0
-        match = " AND ".join(f"{k} = ?" for k in present.keys)
-        self._cursor.executemany(f"DELETE FROM {child.name} WHERE {match}", vanished)
+    def _delete_missing(self, child: _ChildTable, batch_id: str, present: _ChildTable) -> int:
+        match = " AND ".join(f"k.{k} = {child.name}.{k}" for k in present.keys)
+        self._cursor.execute(
+            f"DELETE FROM {child.name} WHERE batch_id = ?"
+            f" AND NOT EXISTS (SELECT 1 FROM {self._keys_name(present)} AS k WHERE {match})",
+            (batch_id,),
+        )
         return max(int(self._cursor.rowcount), 0)
 
-    def _keys_of(
-        self, child: _ChildTable, batch_id: str, keys: tuple[str, ...] | None = None
-    ) -> set[tuple[Any, ...]]:
-        columns = ", ".join(keys or child.keys)
-        self._cursor.execute(
-            f"SELECT DISTINCT {columns} FROM {child.name} WHERE batch_id = ?", (batch_id,)
-        )
-        return set(self._cursor.fetchall())
+    def _forget_keys(self, child: _ChildTable, call_ids: Collection[str]) -> None:
+        if self._first_load.get(child.name, False):
+            return
+        ids = list(call_ids)
+        for start in range(0, len(ids), 900):
+            chunk = ids[start : start + 900]
+            self._cursor.execute(
+                f"DELETE FROM {self._keys_name(child)} WHERE call_id IN"
+                f" ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
 
     def _rows(
         self, child: _ChildTable, records: Sequence[tuple[Any, ...]]

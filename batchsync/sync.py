@@ -1,7 +1,10 @@
 """One sync run: discover -> fetch -> parse -> store -> record. Nothing else.
 
 Each batch is fetched, then written and its outcome recorded in one transaction: a batch
-lands whole or not at all. Whatever goes wrong with one batch (not found, an id that cannot
+lands whole or not at all. A large body comes unparsed (saved to a temporary file) and is
+parsed inside that transaction, its calls written a chunk at a time, so memory does not
+grow with the batch; a fault found late rolls back the chunks already written.
+Whatever goes wrong with one batch (not found, an id that cannot
 be sent, a body that cannot be decoded or read, data the database refuses, even an
 unexpected exception) is recorded as that batch's failure and the run goes on. Only what
 concerns the whole run stops it: an authentication failure, a database that cannot be
@@ -45,15 +48,21 @@ from batchsync.errors import (
     Interrupted,
     PayloadError,
 )
-from batchsync.payload import BatchSummary
-from batchsync.privacy import PhonePolicy, apply_phone_policy
+from batchsync.payload import (
+    BatchSummary,
+    CallDataRepeated,
+    CallRecord,
+    ParsedBatch,
+    TranscriptLineRecord,
+)
+from batchsync.privacy import PhonePolicy, apply_phone_policy, apply_phone_policy_to_calls
 from batchsync.runs import BatchOutcome
 from batchsync.store import (
+    BatchWriter,
     Fingerprint,
     lock_batch,
     stored_batches,
     stored_fingerprint,
-    write_batch,
 )
 
 log = logging.getLogger(__name__)
@@ -398,7 +407,7 @@ def _store(
     """Write one fetched batch and its outcome in one transaction; record a failure alone."""
     if isinstance(fetched, _Failed):
         return ledger.failure(batch_id, fetched.reason)
-    if fetched.parsed is None:  # same content as stored: not even parsed
+    if fetched.parsed is None and fetched.body is None:  # same content as stored: not parsed
         outcome = BatchOutcome(batch_id, runs.UNCHANGED)
         if ledger.run_id is not None and not options.dry_run:
             try:
@@ -407,26 +416,56 @@ def _store(
             except DRIVER_ERRORS as exc:
                 raise unavailable(engine, exc) from None
         return outcome
-    fingerprint = _fingerprint(fetched.content_sha256, options)
-    calls = None if fetched.parsed.calls is None else len(fetched.parsed.calls)
     try:
-        parsed = apply_phone_policy(fetched.parsed, options.phones)
+        return _write(engine, ledger, batch_id, fetched, options)
+    except CallDataRepeated:
+        # Its calls cannot be written as they are parsed: hold them all, as for a small body.
+        assert fetched.body is not None
+        return _write(engine, ledger, batch_id, fetched, options, chunked=False)
+    finally:
+        if fetched.body is not None:
+            fetched.body.close()
+
+
+def _write(
+    engine: Engine,
+    ledger: _Ledger,
+    batch_id: str,
+    fetched: FetchedBatch,
+    options: SyncOptions,
+    *,
+    chunked: bool = True,
+) -> BatchOutcome:
+    """Write one fetched batch and its outcome in one transaction; record a failure alone.
+
+    A body not parsed yet (``fetched.body``) is parsed here, its calls written a chunk at a
+    time as they come, in the same transaction: a fault found late undoes them all.
+    """
+    fingerprint = _fingerprint(fetched.content_sha256, options)
+    sink = _CallsWriter(options)
+    try:
         with engine.connect() as connection, connection.begin() as transaction:
             lock_batch(connection, batch_id)
             if _unchanged(stored_fingerprint(connection, batch_id), fingerprint, options):
+                parsed = _parsed(fetched, batch_id, sink if chunked else None)  # counted
+                calls = None if parsed.calls is None else len(parsed.calls) + sink.calls
                 outcome = BatchOutcome(batch_id, runs.UNCHANGED, calls=calls)
             else:
-                changes = write_batch(
-                    connection,
-                    parsed,
-                    run_id=ledger.run_id or 0,
-                    synced_at=ledger.clock(),
-                    fingerprint=fingerprint,
+                sink.writer = BatchWriter(
+                    connection, batch_id, run_id=ledger.run_id or 0, synced_at=ledger.clock()
                 )
+                parsed = _parsed(fetched, batch_id, sink if chunked else None)
+                calls = None if parsed.calls is None else len(parsed.calls) + sink.calls
+                parsed = apply_phone_policy(parsed, options.phones)
+                changes = sink.writer.finish(parsed, fingerprint)
                 outcome = BatchOutcome(batch_id, runs.SYNCED, calls=calls, changes=changes)
             ledger.outcome(connection, outcome)
             if options.dry_run:
                 transaction.rollback()
+    except CallDataRepeated:
+        raise
+    except _ParseFailed as exc:  # its transaction is rolled back: nothing of it is written
+        return ledger.failure(batch_id, exc.reason)
     except DRIVER_ERRORS as exc:
         if is_unavailable(exc):
             raise unavailable(engine, exc) from None
@@ -446,6 +485,57 @@ def _store(
     except Exception as exc:  # a fault of one batch must not end the run: record it
         return ledger.failure(batch_id, _internal_error(batch_id, "writing", exc))
     return outcome
+
+
+class _ParseFailed(Exception):
+    """A body parsed in the writer's transaction could not be parsed: why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _CallsWriter:
+    """Hands the chunks of calls a parser yields to the batch's writer (if any), counting
+    them."""
+
+    def __init__(self, options: SyncOptions) -> None:
+        self.options = options
+        self.writer: BatchWriter | None = None
+        self.calls = 0  # distinct calls written so far
+        self.writing = False  # True while a chunk is being written: its faults are the writer's
+
+    def __call__(
+        self,
+        calls: list[CallRecord],
+        lines: list[TranscriptLineRecord] | None,
+        again: frozenset[str],
+    ) -> None:
+        if self.writer is not None:
+            self.writing = True
+            calls, lines = apply_phone_policy_to_calls(calls, lines, self.options.phones)
+            self.writer.write_calls(calls, lines, again=again)
+            self.writing = False
+        self.calls += len(calls) - len(again)
+
+
+def _parsed(fetched: FetchedBatch, batch_id: str, sink: _CallsWriter | None = None) -> ParsedBatch:
+    """The fetched batch's records, parsing its body now if it was not parsed on arrival
+    (handing its calls to ``sink`` in chunks); raises _ParseFailed if it cannot be parsed,
+    with the reason fetching would have given."""
+    if fetched.parsed is not None:
+        return fetched.parsed
+    assert fetched.body is not None
+    try:
+        return fetched.body.parse(sink)
+    except CallDataRepeated:
+        raise
+    except BatchsyncError as exc:
+        raise _ParseFailed(str(exc)) from None
+    except Exception as exc:
+        if sink is not None and sink.writing:
+            raise  # the database's fault, or the writer's: handled as when writing
+        raise _ParseFailed(_internal_error(batch_id, "fetching or parsing", exc)) from None
 
 
 def _fingerprint(content_sha256: str, options: SyncOptions) -> Fingerprint:

@@ -1001,10 +1001,6 @@ def main(
                     emu,
                     refresh=True,
                 )
-            if not skip_limits:
-                measured += measure_limits(
-                    postgres, emu, workdir, None if skip_sqlite else sqlite_path
-                )
             if not skip_dlt:
                 for key, label in (
                     ("dlt_first", "dlt merge: first load"),
@@ -1055,6 +1051,15 @@ def main(
                         emu,
                         refresh=False,
                     )
+        if not skip_limits:
+            # Last, and with the emulator at revision 0 again: the limits hold every parsed
+            # batch in this process, and a process started after that would inherit its
+            # peak RSS (wait4 reports the larger of a child's and its parent's at fork).
+            click.echo(f"emulator: revision 0, {batches} x {calls} calls ...", err=True)
+            with EmulatorProcess(workload, mode=emulator_mode) as emu:
+                measured += measure_limits(
+                    postgres, emu, workdir, None if skip_sqlite else sqlite_path
+                )
     finally:
         if not keep:
             postgres.drop(DATABASE)

@@ -290,6 +290,33 @@ def test_large_bodies_are_parsed_as_they_stream(emulator: Emulator, sleeps: list
     assert streamed == whole
 
 
+def test_large_body_is_saved_unparsed_when_spooling_and_parses_to_the_same_batch(
+    emulator: Emulator, sleeps: list[float]
+) -> None:
+    """With spool_large_bodies, a body above the threshold comes back unparsed, with the same
+    hash and size, and parses to the batch the whole body gives."""
+    batch_id = emulator.batch_ids()[0]
+    whole = make_client(emulator.transport(), sleeps).fetch_batch(batch_id, Parts())
+    spooling = make_client(
+        emulator.transport(), sleeps, stream_threshold=0, spool_large_bodies=True
+    )
+    saved = spooling.fetch_batch(batch_id, Parts())
+    assert saved.parsed is None
+    assert saved.body is not None
+    assert (saved.content_sha256, saved.size) == (whole.content_sha256, whole.size)
+    assert saved.body.parse() == whole.parsed
+    saved.body.close()
+
+
+def test_spooled_body_with_unchanged_content_is_dropped(
+    emulator: Emulator, sleeps: list[float]
+) -> None:
+    """A spooled body whose hash the caller finds unchanged is neither kept nor parsed."""
+    client = make_client(emulator.transport(), sleeps, stream_threshold=0, spool_large_bodies=True)
+    fetched = client.fetch_batch(emulator.batch_ids()[0], Parts(), unchanged=lambda _: True)
+    assert (fetched.parsed, fetched.body) == (None, None)
+
+
 def test_streamed_truncated_body_is_a_payload_error(
     emulator: Emulator, sleeps: list[float]
 ) -> None:

@@ -15,6 +15,7 @@ from batchsync.errors import PayloadError
 from batchsync.payload import (
     AnalysisRecord,
     BatchSummary,
+    CallDataRepeated,
     ErrorRecord,
     ParsedBatch,
     QueueStatusCountRecord,
@@ -1525,3 +1526,69 @@ def test_cutting_long_digit_runs_does_not_depend_on_the_chunking(
     expected = b"".join(whole.cut([body]))
     assert b"".join(streamed.cut(_chunks(body, chunk))) == expected
     assert streamed.found == whole.found == any(length > 4300 for _, length in runs)
+
+
+# -- calls handed out in chunks ------------------------------------------------------------------
+
+
+def chunked(raw: dict[str, Any], size: int) -> tuple[list[tuple[list[str], int, set[str]]], Any]:
+    """Parse ``raw`` streamed with a sink: per chunk (call ids, lines, ids sent again), and
+    the batch returned."""
+    chunks: list[tuple[list[str], int, set[str]]] = []
+
+    def sink(calls: list[Any], lines: list[Any] | None, again: frozenset[str]) -> None:
+        chunks.append(([c.call_id for c in calls], len(lines or ()), set(again)))
+
+    body = orjson.dumps(raw)
+    parsed = parse_batch_stream(
+        [body[i : i + 50] for i in range(0, len(body), 50)],
+        batch_id="b1",
+        on_calls=sink,
+        chunk_size=size,
+    )
+    return chunks, parsed
+
+
+def numbered_calls(count: int) -> list[dict[str, Any]]:
+    return [
+        {"call_id": f"c{i}", "transcripts": [{"id": 1, "text": "hi"}, {"id": 2, "text": "yo"}]}
+        for i in range(count)
+    ]
+
+
+def test_streamed_calls_reach_the_sink_in_chunks_of_the_size_asked() -> None:
+    """With a sink, calls go out chunk_size at a time with their lines, the last chunk at the
+    end, and the batch returned holds none of them."""
+    raw = {"batch_params": {"id": "b1"}, "call_data": numbered_calls(12)}
+    chunks, parsed = chunked(raw, 5)
+    assert [(len(ids), lines) for ids, lines, _ in chunks] == [(5, 10), (5, 10), (2, 4)]
+    assert [i for ids, _, _ in chunks for i in ids] == [f"c{i}" for i in range(12)]
+    assert (parsed.calls, parsed.transcripts) == ([], [])
+
+
+def test_call_repeated_in_a_later_chunk_is_sent_again_and_named() -> None:
+    """A call id already sent in an earlier chunk comes again in its later chunk, named in
+    ``again`` so the writer can replace its lines."""
+    raw = {"batch_params": {"id": "b1"}, "call_data": [*numbered_calls(6), {"call_id": "c1"}]}
+    chunks, _ = chunked(raw, 3)
+    assert [again for _, _, again in chunks] == [set(), set(), {"c1"}]
+
+
+def test_bad_call_after_chunks_were_sent_still_raises_the_whole_parsers_error() -> None:
+    """A call that cannot be parsed after chunks went out raises the same PayloadError as the
+    whole parse, and the chunk holding it is never sent."""
+    raw = {"batch_params": {"id": "b1"}, "call_data": numbered_calls(9)}
+    raw["call_data"][7]["completed"] = "maybe"
+    with pytest.raises(PayloadError) as whole:
+        parse_batch(raw, batch_id="b1")
+    with pytest.raises(PayloadError) as streamed:
+        chunked(raw, 3)
+    assert str(streamed.value) == str(whole.value)
+
+
+def test_call_data_repeated_after_a_chunk_was_sent_asks_to_start_over() -> None:
+    """A second call_data list after calls of the first were sent raises CallDataRepeated."""
+    body = b'{"batch_params": {"id": "b1"}, "call_data": [{"call_id": "a"}, {"call_id": "b"}],'
+    body += b' "call_data": []}'
+    with pytest.raises(CallDataRepeated):
+        parse_batch_stream([body], batch_id="b1", on_calls=lambda *_: None, chunk_size=1)

@@ -460,3 +460,62 @@ def test_rewriting_odd_values_changes_nothing(engine: Engine) -> None:
                 connection, parsed, run_id=run_id, synced_at=T0, fingerprint=PRINT
             )
     assert all(change == TableChanges() for change in changes.values()), changes
+
+
+# -- first loads by plain inserts, upserts only where rows exist -------------------------------
+
+
+def traced_write(engine: Engine, parsed: ParsedBatch, run_id: int) -> tuple[dict, list[str]]:  # type: ignore[type-arg]
+    """Write ``parsed`` into SQLite; the changes, and every statement the driver ran."""
+    statements: list[str] = []
+    with engine.begin() as connection:
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        driver.set_trace_callback(statements.append)
+        try:
+            changes = write_batch(connection, parsed, run_id=run_id, synced_at=T0)
+        finally:
+            driver.set_trace_callback(None)
+    return changes, statements
+
+
+def upserts_into(statements: list[str], table: str) -> list[str]:
+    return [s for s in statements if s.startswith(f"INSERT INTO {table} ") and "ON CONFLICT" in s]
+
+
+def test_sqlite_first_load_inserts_calls_and_lines_without_upsert(sqlite_url: str) -> None:
+    """A batch with no stored rows goes into SQLite by plain inserts; writing it again upserts."""
+    engine = create_db_engine(load_database(sqlite_url))
+    upgrade(engine)
+    changes, statements = traced_write(engine, parse(payload()), run_id=1)
+    assert changes["calls"] == TableChanges(inserted=3)
+    assert changes["call_transcripts"] == TableChanges(inserted=6)
+    assert not upserts_into(statements, "calls")
+    assert not upserts_into(statements, "call_transcripts")
+    assert any(s.startswith("INSERT INTO calls ") for s in statements)
+
+    changes, statements = traced_write(engine, parse(payload()), run_id=2)
+    assert changes["calls"] == TableChanges()
+    assert upserts_into(statements, "calls")
+    engine.dispose()
+
+
+def test_first_load_with_one_moved_call_counts_it_updated_and_the_rest_inserted(
+    engine: Engine,
+) -> None:
+    """A new batch holding one call stored under another batch and one new call: the moved
+    call is taken over (updated), the new one inserted, nothing duplicated or lost."""
+    write(engine, parse(payload(calls=2)))  # b1: c0, c1
+    raw = payload(calls=0)
+    raw["call_data"] = [
+        {"c_id": "c1", "to": "+15551111111", "transcripts": [{"id": 100, "text": "moved"}]},
+        {"c_id": "d0", "transcripts": [{"id": 1, "text": "new"}]},
+    ]
+    changes = write_b2(engine, raw)
+    assert changes["calls"] == TableChanges(inserted=1, updated=1)
+    assert changes["call_transcripts"] == TableChanges(inserted=1, updated=1, deleted=1)
+    with engine.connect() as connection:
+        owners = dict(connection.execute(text("select call_id, batch_id from calls")).all())
+    assert owners == {"c0": "b1", "c1": "b2", "d0": "b2"}
+    assert lines_by_call(engine)["c1"] == [(100, "b2", "moved")]
+    assert lines_by_call(engine)["d0"] == [(1, "b2", "new")]

@@ -5,8 +5,11 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 from sqlalchemy import Engine, select, text
 
@@ -15,7 +18,7 @@ from batchsync.client import BlandClient, Parts
 from batchsync.config import load_api, load_database
 from batchsync.db import create_db_engine, upgrade
 from batchsync.emulator import Emulator, Fault, parse_fault
-from batchsync.errors import AuthError, Interrupted
+from batchsync.errors import AuthError, Interrupted, PayloadError
 from batchsync.models import Base
 from batchsync.payload import parse_batch
 from batchsync.privacy import PhoneMode, PhonePolicy
@@ -701,3 +704,185 @@ def test_call_moved_to_a_new_batch_keeps_only_its_new_lines_though_the_old_is_sk
     assert owner == "moved-here"
     expected = [(987654321, "moved-here", "only this line")] if transcripts else []
     assert [tuple(line) for line in lines] == expected
+
+
+# -- large bodies: parsed and written a chunk of calls at a time, in one transaction -----------
+
+
+@pytest.fixture
+def chunked_client(emulator: Emulator, sleeps: list[float]) -> Iterator[BlandClient]:
+    """A client that saves every body unparsed, for the writer to parse 5 calls at a time."""
+    api = load_api(EMULATOR_URL, emulator.api_key)
+    with BlandClient(
+        api,
+        transport=emulator.transport(),
+        sleep=sleeps.append,
+        stream_threshold=0,
+        spool_large_bodies=True,
+        chunk_calls=5,
+    ) as chunked:
+        yield chunked
+
+
+def synced_whole(client: BlandClient, tmp_path: Any, name: str, **options: Any) -> Any:
+    """Rows and run summary of a sync with bodies parsed whole, into a fresh SQLite file."""
+    fresh = create_db_engine(load_database(f"sqlite:///{tmp_path / name}"))
+    upgrade(fresh)
+    result = sync_all(fresh, client, **options)
+    rows = snapshot(fresh, bookkeeping=False)
+    fresh.dispose()
+    return rows, result.as_json()["tables"]
+
+
+def test_batches_written_in_chunks_store_what_whole_batches_store(
+    engine: Engine,
+    client: BlandClient,
+    chunked_client: BlandClient,
+    emulator: Emulator,
+    tmp_path: Any,
+) -> None:
+    """Writing each batch's calls in chunks gives the rows and the change counts of writing
+    it whole, on a first load and on a refresh after the API changed."""
+    first = sync_all(engine, chunked_client)
+    assert first.status == runs.SUCCEEDED
+    assert [o.calls for o in first.outcomes] == [12] * len(emulator.batch_ids())
+    assert (snapshot(engine, bookkeeping=False), first.as_json()["tables"]) == synced_whole(
+        client, tmp_path, "first.db"
+    )
+
+    emulator.revision = 1
+    again = sync_all(engine, chunked_client, refresh=True)
+    whole_rows, _ = synced_whole(client, tmp_path, "again.db")
+    assert snapshot(engine, bookkeeping=False) == whole_rows
+    assert sum(t["deleted"] for t in again.as_json()["tables"].values()) > 0
+
+
+def test_fault_in_a_late_call_rolls_back_the_chunks_already_written(
+    engine: Engine, chunked_client: BlandClient, emulator: Emulator
+) -> None:
+    """A call that cannot be parsed after two chunks were written fails the batch with the
+    whole parser's message, and none of its rows stays; the other batches are stored."""
+    victim = emulator.batch_ids()[1]
+    raw = emulator.raw_batch(victim)
+    raw["call_data"][11]["completed"] = "maybe"
+    emulator.put_batch(raw)
+    with pytest.raises(PayloadError) as expected:
+        parse_batch(raw, batch_id=victim)
+
+    result = sync_all(engine, chunked_client)
+
+    assert [(o.batch_id, o.error) for o in result.failed] == [(victim, str(expected.value))]
+    with engine.connect() as connection:
+        for table in ("batches", "calls", "call_transcripts"):
+            count = connection.execute(
+                text(f"select count(*) from {table} where batch_id = :b"), {"b": victim}
+            ).scalar_one()
+            assert count == 0, table
+    assert result.count(runs.SYNCED) == len(emulator.batch_ids()) - 1
+
+
+def test_call_sent_again_in_a_later_chunk_keeps_the_later_copy_and_its_lines(
+    engine: Engine,
+    client: BlandClient,
+    chunked_client: BlandClient,
+    emulator: Emulator,
+    tmp_path: Any,
+) -> None:
+    """A call repeated after its first copy was written in an earlier chunk ends as the later
+    copy, with only the later copy's lines, as when the batch is parsed whole."""
+    victim = emulator.batch_ids()[0]
+    raw = emulator.raw_batch(victim)
+    first = next(c for c in raw["call_data"][:5] if len(c.get("transcripts") or []) >= 2)
+    later = copy.deepcopy(first)
+    later["to"] = "+15559990000"
+    later["transcripts"] = [dict(later["transcripts"][0], text="said again")]
+    raw["call_data"].append(later)
+    emulator.put_batch(raw)
+
+    result = sync_all(engine, chunked_client)
+
+    assert result.status == runs.SUCCEEDED
+    whole_rows, _ = synced_whole(client, tmp_path, "whole.db")
+    assert snapshot(engine, bookkeeping=False) == whole_rows
+    lines = [r for r in whole_rows["call_transcripts"] if r[0] == call_id_of(first)]
+    assert [r[-1] for r in lines] == ["said again"]
+    assert result.outcomes[0].calls == 12
+
+
+def test_moved_call_in_a_later_chunk_of_a_first_load_is_taken_over(
+    engine: Engine,
+    client: BlandClient,
+    chunked_client: BlandClient,
+    emulator: Emulator,
+    tmp_path: Any,
+) -> None:
+    """A batch first loaded in chunks whose later chunk holds a call stored under another
+    batch takes the call over, with only its new lines, as a whole write does."""
+    old, new = emulator.batch_ids()[:2]
+    sync_all(engine, chunked_client)
+    moved = copy.deepcopy(emulator.raw_batch(old)["call_data"][2])
+    moved["transcripts"] = [{"id": 1, "user": "user", "text": "moved here"}]
+    raw = emulator.raw_batch(new)
+    raw["call_data"].insert(8, moved)
+    emulator.put_batch(raw)
+    with engine.begin() as connection:  # make the new batch's next write a first load
+        for table in ("call_transcripts", "calls", "errors", "queue_status_counts", "batches"):
+            connection.execute(text(f"delete from {table} where batch_id = :b"), {"b": new})
+
+    result = sync_all(engine, chunked_client, refresh=True)
+
+    assert result.status == runs.SUCCEEDED
+    whole_rows, _ = synced_whole(client, tmp_path, "whole.db")
+    assert snapshot(engine, bookkeeping=False) == whole_rows
+    owners = {r[0]: r[1] for r in whole_rows["calls"]}
+    assert owners[call_id_of(moved)] == new
+
+
+def test_call_data_sent_twice_stores_the_last_list_when_written_in_chunks(
+    engine: Engine, emulator: Emulator, sleeps: list[float], tmp_path: Any
+) -> None:
+    """A body with two call_data lists, the first longer than a chunk, stores the last list
+    only, as a whole parse does (the writer starts over without chunks)."""
+    victim = emulator.batch_ids()[0]
+    raw = emulator.raw_batch(victim)
+    calls = raw.pop("call_data")
+    body = (
+        orjson.dumps(raw)[:-1]
+        + b', "call_data": '
+        + orjson.dumps(calls)
+        + b', "call_data": '
+        + orjson.dumps(calls[:3])
+        + b"}"
+    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == f"/v1/batches/{victim}":
+            return httpx.Response(200, content=body)
+        return emulator.handle(request)  # type: ignore[no-any-return]
+
+    def synced(into: Engine, **client_options: Any) -> dict[str, list[tuple[Any, ...]]]:
+        api = load_api(EMULATOR_URL, emulator.api_key)
+        transport = httpx.MockTransport(handler)
+        with BlandClient(api, transport=transport, sleep=sleeps.append, **client_options) as c:
+            result = run_sync(into, c, SyncOptions(batch_ids=(victim,)))
+        assert result.status == runs.SUCCEEDED, result.failed
+        return snapshot(into, bookkeeping=False)
+
+    chunked = synced(engine, stream_threshold=0, spool_large_bodies=True, chunk_calls=5)
+    fresh = create_db_engine(load_database(f"sqlite:///{tmp_path / 'whole.db'}"))
+    upgrade(fresh)
+    assert chunked == synced(fresh)
+    assert len(chunked["calls"]) == 3
+
+
+def test_dry_run_of_batches_written_in_chunks_reports_changes_and_writes_nothing(
+    engine: Engine, chunked_client: BlandClient, emulator: Emulator
+) -> None:
+    """A dry run whose batches are written in chunks counts every row, then rolls back
+    all of them, and a real run after it stores the batches as usual."""
+    dry = sync_all(engine, chunked_client, dry_run=True)
+    assert dry.as_json()["tables"]["calls"]["inserted"] == 12 * len(emulator.batch_ids())
+    assert all(not rows for rows in snapshot(engine).values())
+    real = sync_all(engine, chunked_client)
+    assert real.as_json()["tables"] == dry.as_json()["tables"]
+    assert len(snapshot(engine)["calls"]) == 12 * len(emulator.batch_ids())

@@ -1,0 +1,115 @@
+"""Per-call cost of each stage between a batch body and the rows handed to the driver.
+
+Generates emulator batches (as ``bench/run.py`` serves them), then times, per call, in one
+process and with no database: decoding the body (``orjson.loads``), parsing the decoded
+body into records (``payload.parse_batch``), both at once as the client does
+(``payload.parse_batch_body``), the streaming parser used for large bodies
+(``payload.parse_batch_stream``), and formatting the records as the SQLite writer and the
+PostgreSQL COPY writer hand them to their drivers. Prints microseconds per call, the best
+of ``--repeat`` runs; asserts nothing.
+
+Example:
+
+    .venv/bin/python bench/stages.py --batches 4 --calls 10000
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+import orjson
+import psycopg
+from psycopg.types.json import set_json_dumps
+from serve_emulator import Workload, _detail_request
+from sqlalchemy.dialects import postgresql
+
+from batchsync import store
+from batchsync.payload import ParsedBatch, parse_batch, parse_batch_body, parse_batch_stream
+
+# What the PostgreSQL writer sets for jsonb, when this release has one.
+JSONB_DUMPS: Callable[[Any], Any] | None = getattr(store, "jsonb_dumps", None)
+
+
+def best(repeat: int, run: Callable[[], Any]) -> float:
+    """The shortest of ``repeat`` timed runs, in seconds (the least disturbed by others)."""
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def sqlite_rows(parsed: list[ParsedBatch]) -> None:
+    """Records as the SQLite writer turns them into driver rows (timestamps, JSON text)."""
+    writer = store._SqliteRowWriter.__new__(store._SqliteRowWriter)
+    writer.stamp = (datetime(2026, 1, 1, tzinfo=UTC), 1)
+    for batch in parsed:
+        for _ in writer._rows(store.CALLS, batch.calls or []):
+            pass
+        for _ in writer._rows(store.TRANSCRIPTS, batch.transcripts or []):
+            pass
+
+
+def copy_rows(parsed: list[ParsedBatch], json_dumps: Callable[[Any], Any] | None) -> None:
+    """Records as binary COPY rows, by psycopg's own formatter (what ``Copy.write_row``
+    uses), with no server; ``json_dumps`` as set for jsonb (None: psycopg's default)."""
+    from psycopg._copy_base import BinaryFormatter
+
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    stamp = (datetime(2026, 1, 1, tzinfo=UTC), 1)
+    for child, attr in ((store.CALLS, "calls"), (store.TRANSCRIPTS, "transcripts")):
+        adapters = psycopg.adapt.AdaptersMap(psycopg.adapters)
+        if json_dumps is not None:
+            set_json_dumps(json_dumps, context=adapters)
+        transformer = psycopg.adapt.Transformer(adapters)
+        types = [store._copy_type(c, dialect) for c in child.columns]
+        transformer.set_dumper_types(
+            [adapters.types[t].oid for t in types], psycopg.pq.Format.BINARY
+        )
+        formatter = BinaryFormatter(transformer)
+        for batch in parsed:
+            for record in getattr(batch, attr) or []:
+                formatter.write_row(record + stamp)
+
+
+@click.command()
+@click.option("--batches", default=4, show_default=True)
+@click.option("--calls", default=10000, show_default=True, help="Per batch.")
+@click.option("--transcript-ratio", default=0.5, show_default=True)
+@click.option("--repeat", default=3, show_default=True)
+def main(batches: int, calls: int, transcript_ratio: float, repeat: int) -> None:
+    """Print the per-call microseconds of each stage."""
+    emulator = Workload(batches, calls, transcript_ratio).emulator()
+    bodies = [(b, emulator.handle(_detail_request(b)).content) for b in emulator.batch_ids()]
+    total = sum(len(orjson.loads(body).get("call_data") or []) for _, body in bodies)
+    decoded = [(b, orjson.loads(body)) for b, body in bodies]
+    parsed = [parse_batch_body(body, batch_id=b) for b, body in bodies]
+    stages: list[tuple[str, Callable[[], Any]]] = [
+        ("decode (orjson.loads)", lambda: [orjson.loads(body) for _, body in bodies]),
+        ("parse decoded body into records",
+         lambda: [parse_batch(r, batch_id=b) for b, r in decoded]),
+        ("decode + parse (parse_batch_body)",
+         lambda: [parse_batch_body(x, batch_id=b) for b, x in bodies]),
+        ("streaming parse (parse_batch_stream)", lambda: [
+            parse_batch_stream([x[i : i + 65536] for i in range(0, len(x), 65536)], batch_id=b)
+            for b, x in bodies
+        ]),
+        ("format SQLite rows", lambda: sqlite_rows(parsed)),
+        ("format COPY rows, psycopg's json.dumps", lambda: copy_rows(parsed, None)),
+        ("format COPY rows, batchsync's jsonb", lambda: copy_rows(parsed, JSONB_DUMPS)),
+    ]  # fmt: skip
+    click.echo(f"{batches} x {calls} calls ({total} calls), best of {repeat}")
+    click.echo(f"{'stage':<40} {'us/call':>8}")
+    for name, run in stages:
+        click.echo(f"{name:<40} {best(repeat, run) / total * 1e6:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
