@@ -26,6 +26,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn, TypeVar
@@ -35,7 +36,9 @@ import orjson
 from sqlalchemy import Engine
 
 from batchsync import __version__, logs, runs, store
-from batchsync.client import BlandClient, Parts, RetryPolicy
+from batchsync.bland.auto import API_CHOICES, ApiChoice, build_source
+from batchsync.bland.v2 import DETAIL_CONCURRENCY
+from batchsync.client import BatchSource, BlandClient, Parts, RetryPolicy
 from batchsync.config import (
     ENV_API_KEY,
     ENV_BASE_URL,
@@ -664,6 +667,27 @@ def _plural(count: int, singular: str, plural: str | None = None) -> str:
     help="Fetch and validate; report what would be inserted, updated and deleted; write nothing.",
 )
 @click.option("--migrate", is_flag=True, help="Upgrade the schema first if it is behind.")
+@click.option(
+    "--api",
+    "api_choice",
+    type=click.Choice(API_CHOICES),
+    default="auto",
+    show_default=True,
+    envvar="BATCHSYNC_API",
+    show_envvar=True,
+    help="Which Bland batch API to read: auto lists v2 and v1 batches and syncs each by its "
+    "own API (a UUID id goes to v2, any other to v1; a 404 there tries the other); v1 or v2 "
+    "reads only that one.",
+)
+@click.option(
+    "--call-details/--no-call-details",
+    default=None,
+    envvar="BATCHSYNC_CALL_DETAILS",
+    show_envvar=True,
+    help="Fetch each call's detail (GET /v1/calls/{id}: transcript, price, summary, "
+    "recording_url, ...). [default: on for v2 batches, whose transcripts exist nowhere "
+    "else; off for v1 batches] --no-call-details reads v2 calls from the calls list only.",
+)
 @_json_option("Print one JSON summary object on stdout, on success and on error.")
 @_api_options
 @database_url_option
@@ -686,6 +710,8 @@ def sync(
     redact_transcripts: bool,
     dry_run: bool,
     migrate: bool,
+    api_choice: ApiChoice,
+    call_details: bool | None,
     as_json: bool,
     api_key: str | None,
     base_url: str | None,
@@ -706,6 +732,7 @@ def sync(
       batchsync sync 6f1b8c2e-... 0a93d4f1-...
       batchsync sync --all --since 2025-01-01
       batchsync sync --all --no-transcripts --json | jq .status
+      batchsync sync --all --api v2 --no-call-details
     """
     ctx = click.get_current_context()
     if discover == bool(batch_ids):
@@ -746,26 +773,45 @@ def sync(
         concurrency=concurrency,
         phones=phones,
         dry_run=dry_run,
+        api=api_choice,
+        call_details=call_details,
     )
     retry = RetryPolicy(attempts=retries, max_wait=max_retry_wait)
     with BlandClient(
         api,
         retry=retry,
         max_requests_per_second=max_requests_per_second,
-        max_connections=max(concurrency, 1),
+        max_connections=max(concurrency, 1) * (1 + DETAIL_CONCURRENCY),
         spool_large_bodies=True,
     ) as client:
-        result = _run(engine, client, options, as_json=as_json, database=settings.display_url)
+        # Stored details are kept only where the stored values are the API's own.
+        as_sent = phones.mode is PhoneMode.KEEP and not phones.redact_transcripts
+        source = build_source(
+            client,
+            api_choice,
+            call_details,
+            stored_calls=partial(store.stored_calls, engine) if as_sent else None,
+            refresh=refresh,
+        )
+        result = _run(
+            engine, client, options, as_json=as_json, database=settings.display_url, source=source
+        )
     sys.exit(EXIT_PARTIAL if result.failed else EXIT_OK)
 
 
 def _run(
-    engine: Engine, client: BlandClient, options: SyncOptions, *, as_json: bool, database: str
+    engine: Engine,
+    client: BlandClient,
+    options: SyncOptions,
+    *,
+    as_json: bool,
+    database: str,
+    source: BatchSource | None = None,
 ) -> RunResult:
     ctx = click.get_current_context()
     started = time.monotonic()
     with _stop_on_sigterm() as stop, _progress(ctx, enabled=not as_json) as events:
-        result = run_sync(engine, client, options, events=events, stop=stop)
+        result = run_sync(engine, source or client, options, events=events, stop=stop)
     summary = {
         **result.as_json(),
         "database": database,
@@ -1030,7 +1076,14 @@ def _emulator_options(function: F) -> F:
                 type=click.IntRange(min=0),
                 default=5,
                 show_default=True,
-                help="Number of batches.",
+                help="Number of v1 batches.",
+            ),
+            click.option(
+                "--v2-batches",
+                type=click.IntRange(min=0),
+                default=3,
+                show_default=True,
+                help="Number of v2 batches (their calls served by the calls API).",
             ),
             click.option(
                 "--calls",
@@ -1062,12 +1115,20 @@ def _emulator_options(function: F) -> F:
 )
 @_emulator_options
 def emulator(
-    host: str, port: int, api_key: str, faults: tuple[str, ...], seed: int, batches: int, calls: int
+    host: str,
+    port: int,
+    api_key: str,
+    faults: tuple[str, ...],
+    seed: int,
+    batches: int,
+    v2_batches: int,
+    calls: int,
 ) -> None:
     """Serve the built-in Bland API emulator on a loopback address.
 
     Deterministic batches (same seed, same data) with the real API's quirks, for trying
-    batchsync and its orchestration offline.
+    batchsync and its orchestration offline: an account holding v1 batches, v2 batches
+    and the calls API.
 
     \b
     Example:
@@ -1076,7 +1137,14 @@ def emulator(
     """
     from batchsync.emulator import Emulator, parse_fault
 
-    emu = Emulator(seed=seed, batches=batches, calls_per_batch=calls, api_key=api_key)
+    emu = Emulator(
+        seed=seed,
+        batches=batches,
+        calls_per_batch=calls,
+        api_key=api_key,
+        v2_batches=v2_batches,
+        v2_calls_per_batch=calls,
+    )
     for spec in faults:
         try:
             target, fault = parse_fault(spec)
@@ -1107,7 +1175,7 @@ def emulator(
     help="SQLite file to sync into.",
 )
 @_emulator_options
-def demo(database: Path, seed: int, batches: int, calls: int) -> None:
+def demo(database: Path, seed: int, batches: int, v2_batches: int, calls: int) -> None:
     """Sync the built-in emulator into a local SQLite file and show what landed.
 
     Needs no account and no network: the emulator runs in-process. Run it twice to
@@ -1119,14 +1187,28 @@ def demo(database: Path, seed: int, batches: int, calls: int) -> None:
     """
     from batchsync.emulator import Emulator
 
-    emu = Emulator(seed=seed, batches=batches, calls_per_batch=calls)
+    emu = Emulator(
+        seed=seed,
+        batches=batches,
+        calls_per_batch=calls,
+        v2_batches=v2_batches,
+        v2_calls_per_batch=calls,
+    )
     settings, engine = _open_database(f"sqlite:///{database}")
     upgrade(engine)
     api = load_api("http://bland-emulator.local", emu.api_key)
-    _echo(f"Syncing {_plural(batches, 'emulated batch', 'emulated batches')} into {database} ...")
+    _echo(
+        f"Syncing {_plural(batches, 'emulated v1 batch', 'emulated v1 batches')} and "
+        f"{_plural(v2_batches, 'v2 batch', 'v2 batches')} into {database} ..."
+    )
     with BlandClient(api, transport=emu.transport()) as client:
         result = _run(
-            engine, client, SyncOptions(discover=True), as_json=False, database=settings.display_url
+            engine,
+            client,
+            SyncOptions(discover=True),
+            as_json=False,
+            database=settings.display_url,
+            source=build_source(client, stored_calls=partial(store.stored_calls, engine)),
         )
     _echo(f"\nRows in {database}:")
     for table, count in store.row_counts(engine).items():

@@ -363,6 +363,13 @@ class BlandClient:
             batch_id=batch_id,
         )
 
+    def get_body(
+        self, path: str, params: dict[str, Any], *, what: str, batch_id: str | None = None
+    ) -> bytes:
+        """GET ``path`` and return the whole body, with this client's auth, retries, rate
+        cap and error rules (for the endpoints other sources read: v2, the calls API)."""
+        return self._get(path, params, what=what, consume=self._read, batch_id=batch_id)
+
     def _chunks(self, response: httpx.Response, digest: Any = None) -> Iterator[bytes]:
         for chunk in response.iter_bytes():
             self.stats.add(bytes_received=len(chunk))

@@ -87,11 +87,22 @@ class Batch(Base):
     batch_id: Mapped[str] = mapped_column(Text, primary_key=True, comment="Bland's batch id.")
     status: Mapped[str | None] = mapped_column(
         Text,
-        comment="'in-progress' or 'completed'; NULL when the API did not say (before mid-2024).",
+        comment=(
+            "v1: 'in-progress' or 'completed', NULL when the API did not say (before "
+            "mid-2024). v2: 'completed' once a complete log entry exists, else the newest "
+            "lifecycle state as Bland spells it (validating, in_progress, completed_partial, "
+            "failed, ...)."
+        ),
     )
-    label: Mapped[str | None] = mapped_column(Text, comment="The batch's label or description.")
+    label: Mapped[str | None] = mapped_column(
+        Text, comment="The batch's label (v1) or description (v2)."
+    )
     base_prompt: Mapped[str | None] = mapped_column(
-        Text, comment="Base prompt of the batch's calls."
+        Text,
+        comment=(
+            "Base prompt of the batch's calls; v2: the task of its global properties, or the "
+            "whole base_prompt text when that is not a JSON object."
+        ),
     )
     endpoint_code: Mapped[str | None] = mapped_column(
         Text, comment="Endpoint code (API integrations)."
@@ -99,22 +110,35 @@ class Batch(Base):
     campaign_id: Mapped[str | None] = mapped_column(Text, comment="Campaign the batch belongs to.")
     created_at: Mapped[datetime | None] = mapped_column(comment="When the batch was created (UTC).")
     call_params: Mapped[Any | None] = mapped_column(
-        JsonColumn, comment="Parameters of the batch's calls (JSON)."
+        JsonColumn,
+        comment=(
+            "Parameters of the batch's calls (JSON); v2: the global properties without task, "
+            "NULL when base_prompt is not a JSON object."
+        ),
     )
     total_calls: Mapped[int | None] = mapped_column(
-        Integer, comment="analysis.total_calls: all calls, completed and in progress."
+        Integer,
+        comment=(
+            "analysis.total_calls: all calls, completed and in progress; v2: computed from "
+            "the stored calls."
+        ),
     )
     completed_calls: Mapped[int | None] = mapped_column(
-        Integer, comment="analysis.completed_calls."
+        Integer, comment="analysis.completed_calls; v2: computed, the calls with completed true."
     )
     in_progress_calls: Mapped[int | None] = mapped_column(
-        Integer, comment="analysis.in_progress_calls."
+        Integer,
+        comment=(
+            "analysis.in_progress_calls; v2: computed, the calls queued (new, queued, "
+            "allocated, started)."
+        ),
     )
     call_length_average: Mapped[float | None] = mapped_column(
-        Float, comment="Average call length in minutes."
+        Float, comment="Average call length in minutes (v2: computed from the calls)."
     )
     call_length_average_nonzero: Mapped[float | None] = mapped_column(
-        Float, comment="Average call length in minutes, excluding calls under one second."
+        Float,
+        comment="Average call length in minutes, excluding calls under one second (v2: computed).",
     )
     call_length_summary: Mapped[Any | None] = mapped_column(
         JsonColumn, comment="Number of calls per length range, as the API groups them (JSON)."
@@ -134,6 +158,18 @@ class Batch(Base):
     )
     phone_numbers: Mapped[str | None] = mapped_column(
         Text, comment="How phone numbers were stored by the last write: keep, hash:<key id>, drop."
+    )
+    api_version: Mapped[str | None] = mapped_column(
+        Text, comment="The Bland API the batch came from: 'v1' or 'v2'."
+    )
+    org_id: Mapped[str | None] = mapped_column(
+        Text, comment="The organisation that owns the batch (v2 user_id); NULL for v1."
+    )
+    calls_successful: Mapped[int | None] = mapped_column(
+        Integer, comment="Calls that succeeded, from the v2 'complete' log entry; NULL for v1."
+    )
+    calls_failed: Mapped[int | None] = mapped_column(
+        Integer, comment="Calls that failed, from the v2 'complete' log entry; NULL for v1."
     )
     synced_at: Mapped[datetime] = _synced_at()
     sync_run_id: Mapped[int] = _sync_run_id()
@@ -187,6 +223,49 @@ class Call(Base):
     extra: Mapped[Any | None] = mapped_column(
         JsonColumn, comment="Fields of the call that batchsync does not model, kept as sent (JSON)."
     )
+    price: Mapped[float | None] = mapped_column(
+        Float, comment="Price of the call in USD (call detail; NULL until fetched)."
+    )
+    summary: Mapped[str | None] = mapped_column(
+        Text, comment="Bland's summary of the call (call detail)."
+    )
+    recording_url: Mapped[str | None] = mapped_column(
+        Text, comment="Link to the recording; NULL unless recorded (call detail)."
+    )
+    started_at: Mapped[datetime | None] = mapped_column(
+        comment="When the call started (UTC; call detail)."
+    )
+    inbound: Mapped[bool | None] = mapped_column(
+        Boolean, comment="Whether the call was inbound (call detail)."
+    )
+    call_ended_by: Mapped[str | None] = mapped_column(
+        Text, comment="Who ended the call: ASSISTANT or USER (call detail)."
+    )
+    pathway_id: Mapped[str | None] = mapped_column(
+        Text, comment="The pathway the call followed (call detail)."
+    )
+    disposition_tag: Mapped[str | None] = mapped_column(
+        Text, comment="Disposition such as COMPLETED_ACTION or NO_ANSWER (call detail)."
+    )
+    transferred_to: Mapped[str | None] = mapped_column(
+        Text, comment="Number the call was transferred to (call detail)."
+    )
+    variables: Mapped[Any | None] = mapped_column(
+        JsonColumn, comment="The call's variables (JSON; call detail)."
+    )
+    call_metadata: Mapped[Any | None] = mapped_column(
+        "metadata", JsonColumn, comment="Metadata sent with the call (JSON; call detail)."
+    )
+    pathway_tags: Mapped[Any | None] = mapped_column(
+        JsonColumn,
+        comment="Pathway tags as sent: strings or {name, color} objects (JSON; call detail).",
+    )
+    analysis: Mapped[Any | None] = mapped_column(
+        JsonColumn, comment="Post-call analysis (JSON; call detail)."
+    )
+    details_synced_at: Mapped[datetime | None] = mapped_column(
+        comment="When the call's detail was fetched (UTC); NULL when it never was."
+    )
     synced_at: Mapped[datetime] = _synced_at()
     sync_run_id: Mapped[int] = _sync_run_id()
 
@@ -219,9 +298,37 @@ class CallTranscript(Base):
     sync_run_id: Mapped[int] = _sync_run_id()
 
 
+class BatchLog(Base):
+    __tablename__ = "batch_logs"
+    __table_args__ = {"comment": "The log entries of a v2 batch (lifecycle and complete events)."}
+
+    batch_id: Mapped[str] = mapped_column(
+        Text,
+        ForeignKey("batches.batch_id", ondelete="CASCADE"),
+        primary_key=True,
+        comment="The batch.",
+    )
+    log_id: Mapped[str] = mapped_column(Text, primary_key=True, comment="The entry's id in Bland.")
+    event_type: Mapped[str | None] = mapped_column(
+        Text, comment="lifecycle or complete (others kept as sent)."
+    )
+    timestamp: Mapped[datetime | None] = mapped_column(comment="When the event happened (UTC).")
+    payload: Mapped[Any | None] = mapped_column(
+        JsonColumn,
+        comment="The event as sent (JSON): message and state_change, or the call counts.",
+    )
+    synced_at: Mapped[datetime] = _synced_at()
+    sync_run_id: Mapped[int] = _sync_run_id()
+
+
 class QueueStatusCount(Base):
     __tablename__ = "queue_status_counts"
-    __table_args__ = {"comment": "Number of calls of a batch in each queue status (analysis)."}
+    __table_args__ = {
+        "comment": (
+            "Number of calls of a batch in each queue status (v1: analysis; v2: derived from "
+            "the calls)."
+        )
+    }
 
     batch_id: Mapped[str] = mapped_column(
         Text,
@@ -239,7 +346,12 @@ class QueueStatusCount(Base):
 
 class BatchError(Base):
     __tablename__ = "errors"
-    __table_args__ = {"comment": "Error messages of a batch's calls (analysis.error_messages)."}
+    __table_args__ = {
+        "comment": (
+            "Error messages of a batch's calls (v1: analysis.error_messages; v2: one row per "
+            "call with an error_message)."
+        )
+    }
 
     batch_id: Mapped[str] = mapped_column(
         Text,
@@ -315,9 +427,9 @@ class SyncRunBatch(Base):
 
 
 # -- views ------------------------------------------------------------------------------------
-# The analyst views are created by migrations (0002); they are described here, outside the
-# tables' metadata, so the schema documentation covers them and a test can check that the
-# database's views have exactly these columns.
+# The analyst views are created by migrations (0002; 0003 adds api_version); they are
+# described here, outside the tables' metadata, so the schema documentation covers them and a
+# test can check that the database's views have exactly these columns.
 
 VIEWS = MetaData()
 
@@ -351,6 +463,7 @@ Table(
     Column("label", Text, comment="The batch's label."),
     Column("campaign_id", Text, comment="The batch's campaign."),
     Column("status", Text, comment="The batch's status."),
+    Column("api_version", Text, comment="The API the batch came from: 'v1' or 'v2'."),
     Column("created_at", UTCDateTime(), comment="When the batch was created (UTC)."),
     *_outcome_columns(),
     Column("error_messages", Integer, comment="Rows of the batch in errors."),
@@ -373,6 +486,7 @@ Table(
     Column("batch_label", Text, comment="The batch's label."),
     Column("campaign_id", Text, comment="The batch's campaign."),
     Column("batch_status", Text, comment="The batch's status."),
+    Column("api_version", Text, comment="The API the batch came from: 'v1' or 'v2'."),
     Column("batch_created_at", UTCDateTime(), comment="When the batch was created (UTC)."),
     Column("created_at", UTCDateTime(), comment="When the call was created (UTC)."),
     Column("to_number", Text, comment="Phone number called."),

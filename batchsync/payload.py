@@ -11,8 +11,8 @@ A body is decoded by :func:`parse_batch_body` (whole) or :func:`parse_batch_stre
 arrives); both give the same records and the same errors for the same bytes, and both
 store-proof the text on the way: NUL and lone surrogate escapes become U+FFFD.
 
-The records are plain named tuples in table-column order so the store can hand them to
-the database driver without another copy.
+The records (:mod:`batchsync.records`) are plain named tuples in table-column order so the
+store can hand them to the database driver without another copy.
 """
 
 from __future__ import annotations
@@ -29,85 +29,19 @@ import ijson
 import orjson
 
 from batchsync.errors import PayloadError
-
-JsonObject = dict[str, Any]
-
-
-class BatchRecord(NamedTuple):
-    batch_id: str
-    status: str | None
-    label: str | None
-    base_prompt: str | None
-    endpoint_code: str | None
-    campaign_id: str | None
-    created_at: datetime | None
-    call_params: Any
-    extra: JsonObject | None
-
-
-class AnalysisRecord(NamedTuple):
-    total_calls: int | None
-    completed_calls: int | None
-    in_progress_calls: int | None
-    call_length_average: float | None
-    call_length_average_nonzero: float | None
-    call_length_summary: Any
-    endpoints: Any
-
-
-class QueueStatusCountRecord(NamedTuple):
-    batch_id: str
-    queue_status: str
-    # The column is named count; as a field it shadows tuple.count, which nothing here uses.
-    count: int  # type: ignore[assignment]
-
-
-class ErrorRecord(NamedTuple):
-    batch_id: str
-    position: int
-    call_id: str | None
-    error_message: str
-
-
-class CallRecord(NamedTuple):
-    call_id: str
-    batch_id: str
-    created_at: datetime | None
-    to_number: str | None
-    from_number: str | None
-    completed: bool | None
-    call_length: float | None
-    answered_by: str | None
-    status: str | None
-    queue_status: str | None
-    error_message: str | None
-    corrected_duration: int | None
-    end_at: datetime | None
-    endpoint_url: str | None
-    max_duration: float | None
-    request_data: Any
-    extra: JsonObject | None
-
-
-class TranscriptLineRecord(NamedTuple):
-    call_id: str
-    line_id: int
-    batch_id: str
-    created_at: datetime | None
-    speaker: str | None
-    text: str | None
-
-
-class ParsedBatch(NamedTuple):
-    """One batch as records. ``None`` means "not in the response": leave stored rows alone."""
-
-    batch: BatchRecord
-    analysis: AnalysisRecord | None
-    queue_status_counts: list[QueueStatusCountRecord] | None
-    errors: list[ErrorRecord] | None
-    calls: list[CallRecord] | None
-    transcripts: list[TranscriptLineRecord] | None
-
+from batchsync.records import (
+    AnalysisRecord,
+    BatchLogRecord,
+    BatchRecord,
+    BatchSummary,
+    CallRecord,
+    ErrorRecord,
+    JsonObject,
+    ParsedBatch,
+    QueueStatusCountRecord,
+    StoredCalls,
+    TranscriptLineRecord,
+)
 
 # Receives a batch's calls a chunk at a time while its body is parsed: the calls, their
 # transcript lines (None when transcripts were not requested) and the ids of the calls of
@@ -121,15 +55,6 @@ CHUNK_CALLS = 5000
 class CallDataRepeated(Exception):
     """The body holds ``call_data`` twice, the second after calls of the first were handed
     to the sink: the last list counts, so the caller must start over without chunks."""
-
-
-class BatchSummary(NamedTuple):
-    """One entry of the batch list (discovery)."""
-
-    batch_id: str
-    created_at: datetime | None
-    campaign_id: str | None
-    label: str | None
 
 
 _BATCH_PARAM_KEYS = frozenset(
@@ -249,6 +174,48 @@ def parse_batch_body(
     return parse_batch_stream(
         (body,), batch_id=batch_id, transcripts_requested=transcripts_requested
     )
+
+
+def decode_json_body(body: bytes, *, batch_id: str | None, what: str = "(body)") -> Any:
+    """Decode any JSON body by the rules every batch body follows (see above): U+FFFD for
+    unstorable escapes, exact integers, no number beyond floats; PayloadError otherwise.
+
+    For the bodies of other endpoints (the v2 API, the calls API), decoded whole.
+    """
+    fast = body[3:] if body.startswith(_BOM) else body
+    if _MAYBE_UNSTORABLE.search(fast):
+        fast = _UNSTORABLE_ESCAPE.sub(_replacement, fast)
+    if _LONG_DIGIT_RUN not in fast.translate(_DIGITS_AS_ZERO):
+        try:
+            return orjson.loads(fast)
+        except orjson.JSONDecodeError:
+            pass  # the streaming decoder says why
+    digit_runs = _DigitRuns()
+    reader = _ChunkReader(_replace_unstorable(digit_runs.cut(_without_bom((body,)))))
+    events = ijson.basic_parse(reader, use_float=False)
+    try:
+        event, value = next(events)
+        raw = _build(events, event, value, 0)
+        for _ in events:  # the parser refuses anything after the value
+            pass
+        if digit_runs.found:
+            raise _BodyInvalid(_NUMBER_OUT_OF_RANGE)
+        return raw
+    except (ijson.JSONError, StopIteration) as exc:
+        reason = _json_reason(exc) if isinstance(exc, ijson.JSONError) else "empty body"
+        raise PayloadError(
+            f"the response is not valid JSON ({reason})", batch_id=batch_id, field=what
+        ) from None
+    except UnicodeDecodeError:
+        raise PayloadError(
+            "the response is not valid JSON (text that is not UTF-8)",
+            batch_id=batch_id,
+            field=what,
+        ) from None
+    except _BodyInvalid as exc:
+        raise PayloadError(str(exc), batch_id=batch_id, field=what) from None
+    except (InvalidOperation, ValueError):
+        raise PayloadError(_NUMBER_OUT_OF_RANGE, batch_id=batch_id, field=what) from None
 
 
 def _replacement(match: re.Match[bytes]) -> bytes:
@@ -1055,3 +1022,24 @@ def _timestamp(value: Any, key: str) -> datetime | None:
         return parsed.astimezone(UTC)
     except OverflowError:
         raise _Invalid(key, "the timestamp is out of range") from None
+
+
+# The records live in batchsync.records; they stay importable from here.
+__all__ = [
+    "AnalysisRecord",
+    "BatchLogRecord",
+    "BatchRecord",
+    "BatchSummary",
+    "CallRecord",
+    "ErrorRecord",
+    "JsonObject",
+    "ParsedBatch",
+    "QueueStatusCountRecord",
+    "StoredCalls",
+    "TranscriptLineRecord",
+    "decode_json_body",
+    "parse_batch",
+    "parse_batch_body",
+    "parse_batch_list",
+    "parse_batch_stream",
+]

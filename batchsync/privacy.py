@@ -8,9 +8,10 @@ across tables without seeing it, while nobody without the key can test a guessed
 
 With ``hash`` or ``drop`` no number of the payload is stored as sent:
 
-- ``calls.to_number`` / ``calls.from_number``;
-- at any depth of the JSON columns (``request_data``, ``extra`` with ``variables`` and
-  ``metadata``, ``call_params``, the batch's ``extra``): every value under a key that names
+- ``calls.to_number`` / ``calls.from_number`` / ``calls.transferred_to``;
+- at any depth of the JSON columns (``request_data``, ``variables``, ``metadata``,
+  ``analysis``, ``pathway_tags``, ``extra``, ``call_params``, the batch's ``extra``, the
+  ``payload`` of ``batch_logs``): every value under a key that names
   a phone number (:func:`names_a_phone_number`), every value and every key equal to one
   of the call's numbers (for batch-level columns: of the batch's numbers), and the call's
   numbers written inside longer strings;
@@ -81,7 +82,7 @@ TRANSCRIPT_TEXT_KEYS = ("summary", "concatenated_transcript")
 
 # Bump when what a policy stores changes (normalisation, places covered): the tag recorded
 # with each batch changes with it, so the next run rewrites batches stored the old way.
-_SCRUB_VERSION = "v3"
+_SCRUB_VERSION = "v4"  # v4: every field of every record, the call detail columns, batch_logs
 
 
 class PhoneMode(StrEnum):
@@ -303,6 +304,12 @@ def apply_phone_policy(parsed: ParsedBatch, policy: PhonePolicy) -> ParsedBatch:
     counts = None
     if parsed.queue_status_counts is not None:
         counts = _merged_counts(_scrub(c, batch_mask) for c in parsed.queue_status_counts)
+    logs = None
+    if parsed.logs is not None:  # v2 log entries: their messages and payloads
+        logs = [
+            _scrub(entry._replace(payload=batch_mask.json(entry.payload)), batch_mask, _LOG_DONE)
+            for entry in parsed.logs
+        ]
     return parsed._replace(
         batch=batch,
         analysis=analysis,
@@ -310,12 +317,17 @@ def apply_phone_policy(parsed: ParsedBatch, policy: PhonePolicy) -> ParsedBatch:
         calls=calls,
         errors=errors,
         transcripts=transcripts,
+        logs=logs,
     )
 
 
 # Fields already scrubbed by their own rule before the generic pass (see _call, and the
 # batch and error records above), or identifiers handled by _CallIds.
-_CALL_DONE = frozenset({"to_number", "from_number", "error_message", "request_data", "extra"})
+_CALL_DONE = frozenset(
+    {"to_number", "from_number", "error_message", "request_data", "extra", "transferred_to",
+     "summary", "variables", "metadata", "analysis", "pathway_tags"}
+)  # fmt: skip
+_LOG_DONE = frozenset({"payload"})
 _BATCH_DONE = frozenset({"label", "base_prompt", "call_params", "extra"})
 _LINE_DONE = frozenset({"text"})
 _ERROR_DONE = frozenset({"error_message"})
@@ -579,12 +591,21 @@ def _as_text(value: str | float) -> str:
 
 
 def _numbers_of_call(call: CallRecord) -> list[str]:
-    numbers = [n for n in (call.to_number, call.from_number) if n]
-    return (
-        numbers
-        + _numbers_under_phone_keys(call.request_data)
-        + _numbers_under_phone_keys(call.extra)
-    )
+    numbers = [n for n in (call.to_number, call.from_number, call.transferred_to) if n]
+    return [
+        *numbers,
+        *(
+            number
+            for value in (
+                call.request_data,
+                call.extra,
+                call.variables,
+                call.metadata,
+                call.analysis,
+            )
+            for number in _numbers_under_phone_keys(value)
+        ),
+    ]
 
 
 def _call(call: CallRecord, mask: _Mask) -> CallRecord:
@@ -603,6 +624,15 @@ def _call(call: CallRecord, mask: _Mask) -> CallRecord:
         error_message=policy.text(mask.text(call.error_message)),
         request_data=mask.json(call.request_data),
         extra=mask.json(extra),
+        # The call detail's columns (v2 calls, and v1 calls with --call-details).
+        transferred_to=policy.number(call.transferred_to),
+        summary=mask.free_text(call.summary)
+        if policy.redact_transcripts
+        else mask.text(call.summary),
+        variables=mask.json(call.variables),
+        metadata=mask.json(call.metadata),
+        analysis=mask.json(call.analysis),
+        pathway_tags=mask.json(call.pathway_tags),
     )
 
 

@@ -27,6 +27,15 @@ character and lone UTF-16 surrogates, which PostgreSQL cannot store, are stored 
 every text and JSON column (keys included), on both databases alike. Every data table
 carries `synced_at` and `sync_run_id`: when the row's current values were written and by which
 run (see `sync_runs`); an unchanged row keeps them across re-syncs.
+
+Batches of both Bland APIs share these tables; `batches.api_version` says which API a batch came
+from. Bland's v2 API sends no analysis: for v2 batches the counts and averages in `batches`, the
+rows of `queue_status_counts` and those of `errors` are computed from the batch's calls, and the
+status comes from its logs (kept in `batch_logs`). The calls' detail columns (`price` to
+`details_synced_at`) are filled from `GET /v1/calls/{id}`: for v2 calls unless
+`--no-call-details`, for v1 calls with `--call-details` (otherwise they stay NULL). Two v2
+fields are not stored: a batch's `call_objects` (a preview of its calls, which `calls` holds in
+full) and a call's `concatenated_transcript` (the lines of `call_transcripts` joined).
 """
 
 

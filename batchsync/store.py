@@ -36,21 +36,24 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.types import JSON, DateTime
 
-from batchsync.db import json_dumps
+from batchsync.db import json_dumps, reading
 from batchsync.models import (
     Base,
     Batch,
     BatchError,
+    BatchLog,
     Call,
     CallTranscript,
     QueueStatusCount,
 )
 from batchsync.payload import (
     AnalysisRecord,
+    BatchLogRecord,
     CallRecord,
     ErrorRecord,
     ParsedBatch,
     QueueStatusCountRecord,
+    StoredCalls,
     TranscriptLineRecord,
 )
 
@@ -118,6 +121,7 @@ CALLS = _child(Call, CallRecord, ("call_id",))
 TRANSCRIPTS = _child(CallTranscript, TranscriptLineRecord, ("call_id", "line_id"))
 QUEUE_STATUS_COUNTS = _child(QueueStatusCount, QueueStatusCountRecord, ("batch_id", "queue_status"))
 ERRORS = _child(BatchError, ErrorRecord, ("batch_id", "position"))
+BATCH_LOGS = _child(BatchLog, BatchLogRecord, ("batch_id", "log_id"))
 BATCHES: Table = Batch.__table__  # type: ignore[assignment]
 
 
@@ -138,7 +142,7 @@ def lock_batch(connection: Connection, batch_id: str) -> None:
 # same body differently rewrites each batch on its next fetch instead of skipping it as
 # unchanged. Bump it whenever a release stores the same body differently: a new or removed
 # column, a value parsed or normalised otherwise, child rows keyed or assigned otherwise.
-MAPPING_VERSION = 2
+MAPPING_VERSION = 3  # 3: v2 batches, call detail columns, batch_logs
 
 
 class Fingerprint(NamedTuple):
@@ -186,10 +190,14 @@ def stored_batches(connection: Connection) -> dict[str, StoredBatch]:
     """Every stored batch: what its last write was made from, and whether it is complete.
 
     Complete means status 'completed', or, for old responses without a status, no call
-    left in progress.
+    left in progress; a v2 batch is final too once 'completed_partial' or 'failed'.
     """
     c = BATCHES.c
-    complete = or_(c.status == "completed", and_(c.status.is_(None), c.in_progress_calls == 0))
+    complete = or_(
+        c.status == "completed",
+        and_(c.status.is_(None), c.in_progress_calls == 0),
+        and_(c.api_version == "v2", c.status.in_(["completed_partial", "failed"])),
+    )
     rows = connection.execute(
         select(c.batch_id, c.content_sha256, c.fetched_parts, c.phone_numbers, complete)
     )
@@ -199,6 +207,28 @@ def stored_batches(connection: Connection) -> dict[str, StoredBatch]:
         )
         for batch_id, sha, parts, phones, is_complete in rows
     }
+
+
+def stored_calls(engine: Engine, batch_id: str) -> StoredCalls:
+    """The batch's calls and transcript lines as stored, read in a transaction of their own."""
+    calls_table, lines_table = CALLS.table, TRANSCRIPTS.table
+    call_columns = [calls_table.c[name] for name in CallRecord._fields]
+    line_columns = [lines_table.c[name] for name in TranscriptLineRecord._fields]
+    with reading(engine) as connection:
+        calls = {
+            str(row[0]): CallRecord(*row)
+            for row in connection.execute(
+                select(*call_columns).where(calls_table.c.batch_id == batch_id)
+            )
+        }
+        lines: dict[str, list[TranscriptLineRecord]] = {}
+        for row in connection.execute(
+            select(*line_columns)
+            .where(lines_table.c.batch_id == batch_id)
+            .order_by(lines_table.c.call_id, lines_table.c.line_id)
+        ):
+            lines.setdefault(str(row[0]), []).append(TranscriptLineRecord(*row))
+    return StoredCalls(calls, lines)
 
 
 def write_batch(
@@ -271,6 +301,7 @@ class BatchWriter:
         for child, records in (
             (QUEUE_STATUS_COUNTS, parsed.queue_status_counts),
             (ERRORS, parsed.errors),
+            (BATCH_LOGS, parsed.logs),
         ):
             if records is not None:
                 changes[child.name] = rows.upsert(child, records, batch_id)
@@ -728,7 +759,9 @@ def purge_batches(
     if not batch_ids and before is None:
         raise ValueError("purge needs batch ids or a date")
     deleted = {}
-    for table in (TRANSCRIPTS.table, CALLS.table, ERRORS.table, QUEUE_STATUS_COUNTS.table, BATCHES):
+    tables = (TRANSCRIPTS.table, CALLS.table, ERRORS.table, QUEUE_STATUS_COUNTS.table,
+              BATCH_LOGS.table, BATCHES)  # fmt: skip
+    for table in tables:
         result = connection.execute(delete(table).where(table.c.batch_id.in_(chosen)))
         deleted[str(table.name)] = int(result.rowcount)
     return deleted

@@ -133,6 +133,9 @@ class SyncOptions:
     concurrency: int = 1
     phones: PhonePolicy = field(default_factory=PhonePolicy)
     dry_run: bool = False
+    # Recorded with the run; the source built for it applies them (batchsync.bland.auto).
+    api: str = "auto"
+    call_details: bool | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -153,6 +156,8 @@ class SyncOptions:
             "concurrency": self.concurrency,
             "phone_numbers": self.phones.tag,
             "dry_run": self.dry_run,
+            "api": self.api,
+            "call_details": self.call_details,
         }
 
 

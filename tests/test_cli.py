@@ -114,9 +114,9 @@ def test_sync_json_summary_is_machine_readable(server: EmulatorServer, database_
     assert summary["status"] == "succeeded"
     assert summary["batches"]["synced"] == 3
     assert summary["tables"]["calls"]["inserted"] == 18
-    # Two list pages (a short page may be a server's cap: only an empty one ends the list)
-    # and three batches.
-    assert summary["http"]["requests"] == 5
+    # Two v1 list pages (a short page may be a server's cap: only an empty one ends the
+    # list), the v2 list's one empty page (--api auto) and three batches.
+    assert summary["http"]["requests"] == 6
     assert "run_id" in summary
 
 
@@ -512,6 +512,9 @@ class EchoingHandler(http.server.BaseHTTPRequestHandler):
         if path == "/v1/batches":
             status = self.server.list_status
             ok_body = {"batches": [{"batch_id": b} for b in ECHO_BATCHES]}
+        elif path == "/v2/batches/list":  # an account with no v2 batch, or no v2 API
+            status = self.server.list_status
+            ok_body = {"data": [], "errors": None}
         else:
             batch_id = path.rsplit("/", 1)[-1]
             status = self.server.detail_status or int(batch_id.rpartition("-")[2])
@@ -765,7 +768,8 @@ def test_vv_logs_every_http_request_with_its_figures_and_never_the_key(
     assert len(requests) == json.loads(result.stdout)["http"]["requests"]
     for line in requests:
         assert re.fullmatch(
-            r"HTTP GET /v1/batches\S* -> 200, \d+ bytes, \d+ ms", line["message"]
+            r"HTTP GET /v(1/batches|2/batches/list)\S* -> 200, \d+ bytes, \d+ ms",
+            line["message"],
         ), line
         assert line["status"] == 200
     assert any("?" in line["message"] for line in requests)  # the query is kept
@@ -921,7 +925,7 @@ def test_downgrade_dry_run_lists_revisions_and_what_they_drop_and_changes_nothin
     assert "0002" in to_0001.stdout
     assert "drops table or view batch_outcomes" in to_0001.stdout
     assert "drops table or view calls\n" not in to_0001.stdout
-    assert "would undo 2 revisions" in to_base.stdout
+    assert "would undo 3 revisions" in to_base.stdout
     assert "drops table or view calls\n" in to_base.stdout
     assert "drops table or view sync_runs\n" in to_base.stdout
     assert stored_batch_count(database_url) == 3

@@ -27,6 +27,7 @@ from tests.conftest import postgres_admin_url
 KEY = "sk-test-91d0c4e2aa"
 TABLES = {
     "batches",
+    "batch_logs",
     "calls",
     "call_transcripts",
     "queue_status_counts",

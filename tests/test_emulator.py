@@ -337,7 +337,7 @@ def test_unknown_batch_is_404_batch_not_found(client: httpx.Client) -> None:
     assert response.json() == {"status": "error", "message": "Batch not found"}
 
 
-@pytest.mark.parametrize("path", ["/", "/v2/batches/list", "/v1/batches/a/b", "/v1/calls"])
+@pytest.mark.parametrize("path", ["/", "/v2/batches", "/v1/batches/a/b", "/v1/call"])
 def test_unknown_path_is_404(client: httpx.Client, path: str) -> None:
     """Routes the emulator does not serve get 404 in the v1 error envelope."""
     response = client.get(path)

@@ -246,3 +246,50 @@ def test_alembic_command_line_honours_the_schema_variable(postgres_url: str) -> 
         with engine.begin() as connection:
             connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         engine.dispose()
+
+
+def test_0003_round_trip_keeps_v1_rows_and_marks_them_v1(empty_engine: Engine) -> None:
+    """Upgrading a 0002 database with rows to 0003 keeps them and marks the batches v1;
+    downgrading to 0002 drops only the new columns and batch_logs, and the rows stay."""
+    upgrade(empty_engine, "0002")
+    stamp = "2026-01-01 00:00:00+00:00"
+    with empty_engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO batches (batch_id, label, synced_at, sync_run_id) "
+                "VALUES ('old-gen-batch', 'kept', :t, 1)"
+            ),
+            {"t": stamp},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO calls (call_id, batch_id, call_length, synced_at, sync_run_id) "
+                "VALUES ('c1', 'old-gen-batch', 1.5, :t, 1)"
+            ),
+            {"t": stamp},
+        )
+    upgrade(empty_engine)
+    with empty_engine.begin() as connection:
+        row = connection.execute(text("SELECT api_version, label FROM batches")).one()
+        assert tuple(row) == ("v1", "kept")
+        assert connection.execute(text("SELECT price FROM calls")).scalar_one() is None
+        connection.execute(
+            text(
+                "INSERT INTO batch_logs (batch_id, log_id, event_type, synced_at, sync_run_id) "
+                "VALUES ('old-gen-batch', 'l1', 'complete', :t, 1)"
+            ),
+            {"t": stamp},
+        )
+        connection.execute(text("UPDATE calls SET price = 0.5, summary = 's'"))
+
+    downgrade(empty_engine, "0002")
+    assert current_revision(empty_engine) == "0002"
+    assert "batch_logs" not in inspect(empty_engine).get_table_names()
+    assert "price" not in {c["name"] for c in inspect(empty_engine).get_columns("calls")}
+    assert "api_version" not in {c["name"] for c in inspect(empty_engine).get_columns("batches")}
+    with empty_engine.connect() as connection:
+        assert connection.execute(text("SELECT call_length FROM calls")).scalar_one() == 1.5
+        assert connection.execute(text("SELECT count(*) FROM batch_outcomes")).scalar_one() == 1
+
+    upgrade(empty_engine)
+    assert current_revision(empty_engine) == head_revision()

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, text
 
+from batchsync.bland.auto import build_source
 from batchsync.cli import cli
 from batchsync.client import BlandClient
 from batchsync.config import load_api
@@ -40,8 +41,8 @@ def test_readme_query_runs_on_the_demo_database(query: str, tmp_path: Path) -> N
 @pytest.mark.parametrize("query", QUERIES, ids=[q.splitlines()[0] for q in QUERIES])
 def test_readme_query_runs_on_postgres(query: str, engine: Engine) -> None:
     """Each README query runs on the same data in PostgreSQL (and SQLite through SQLAlchemy)."""
-    emulator = Emulator()
+    emulator = Emulator(v2_batches=2)
     with BlandClient(load_api(EMULATOR_URL, emulator.api_key), transport=emulator.transport()) as c:
-        run_sync(engine, c, SyncOptions(discover=True))
+        run_sync(engine, build_source(c), SyncOptions(discover=True))
     with engine.connect() as connection:
         assert connection.execute(text(query)).all()

@@ -77,29 +77,42 @@ batch has finished. Going from revision 1 to 2 therefore also brings back the ca
 removed and drops the one it added.
 
 Batches stored with :meth:`Emulator.put_batch` are served exactly as given, at every revision.
+
+v2. ``Emulator(v2_batches=n)`` also holds n v2 batches, served by the v2 batches API and the
+calls API (``/v2/batches/...``, ``/v1/calls``, ``/v1/calls/{id}``, which answers for v1 calls
+too): see :mod:`batchsync.emulator.v2` for the routes, their fault targets and the quirks.
 """
 
 from __future__ import annotations
 
 import bisect
-import contextlib
-import ipaddress
 import random
-import socket
-import sys
 import threading
 import time
 import urllib.parse
 from collections import Counter, deque
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from socketserver import TCPServer
-from typing import Any, Final, Literal, cast, get_args
+from typing import Any, Final
 
 import httpx
 import orjson
+
+from batchsync.emulator.faults import (
+    FAULT_KINDS,
+    LIST_ORDERS,
+    STATE_FAULT_KINDS,
+    Fault,
+    FaultKind,
+    ListOrder,
+    _ArmedFault,
+    _BadRequest,
+    _Refused,
+    parse_fault,
+)
+from batchsync.emulator.server import EmulatorServer
+from batchsync.emulator.v2 import LIST_TARGET as V2_LIST_TARGET
+from batchsync.emulator.v2 import V2Account, V2Batch, v1_call_detail
 
 __all__ = [
     "FAULT_KINDS",
@@ -110,30 +123,11 @@ __all__ = [
     "Fault",
     "FaultKind",
     "ListOrder",
+    "V2Account",
+    "V2Batch",
     "parse_fault",
 ]
 
-FaultKind = Literal[
-    "rate_limit",
-    "server_error",
-    "slow",
-    "truncated",
-    "invalid_json",
-    "wrong_shape",
-    "not_found",
-    "wrong_encoding",
-    "lone_surrogate",
-    "bad_escape",
-    "huge_number",
-    "api_down",
-    "page_cap",
-    "unsorted",
-]
-ListOrder = Literal["asked", "descending", "shuffled"]
-FAULT_KINDS: Final[tuple[FaultKind, ...]] = get_args(FaultKind)
-LIST_ORDERS: Final[tuple[ListOrder, ...]] = get_args(ListOrder)
-# Kinds that set a lasting state of the emulator rather than spoil some answers.
-STATE_FAULT_KINDS: Final[frozenset[FaultKind]] = frozenset({"api_down", "page_cap", "unsorted"})
 # Faults that change the body of a normal answer rather than replace the answer.
 _BODY_FAULTS: Final = frozenset({"truncated", "wrong_encoding", "lone_surrogate", "bad_escape",
                                  "huge_number"})  # fmt: skip
@@ -207,152 +201,6 @@ _USER_LINES: Final = (
 
 
 @dataclass(frozen=True)
-class Fault:
-    """One injected failure for requests to one batch (or to the list endpoint)."""
-
-    kind: FaultKind
-    times: int = 1
-    status: int = 503
-    retry_after: str | None = None
-    delay: float = 0.0
-    after: int = 0  # api_down: batch details served before the API dies
-    size: int = 1  # page_cap: batches per page at most
-    order: ListOrder = "descending"  # unsorted: the order the list comes in
-
-    def __post_init__(self) -> None:
-        if self.kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {self.kind!r}; expected one of {FAULT_KINDS}")
-        if self.times != -1 and self.times < 1:
-            raise ValueError(f"times must be a positive count or -1 (forever), not {self.times}")
-        if not 500 <= self.status <= 599:
-            raise ValueError(f"status must be a 5xx code, not {self.status}")
-        if not 0.0 <= self.delay < float("inf"):
-            raise ValueError(f"delay must be a non-negative number of seconds, not {self.delay}")
-        if self.retry_after is not None and not self.retry_after.strip():
-            raise ValueError("retry_after must be None or a non-empty header value")
-        if self.after < 0:
-            raise ValueError(f"after must not be negative, not {self.after}")
-        if self.size < 1:
-            raise ValueError(f"size must be at least 1, not {self.size}")
-        if self.order not in LIST_ORDERS:
-            raise ValueError(f"order must be one of {LIST_ORDERS}, not {self.order!r}")
-
-
-_FAULT_KEYS: Final[dict[str, str | None]] = {
-    "times": None,
-    "status": "server_error",
-    "retry_after": "rate_limit",
-    "delay": "slow",
-    "after": "api_down",
-    "size": "page_cap",
-    "order": "unsorted",
-}
-
-
-def parse_fault(spec: str) -> tuple[str, Fault]:
-    """Parse 'TARGET:KIND[xN][:key=value...]', e.g. 'b-123:rate_limit x3:retry_after=1'.
-
-    TARGET is a batch id, ``*`` (every batch) or ``*list*`` (the list endpoint). Keys are
-    ``times``, ``status`` (server_error), ``retry_after`` (rate_limit; an HTTP date may contain
-    colons), ``delay`` (slow), ``after`` (api_down), ``size`` (page_cap) and ``order``
-    (unsorted). Raise ValueError on a bad spec.
-    """
-    target, _, rest = spec.partition(":")
-    target = target.strip()
-    if not target or not rest.strip():
-        raise ValueError(f"bad fault spec {spec!r}: expected TARGET:KIND[xN][:key=value...]")
-    kind_part, *option_parts = rest.split(":")
-    kind, times = _parse_fault_kind(kind_part.strip(), spec)
-
-    options: dict[str, str] = {}
-    key = ""
-    for part in option_parts:
-        name, sep, value = part.partition("=")
-        if sep:
-            key = name.strip()
-            if key not in _FAULT_KEYS:
-                raise ValueError(f"bad fault spec {spec!r}: unknown key {key!r}")
-            if key in options:
-                raise ValueError(f"bad fault spec {spec!r}: {key} given twice")
-            options[key] = value.strip()
-        elif key == "retry_after":
-            # An HTTP date ("Wed, 21 Oct 2015 07:28:00 GMT") was split at its colons.
-            options[key] += ":" + part
-        else:
-            raise ValueError(f"bad fault spec {spec!r}: expected key=value, got {part!r}")
-
-    for name in options:
-        applies_to = _FAULT_KEYS[name]
-        if applies_to is not None and applies_to != kind:
-            raise ValueError(f"bad fault spec {spec!r}: {name} only applies to {applies_to}")
-    if "times" in options:
-        if times is not None:
-            raise ValueError(f"bad fault spec {spec!r}: count given both as xN and times=")
-        times = _parse_int(options["times"], "times", spec)
-    try:
-        fault = Fault(
-            kind=kind,
-            times=1 if times is None else times,
-            status=_parse_int(options.get("status", "503"), "status", spec),
-            retry_after=options.get("retry_after") or None,
-            delay=_parse_float(options.get("delay", "0"), "delay", spec),
-            after=_parse_int(options.get("after", "0"), "after", spec),
-            size=_parse_int(options.get("size", "1"), "size", spec),
-            order=cast(ListOrder, options.get("order", "descending")),
-        )
-    except ValueError as exc:
-        raise ValueError(f"bad fault spec {spec!r}: {exc}") from None
-    return target, fault
-
-
-def _parse_fault_kind(text: str, spec: str) -> tuple[FaultKind, int | None]:
-    """Split 'rate_limit', 'rate_limitx3' or 'rate_limit x3' into the kind and its count."""
-    for kind in FAULT_KINDS:
-        if not text.startswith(kind):
-            continue
-        suffix = text[len(kind) :].strip()
-        if not suffix:
-            return kind, None
-        if suffix.startswith("x"):
-            return kind, _parse_int(suffix[1:].strip(), "count", spec)
-    raise ValueError(
-        f"bad fault spec {spec!r}: unknown fault kind {text!r}; expected one of {FAULT_KINDS}"
-    )
-
-
-def _parse_int(text: str, name: str, spec: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(
-            f"bad fault spec {spec!r}: {name} must be an integer, not {text!r}"
-        ) from None
-
-
-def _parse_float(text: str, name: str, spec: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(
-            f"bad fault spec {spec!r}: {name} must be a number, not {text!r}"
-        ) from None
-
-
-class _BadRequest(Exception):
-    """A query parameter the real API would answer with 400."""
-
-
-class _Refused(Exception):
-    """The emulated API is down: the request gets no answer at all."""
-
-
-@dataclass
-class _ArmedFault:
-    fault: Fault
-    remaining: int  # -1: never spent
-
-
-@dataclass(frozen=True)
 class _BatchMeta:
     """What a generated batch is before its calls: enough for the list endpoint."""
 
@@ -381,6 +229,8 @@ class Emulator:
         changed_fraction: float = 0.1,
         page_cap: int | None = None,
         list_order: ListOrder = "asked",
+        v2_batches: int = 0,
+        v2_calls_per_batch: int = 5,
     ) -> None:
         if batches < 0 or calls_per_batch < 0 or revision < 0:
             raise ValueError("batches, calls_per_batch and revision must not be negative")
@@ -415,6 +265,8 @@ class Emulator:
             meta = self._meta(index)
             self._generated.append((meta.created, meta.batch_id))
         self._index_of = {batch_id: i for i, (_, batch_id) in enumerate(self._generated)}
+        # The account's v2 batches and their calls (see batchsync.emulator.v2).
+        self.v2 = V2Account(seed=seed, batches=v2_batches, calls_per_batch=v2_calls_per_batch)
 
     def __repr__(self) -> str:
         return (
@@ -525,6 +377,9 @@ class Emulator:
         # The raw path, so that an id holding an encoded '/' (or '?', '#', '%') stays whole.
         path = request.url.raw_path.split(b"?", 1)[0].decode("ascii").rstrip("/")
         prefix = "/v1/batches"
+        v2_targets = self.v2.targets(path, request.url.params)
+        if v2_targets is not None:
+            return self._handle_v2(path, request.url.params, v2_targets)
         if path == prefix:
             batch_id = None
             targets: tuple[str, ...] = (self.LIST_TARGET,)
@@ -556,6 +411,36 @@ class Emulator:
         if fault is not None and fault.kind in _BODY_FAULTS and response.status_code == 200:
             return _spoiled(response, fault)
         return response
+
+    def _handle_v2(
+        self, path: str, params: httpx.QueryParams, targets: tuple[str, ...]
+    ) -> httpx.Response:
+        fault = self._take_fault(targets)
+        is_list = targets[0] == V2_LIST_TARGET
+        if fault is not None and fault.kind not in _BODY_FAULTS:
+            if fault.kind == "slow":
+                time.sleep(fault.delay)
+            else:
+                return _fault_response(fault, is_list=is_list)
+        response = self.v2.route(path, params)
+        if response.status_code == 404 and path.startswith("/v1/calls/"):
+            response = self._v1_call_detail(urllib.parse.unquote(path[len("/v1/calls/") :]))
+        if "*v2*" in targets and response.status_code == 200:
+            with self._lock:
+                self._details_served += 1
+        if fault is not None and fault.kind in _BODY_FAULTS and response.status_code == 200:
+            return _spoiled(response, fault)
+        return response
+
+    def _v1_call_detail(self, call_id: str) -> httpx.Response:
+        """The calls API's detail of a v1 batch's call: the call as the batch gives it,
+        with the detail fields (price, summary, ...) that only this endpoint sends."""
+        for batch_id in self.batch_ids():
+            raw = self.raw_batch(batch_id)
+            for call in raw.get("call_data") or ():
+                if isinstance(call, dict) and (call.get("call_id") or call.get("c_id")) == call_id:
+                    return _json_response(200, v1_call_detail(call, batch_id))
+        return _json_response(404, _error("Call not found"))
 
     def transport(self) -> httpx.MockTransport:
         """Mount the emulator in-process, for httpx.Client or httpx.AsyncClient."""
@@ -1021,157 +906,3 @@ def _bool_param(params: httpx.QueryParams, name: str, *, default: bool) -> bool:
     if text.lower() in ("false", "0"):
         return False
     raise _BadRequest(f"{name} must be true or false, got {text!r}")
-
-
-# -- the HTTP server ------------------------------------------------------------------------
-
-
-def _loopback(host: str) -> tuple[str, socket.AddressFamily]:
-    """Return the address to bind for a loopback host; ValueError for anything else."""
-    if host == "localhost":
-        return "127.0.0.1", socket.AF_INET
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        address = None
-    if address is None or not address.is_loopback:
-        raise ValueError(
-            f"refusing to serve the emulator on {host!r}: only loopback addresses "
-            "(127.0.0.0/8, ::1, localhost) are allowed"
-        )
-    return str(address), socket.AF_INET6 if address.version == 6 else socket.AF_INET
-
-
-class _Server(ThreadingHTTPServer):
-    block_on_close = False  # close() must not wait out a handler asleep in a slow fault
-
-    def __init__(
-        self, address: tuple[str, int], family: socket.AddressFamily, emulator: Emulator
-    ) -> None:
-        self.address_family = family
-        self.emulator = emulator
-        self.base_url = ""
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves our own name (getfqdn), which can stall offline.
-        TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        """Hang up on kept-alive clients, so a closed server answers nobody."""
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):  # the client may have hung up first
-                connection.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return  # a client that went away mid-answer is no error of ours
-        super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Relay each HTTP request to Emulator.handle and write its answer back."""
-
-    protocol_version = "HTTP/1.1"  # keep-alive; every answer carries Content-Length
-    disable_nagle_algorithm = True  # headers and body go out as two writes
-
-    def _relay(self) -> None:
-        server = cast(_Server, self.server)
-        length = int(self.headers.get("content-length") or 0)
-        body = self.rfile.read(length) if length else b""
-        if not self.path.startswith("/"):
-            self.send_error(400, "Bad request target")
-            return
-        request = httpx.Request(
-            self.command,
-            server.base_url + self.path,
-            headers=list(self.headers.items()),
-            content=body,
-        )
-        try:
-            response = server.emulator.handle(request)
-        except _Refused:
-            self.close_connection = True  # hang up without an answer
-            return
-        # The bytes as they go on the wire: a wrong_encoding body must not be decoded here.
-        content = b"".join(cast(Iterable[bytes], response.stream))
-        self.send_response(response.status_code)
-        for name, value in response.headers.multi_items():
-            if name.lower() not in ("content-length", "transfer-encoding", "connection"):
-                self.send_header(name, value)
-        self.send_header("Content-Length", str(len(content)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(content)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _relay
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Stay quiet: a benchmark makes thousands of requests."""
-
-
-class EmulatorServer:
-    """An Emulator served over HTTP on a loopback port, in a daemon thread; a context manager."""
-
-    def __init__(self, emulator: Emulator, host: str = "127.0.0.1", port: int = 0) -> None:
-        bind_host, family = _loopback(host)
-        self._server = _Server((bind_host, port), family, emulator)
-        bound_port = self._server.server_address[1]
-        url_host = f"[{bind_host}]" if family == socket.AF_INET6 else bind_host
-        self.url = f"http://{url_host}:{bound_port}"
-        self._server.base_url = self.url
-        self._close_lock = threading.Lock()
-        self._closed = False
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"bland-emulator-{bound_port}",
-            daemon=True,
-        )
-        self._thread.start()
-
-    def __repr__(self) -> str:
-        return f"EmulatorServer(url={self.url!r})"
-
-    def close(self) -> None:
-        """Stop serving, drop open connections and free the port; safe to call twice."""
-        with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._server.shutdown()
-        self._server.close_connections()
-        self._server.server_close()
-        self._thread.join()
-
-    def serve_forever(self) -> None:
-        """Block until close() is called elsewhere or KeyboardInterrupt arrives, then close."""
-        try:
-            while self._thread.is_alive():
-                self._thread.join(0.2)
-        except KeyboardInterrupt:
-            pass  # Ctrl-C is how a person stops `batchsync emulator serve`
-        finally:
-            self.close()
-
-    def __enter__(self) -> EmulatorServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -1,0 +1,136 @@
+"""The typed records: the one contract between the sources of batches and the store.
+
+Every source (the v1 batches API, the v2 batches and calls API) parses its payloads into
+these records; :mod:`batchsync.store` writes them. They are plain named tuples in
+table-column order, so the store can hand them to the database driver without another copy.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, NamedTuple
+
+JsonObject = dict[str, Any]
+
+
+class BatchRecord(NamedTuple):
+    batch_id: str
+    status: str | None
+    label: str | None
+    base_prompt: str | None
+    endpoint_code: str | None
+    campaign_id: str | None
+    created_at: datetime | None
+    call_params: Any
+    extra: JsonObject | None
+    # The API the batch came from; the v2 fields are NULL for v1 batches.
+    api_version: str = "v1"
+    org_id: str | None = None
+    calls_successful: int | None = None
+    calls_failed: int | None = None
+
+
+class AnalysisRecord(NamedTuple):
+    total_calls: int | None
+    completed_calls: int | None
+    in_progress_calls: int | None
+    call_length_average: float | None
+    call_length_average_nonzero: float | None
+    call_length_summary: Any
+    endpoints: Any
+
+
+class QueueStatusCountRecord(NamedTuple):
+    batch_id: str
+    queue_status: str
+    # The column is named count; as a field it shadows tuple.count, which nothing here uses.
+    count: int  # type: ignore[assignment]
+
+
+class ErrorRecord(NamedTuple):
+    batch_id: str
+    position: int
+    call_id: str | None
+    error_message: str
+
+
+class CallRecord(NamedTuple):
+    call_id: str
+    batch_id: str
+    created_at: datetime | None
+    to_number: str | None
+    from_number: str | None
+    completed: bool | None
+    call_length: float | None
+    answered_by: str | None
+    status: str | None
+    queue_status: str | None
+    error_message: str | None
+    corrected_duration: int | None
+    end_at: datetime | None
+    endpoint_url: str | None
+    max_duration: float | None
+    request_data: Any
+    extra: JsonObject | None
+    # Per-call detail (GET /v1/calls/{id}); None until the detail is fetched.
+    price: float | None = None
+    summary: str | None = None
+    recording_url: str | None = None
+    started_at: datetime | None = None
+    inbound: bool | None = None
+    call_ended_by: str | None = None
+    pathway_id: str | None = None
+    disposition_tag: str | None = None
+    transferred_to: str | None = None
+    variables: Any = None
+    metadata: Any = None
+    pathway_tags: Any = None
+    analysis: Any = None
+    details_synced_at: datetime | None = None
+
+
+class BatchLogRecord(NamedTuple):
+    """One entry of a v2 batch's logs."""
+
+    batch_id: str
+    log_id: str
+    event_type: str | None
+    timestamp: datetime | None
+    payload: Any
+
+
+class TranscriptLineRecord(NamedTuple):
+    call_id: str
+    line_id: int
+    batch_id: str
+    created_at: datetime | None
+    speaker: str | None
+    text: str | None
+
+
+class ParsedBatch(NamedTuple):
+    """One batch as records. ``None`` means "not in the response": leave stored rows alone."""
+
+    batch: BatchRecord
+    analysis: AnalysisRecord | None
+    queue_status_counts: list[QueueStatusCountRecord] | None
+    errors: list[ErrorRecord] | None
+    calls: list[CallRecord] | None
+    transcripts: list[TranscriptLineRecord] | None
+    logs: list[BatchLogRecord] | None = None  # v2 batches only
+
+
+class StoredCalls(NamedTuple):
+    """A batch's stored calls and their transcript lines, as the records they were written from."""
+
+    calls: dict[str, CallRecord]
+    lines: dict[str, list[TranscriptLineRecord]]
+
+
+class BatchSummary(NamedTuple):
+    """One entry of the batch list (discovery)."""
+
+    batch_id: str
+    created_at: datetime | None
+    campaign_id: str | None
+    label: str | None

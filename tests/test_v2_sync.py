@@ -1,0 +1,474 @@
+"""Syncing an account with v1 and v2 batches into the same tables, on SQLite and PostgreSQL:
+what lands, idempotence, convergence, incremental skips, faults and request counts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import Engine, select, text
+
+from batchsync.bland.auto import build_source
+from batchsync.cli import cli
+from batchsync.client import BlandClient, RetryPolicy
+from batchsync.config import load_api
+from batchsync.emulator import Emulator, parse_fault
+from batchsync.models import Base
+from batchsync.store import purge, stored_calls
+from batchsync.sync import RunResult, SyncOptions, run_sync
+from tests.conftest import EMULATOR_URL
+
+BOOKKEEPING = {"synced_at", "sync_run_id", "details_synced_at"}
+LEDGER = {"sync_runs", "sync_run_batches"}
+
+
+@pytest.fixture
+def account() -> Emulator:
+    return Emulator(seed=5, batches=3, calls_per_batch=4, v2_batches=3, v2_calls_per_batch=6)
+
+
+@pytest.fixture
+def client(account: Emulator, sleeps: list[float]) -> Iterator[BlandClient]:
+    api = load_api(EMULATOR_URL, account.api_key)
+    with BlandClient(
+        api, transport=account.transport(), retry=RetryPolicy(attempts=3), sleep=sleeps.append
+    ) as client:
+        yield client
+
+
+def sync(engine: Engine, client: BlandClient, **options: Any) -> RunResult:
+    api = options.pop("api", "auto")
+    details = options.pop("call_details", None)
+    # As the CLI builds it under --phone-numbers keep.
+    source = build_source(
+        client,
+        api,
+        details,
+        stored_calls=partial(stored_calls, engine),
+        refresh=bool(options.get("refresh")),
+    )
+    options.setdefault("concurrency", 2)
+    return run_sync(engine, source, SyncOptions(discover=True, **options))
+
+
+def dump(engine: Engine, *, bookkeeping: bool = True) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every data table, in key order (without the write stamps if asked)."""
+    rows = {}
+    with engine.connect() as connection:
+        for table in Base.metadata.sorted_tables:
+            if table.name in LEDGER:
+                continue
+            columns = [c for c in table.columns if bookkeeping or c.name not in BOOKKEEPING]
+            query = select(*columns).order_by(*table.primary_key.columns)
+            rows[table.name] = [tuple(row) for row in connection.execute(query)]
+    return rows
+
+
+def paths(account: Emulator) -> list[str]:
+    return [str(request.url) for request in account.requests]
+
+
+def test_mixed_account_in_auto_stores_both_kinds_in_the_same_tables(
+    engine: Engine, client: BlandClient, account: Emulator
+) -> None:
+    """auto syncs every v1 and v2 batch; v2 rows carry their logs, calls, details, counts."""
+    result = sync(engine, client)
+    assert result.count("synced") == 6
+    assert not result.failed
+    with engine.connect() as connection:
+        versions = dict(
+            connection.execute(
+                text("select api_version, count(*) from batches group by api_version")
+            ).all()
+        )
+        assert versions == {"v1": 3, "v2": 3}
+        newest = list(account.v2.batches.values())[-1]
+        row = connection.execute(
+            text(
+                "select status, total_calls, in_progress_calls, org_id, calls_successful "
+                "from batches where batch_id = :b"
+            ),
+            {"b": newest.batch_id},
+        ).one()
+        assert row == ("in_progress", 6, 1, newest.batch["user_id"], None)
+        first = next(iter(account.v2.batches.values()))
+        row = connection.execute(
+            text(
+                "select status, label, calls_successful, calls_failed from batches "
+                "where batch_id = :b"
+            ),
+            {"b": first.batch_id},
+        ).one()
+        assert row == ("completed", "Untitled Batch", 5, 1)
+        v2_calls = connection.execute(
+            text(
+                "select count(*), count(price), count(details_synced_at) from calls c "
+                "join batches b using (batch_id) where b.api_version = 'v2'"
+            )
+        ).one()
+        assert v2_calls[0] == 18
+        assert v2_calls[2] == 18  # every v2 call has its detail
+        logs = connection.execute(text("select count(*) from batch_logs")).scalar_one()
+        assert logs == 2 * 3 + 2  # two lifecycle entries each, a complete entry in two
+        v1_detail = connection.execute(
+            text(
+                "select count(*) from calls c join batches b using (batch_id) "
+                "where b.api_version = 'v1' and c.details_synced_at is not null"
+            )
+        ).scalar_one()
+        assert v1_detail == 0
+        lines = connection.execute(
+            text(
+                "select count(*) from call_transcripts t join batches b using (batch_id) "
+                "where b.api_version = 'v2'"
+            )
+        ).scalar_one()
+        assert lines > 0
+
+
+def test_resync_of_an_unchanged_account_changes_no_row_and_asks_nothing_of_final_v2_batches(
+    engine: Engine, client: BlandClient, account: Emulator
+) -> None:
+    """A second run leaves every row as it was (stamps included) and makes no request for a
+    stored final v2 batch; only the unfinished one is fetched again, and found unchanged."""
+    sync(engine, client)
+    before = dump(engine)
+    account.requests.clear()
+    result = sync(engine, client)
+    assert dump(engine) == before
+    final = list(account.v2.batches)[:-1]
+    asked = paths(account)
+    assert not [url for url in asked for batch_id in final if batch_id in url]
+    assert result.count("synced") == 0
+    unfinished = list(account.v2.batches)[-1]
+    assert any(o.batch_id == unfinished and o.status == "unchanged" for o in result.outcomes)
+
+
+def test_changed_api_converges_to_what_a_fresh_sync_stores(
+    engine: Engine, client: BlandClient, account: Emulator
+) -> None:
+    """A call vanishes, the batch moves from in_progress to completed and a call's detail
+    changes: the re-sync stores exactly what a sync from scratch stores."""
+    sync(engine, client)
+    newest = list(account.v2.batches.values())[-1]
+    vanished = newest.calls.pop(0)
+    newest.calls[-1]["summary"] = "The user asked to be called back."  # was queued
+    newest.complete()
+    sync(engine, client)
+    converged = dump(engine, bookkeeping=False)
+    with engine.connect() as connection:
+        status = connection.execute(
+            text("select status from batches where batch_id = :b"), {"b": newest.batch_id}
+        ).scalar_one()
+        gone = connection.execute(
+            text("select count(*) from calls where call_id = :c"), {"c": vanished["call_id"]}
+        ).scalar_one()
+    assert status == "completed"
+    assert gone == 0
+
+    purge(engine, before=datetime(2100, 1, 1, tzinfo=UTC))
+    sync(engine, client)
+    assert dump(engine, bookkeeping=False) == converged
+
+
+def test_refresh_rewrites_nothing_when_nothing_changed(engine: Engine, client: BlandClient) -> None:
+    """--refresh fetches every batch again and leaves the values as they were."""
+    sync(engine, client)
+    before = dump(engine, bookkeeping=False)
+    result = sync(engine, client, refresh=True)
+    assert result.count("synced") == 6
+    assert dump(engine, bookkeeping=False) == before
+
+
+def test_call_detail_not_found_fails_only_its_batch_and_writes_none_of_it(
+    engine: Engine, client: BlandClient, account: Emulator
+) -> None:
+    """A failed call-detail request fails the batch whole; the others are synced."""
+    target = list(account.v2.batches.values())[1]
+    account.inject(*parse_fault(f"{target.calls[2]['call_id']}:not_found"))
+    result = sync(engine, client)
+    assert [o.batch_id for o in result.failed] == [target.batch_id]
+    assert target.calls[2]["call_id"] in (result.failed[0].error or "")
+    assert result.count("synced") == 5
+    with engine.connect() as connection:
+        for table in ("batches", "calls", "batch_logs", "errors"):
+            count = connection.execute(
+                text(f"select count(*) from {table} where batch_id = :b"),
+                {"b": target.batch_id},
+            ).scalar_one()
+            assert count == 0, table
+
+
+@pytest.mark.parametrize("target", ["*v2*", "*logs*", "*calls*", "*call*"])
+def test_a_fault_on_each_new_endpoint_after_retries_fails_only_that_batch(
+    engine: Engine, client: BlandClient, account: Emulator, target: str
+) -> None:
+    """A 503 that outlasts the retries on any v2 endpoint fails one batch; the run goes on."""
+    if target == "*call*":  # details are fetched concurrently: aim at one call
+        target = next(iter(account.v2.batches.values())).calls[0]["call_id"]
+    account.inject(*parse_fault(f"{target}:server_error x3"))
+    result = sync(engine, client, concurrency=1)
+    assert len(result.failed) == 1
+    assert "gave up after 3 attempts" in (result.failed[0].error or "")
+    assert result.count("synced") == 5
+
+
+def test_calls_list_shorter_than_total_count_fails_the_batch_and_keeps_stored_rows(
+    engine: Engine, client: BlandClient, account: Emulator
+) -> None:
+    """A short calls list on re-sync fails the batch; its stored calls stay as they were."""
+    sync(engine, client)
+    before = dump(engine)
+    newest = list(account.v2.batches.values())[-1]
+    newest.hidden_calls = 2
+    result = sync(engine, client)
+    assert [o.batch_id for o in result.failed] == [newest.batch_id]
+    assert "total_count" in (result.failed[0].error or "")
+    assert dump(engine) == before
+
+
+def test_no_call_details_stores_list_fields_only_with_one_request_per_page(
+    engine: Engine, client: BlandClient, account: Emulator
+) -> None:
+    """--no-call-details: no detail request; v2 calls have no price and no transcript."""
+    sync(engine, client, call_details=False)
+    assert not [url for url in paths(account) if "/v1/calls/" in url]
+    with engine.connect() as connection:
+        priced = connection.execute(
+            text("select count(*) from calls where price is not null")
+        ).scalar_one()
+        tagged = connection.execute(
+            text("select count(*) from calls where pathway_tags is not null")
+        ).scalar_one()
+    assert priced == 0
+    assert tagged == 18  # the list entries carry pathway_tags in practice
+
+
+@pytest.mark.parametrize("api", ["v1", "v2"])
+def test_api_choice_syncs_only_that_apis_batches(
+    engine: Engine, client: BlandClient, api: str
+) -> None:
+    """--api v1 / v2 syncs only that API's batches."""
+    sync(engine, client, api=api)
+    with engine.connect() as connection:
+        versions = connection.execute(text("select distinct api_version from batches")).all()
+    assert versions == [(api,)]
+
+
+def test_v2_batch_named_on_the_command_line_is_synced(
+    engine: Engine, client: BlandClient, account: Emulator
+) -> None:
+    """A named UUID is fetched from v2; a named v1 id (UUID-shaped here) falls back to v1."""
+    v2_id = next(iter(account.v2.batches))
+    v1_id = account.batch_ids()[0]
+    source = build_source(client)
+    result = run_sync(engine, source, SyncOptions(batch_ids=(v2_id, v1_id)))
+    assert result.count("synced") == 2
+    with engine.connect() as connection:
+        rows = dict(connection.execute(text("select batch_id, api_version from batches")).all())
+    assert rows == {v2_id: "v2", v1_id: "v1"}
+
+
+def test_phone_policy_drop_covers_v2_calls_and_errors(engine: Engine, client: BlandClient) -> None:
+    """--phone-numbers drop leaves no v2 number in the call columns or error messages."""
+    from batchsync.privacy import PhoneMode, PhonePolicy
+
+    sync(engine, client, phones=PhonePolicy(PhoneMode.DROP))
+    with engine.connect() as connection:
+        numbers = connection.execute(
+            text(
+                "select count(*) from calls where to_number is not null or from_number is not null"
+            )
+        ).scalar_one()
+        messages = [m for (m,) in connection.execute(text("select error_message from errors"))]
+    assert numbers == 0
+    assert messages
+    assert not any("+1555" in m for m in messages)
+
+
+def test_cli_sync_with_api_v2_and_no_call_details(database_url: str, account: Emulator) -> None:
+    """`sync --all --api v2 --no-call-details` over HTTP syncs the v2 batches from the lists."""
+    with account.serve() as server:
+        env = {
+            "BLAND_BASE_URL": server.url,
+            "BLAND_API_KEY": account.api_key,
+            "BATCHSYNC_DATABASE_URL": database_url,
+        }
+        result = CliRunner().invoke(
+            cli,
+            ["sync", "--all", "--migrate", "--json", "--api", "v2", "--no-call-details"],
+            env=env,
+            catch_exceptions=False,
+        )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["batches"]["synced"] == 3
+    # the v2 list (a page, then an empty one), and per batch: itself, two log pages, one
+    # calls page
+    assert summary["http"]["requests"] == 2 + 3 * 4
+    shown = CliRunner().invoke(
+        cli, ["runs", "show", "1", "--json"], env=env, catch_exceptions=False
+    )
+    options = json.loads(shown.stdout)["options"]
+    assert (options["api"], options["call_details"]) == ("v2", False)  # recorded with the run
+
+
+def test_sync_help_shows_api_and_call_details_with_their_variables() -> None:
+    """--api and --call-details are in --help with their environment variables."""
+    result = CliRunner().invoke(cli, ["sync", "--help"], terminal_width=200)
+    assert "--api [auto|v1|v2]" in result.output
+    assert "BATCHSYNC_API" in result.output
+    assert "--call-details / --no-call-details" in result.output
+    assert "BATCHSYNC_CALL_DETAILS" in result.output
+
+
+def test_resync_fetches_details_only_of_unfinished_and_changed_calls(
+    engine: Engine, client: BlandClient, account: Emulator
+) -> None:
+    """Incremental details: a final call listed as before keeps its stored detail; a queued
+    call and a call whose list entry changed are fetched again."""
+    sync(engine, client)
+    newest = list(account.v2.batches.values())[-1]
+    queued = [c["call_id"] for c in newest.calls if c["queue_status"] == "queued"]
+    changed = newest.calls[0]
+    changed["answered_by"] = "voicemail"
+    changed["summary"] = "Left a voicemail."
+    account.requests.clear()
+    sync(engine, client)
+    fetched = {url.rsplit("/", 1)[-1] for url in paths(account) if "/v1/calls/" in url}
+    assert fetched == {*queued, changed["call_id"]}
+    with engine.connect() as connection:
+        summary = connection.execute(
+            text("select summary from calls where call_id = :c"), {"c": changed["call_id"]}
+        ).scalar_one()
+        kept_lines = connection.execute(
+            text("select count(*) from call_transcripts where call_id = :c"),
+            {"c": newest.calls[1]["call_id"]},
+        ).scalar_one()
+    assert summary == "Left a voicemail."
+    assert kept_lines == 2  # a kept call keeps its transcript
+
+
+def test_refresh_fetches_every_detail_again(
+    engine: Engine, client: BlandClient, account: Emulator
+) -> None:
+    """--refresh fetches the detail of every call of every batch."""
+    sync(engine, client)
+    account.requests.clear()
+    sync(engine, client, refresh=True)
+    fetched = [url for url in paths(account) if "/v1/calls/" in url]
+    assert len(fetched) == 18
+
+
+def test_call_details_for_v1_batches_fill_the_detail_columns_and_keep_transcripts(
+    engine: Engine, client: BlandClient, account: Emulator
+) -> None:
+    """--call-details: v1 calls get price, summary and the other detail columns from
+    GET /v1/calls/{id}; their transcript lines are those of the batch response."""
+    sync(engine, client, api="v1")
+    lines_before = dump(engine)["call_transcripts"]
+    account.requests.clear()
+    result = sync(engine, client, api="v1", call_details=True, refresh=True)
+    assert not result.failed
+    assert len([url for url in paths(account) if "/v1/calls/" in url]) == 12
+    with engine.connect() as connection:
+        filled = connection.execute(
+            text(
+                "select count(*) from calls where summary is not null "
+                "and details_synced_at is not null and call_ended_by is not null"
+            )
+        ).scalar_one()
+    assert filled == 12
+    assert dump(engine)["call_transcripts"] == lines_before
+
+
+def test_call_details_for_v1_resync_of_unchanged_batches_changes_no_row(
+    engine: Engine, client: BlandClient
+) -> None:
+    """With --call-details a second run over unchanged v1 batches rewrites nothing."""
+    sync(engine, client, api="v1", call_details=True)
+    before = dump(engine)
+    result = sync(engine, client, api="v1", call_details=True)
+    assert result.count("synced") == 0
+    assert dump(engine) == before
+
+
+def test_v1_call_detail_failing_fails_its_batch_only(
+    engine: Engine, client: BlandClient, account: Emulator
+) -> None:
+    """With --call-details, a v1 call's detail that stays a 503 fails its batch only."""
+    batch_id = account.batch_ids()[0]
+    call = account.raw_batch(batch_id)["call_data"][0]
+    account.inject(*parse_fault(f"{call.get('call_id') or call['c_id']}:server_error x3"))
+    result = sync(engine, client, api="v1", call_details=True)
+    assert [o.batch_id for o in result.failed] == [batch_id]
+    assert result.count("synced") == 2
+
+
+@pytest.mark.parametrize("redact", [False, True], ids=["as-said", "redact-transcripts"])
+@pytest.mark.parametrize("mode", ["hash", "drop"])
+def test_no_number_of_a_v2_batch_is_stored_in_clear_under_hash_or_drop(
+    database_url: str, engine: Engine, client: BlandClient, account: Emulator, mode: str,
+    redact: bool,
+) -> None:  # fmt: skip
+    """The phone policy covers the v2 columns and tables: detail columns, JSON at any
+    depth, summaries, transcripts and log payloads hold no number in clear."""
+    from batchsync.config import Secret
+    from batchsync.privacy import PhoneMode, PhonePolicy
+    from tests.test_privacy import EMAIL, PLANTED, raw_numbers_in, table_texts
+
+    v2 = next(iter(account.v2.batches.values()))
+    call = v2.calls[0]
+    call.update(
+        to="+1 555-123-0001",
+        transferred_to="+15559990000",
+        variables={"to": "+15551230001", "note": "customer 5551230001 prefers mornings"},
+        metadata={"crm": {"record": {"PhoneNumber": 442079460958}}},
+        analysis={"callback_phone": "+44 20 7946 0958"},
+        pathway_tags=[{"name": "+15551230001", "color": "#fff"}],
+        summary=f"Reached +1 555 123 0001; wrote to {EMAIL}.",
+    )
+    call["transcripts"][0]["text"] = f"Call me on 555-123-0001 or mail {EMAIL}."
+    v2.logs[0]["payload"]["message"] = "Transfer line +1 555 999 0000 validated."
+    policy = PhonePolicy(PhoneMode(mode), Secret("k3y"), redact_transcripts=redact)
+    result = sync(engine, client, phones=policy, api="v2")
+    assert not result.failed
+    numbers = sorted({*PLANTED, *(str(c["to"]) for c in v2.calls), str(call["from"])})
+    texts = table_texts(database_url)
+    for name, written in texts.items():
+        assert raw_numbers_in(written, numbers) == [], name
+    assert (EMAIL in texts["calls"] + texts["call_transcripts"]) is not redact
+
+
+def test_no_call_details_after_a_detailed_sync_keeps_the_stored_details(
+    engine: Engine, client: BlandClient, account: Emulator
+) -> None:
+    """A run with --no-call-details does not erase the details an earlier run stored."""
+    sync(engine, client)
+    before = dump(engine)
+    result = sync(engine, client, call_details=False, refresh=True)
+    assert not result.failed
+    after = dump(engine)
+    assert after["calls"] == before["calls"]
+    assert after["call_transcripts"] == before["call_transcripts"]
+
+
+def test_calls_list_over_several_pages_stores_every_call_once(
+    engine: Engine, client: BlandClient, account: Emulator
+) -> None:
+    """Calls listed 4 a page (6 per batch: two pages each) are all stored, each once."""
+    from batchsync.bland.auto import AutoSource
+    from batchsync.bland.v2 import V2Source
+
+    source = AutoSource(client, V2Source(client, calls_page_size=4), "v2")
+    result = run_sync(engine, source, SyncOptions(discover=True))
+    assert result.count("synced") == 3
+    assert len([url for url in paths(account) if "/v1/calls?" in url]) == 6
+    with engine.connect() as connection:
+        stored = connection.execute(text("select count(distinct call_id) from calls")).scalar_one()
+    assert stored == 18
