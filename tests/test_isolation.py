@@ -247,8 +247,25 @@ def test_a_database_refusal_fails_its_batch_and_the_run_goes_on(
     assert_failed_alone(engine, emulator, result, victim, "the database rejected it")
 
 
-def _refuse_label(engine: Engine, word: str) -> None:
-    """A trigger that makes the database reject a batch whose label is ``word``."""
+def test_a_value_refused_as_too_large_fails_its_batch_not_the_run(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """A refusal PostgreSQL raises as an OperationalError (54000, index row too large) or
+    SQLite as a plain abort fails that batch alone; the run goes on and ends partial."""
+    victim = emulator.batch_ids()[0]
+    raw = emulator.raw_batch(victim)
+    raw["batch_params"]["label"] = "TOO-LARGE"
+    emulator.put_batch(raw)
+    _refuse_label(engine, "TOO-LARGE", errcode="program_limit_exceeded")
+
+    result = run_sync(engine, client, SyncOptions(discover=True))
+
+    assert_failed_alone(engine, emulator, result, victim, "the database rejected it")
+
+
+def _refuse_label(engine: Engine, word: str, *, errcode: str = "raise_exception") -> None:
+    """A trigger that makes the database reject a batch whose label is ``word`` (on
+    PostgreSQL with the SQLSTATE condition ``errcode``)."""
     with engine.begin() as connection:
         if engine.dialect.name == "sqlite":
             connection.exec_driver_sql(
@@ -258,7 +275,8 @@ def _refuse_label(engine: Engine, word: str) -> None:
         else:
             connection.exec_driver_sql(
                 "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN "
-                "RAISE EXCEPTION 'refused by test'; END $$ LANGUAGE plpgsql"
+                f"RAISE EXCEPTION 'refused by test' USING ERRCODE = '{errcode}'; END $$ "
+                "LANGUAGE plpgsql"
             )
             connection.exec_driver_sql(
                 "CREATE TRIGGER refuse BEFORE INSERT ON batches FOR EACH ROW "
