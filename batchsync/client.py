@@ -42,11 +42,14 @@ from batchsync.errors import (
     TransientApiError,
 )
 from batchsync.payload import (
+    MAX_KEY_BYTES,
     BatchSummary,
     ParsedBatch,
+    key_too_long,
     parse_batch_body,
     parse_batch_list,
     parse_batch_stream,
+    recordable_id,
 )
 
 log = logging.getLogger(__name__)
@@ -430,6 +433,12 @@ def batch_path_segment(batch_id: str) -> str:
         raise InvalidBatchId(f"batch {batch_id!r}: an id holding a NUL character cannot be sent")
     if batch_id in (".", ".."):
         raise InvalidBatchId(f"batch {batch_id!r}: '.' and '..' cannot be sent as a URL path")
+    if key_too_long(batch_id):
+        size = len(batch_id.encode("utf-8", "surrogatepass"))
+        raise InvalidBatchId(
+            f"batch {recordable_id(batch_id)!r}: the id is {size:,} bytes long, over the "
+            f"limit of {MAX_KEY_BYTES:,} bytes for an id: not requested"
+        )
     try:
         return urllib.parse.quote(batch_id, safe="", errors="strict")
     except UnicodeEncodeError:

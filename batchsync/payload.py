@@ -18,6 +18,7 @@ the database driver without another copy.
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -643,6 +644,8 @@ def _parse_analysis(
     if statuses is not None:
         counts: dict[str, int] = {}
         for key, value in statuses.items():
+            if key_too_long(str(key)):  # the key itself is too long to quote in the field name
+                raise _Invalid("analysis.queue_statuses", f"a key is {_too_long(str(key))}")
             count = _integer(value, f"analysis.queue_statuses.{key}")
             if count is None:
                 continue
@@ -721,10 +724,10 @@ def _parse_call(item: Mapping[str, Any], batch_id: str) -> CallRecord:
         raw_id = get("c_id")
     if raw_id is None or raw_id == "":
         raise _Invalid("call_id", "missing (neither call_id nor c_id)")
-    call_id = _text(raw_id, "call_id") or ""
+    call_id = _key(raw_id, "call_id") or ""
     unknown = item.keys() - _CALL_KEYS
     extra = {k: item[k] for k in unknown} if unknown else None
-    queue_status = _text(get("queue_status"), "queue_status")
+    queue_status = _key(get("queue_status"), "queue_status")
     if queue_status is not None:
         queue_status = _QUEUE_STATUS_ALIASES.get(queue_status, queue_status)
     return CallRecord(
@@ -795,6 +798,57 @@ def _text(value: Any, key: str) -> str | None:
     if isinstance(value, int | float):
         return str(value)
     raise _Invalid(key, f"expected a string, got {_type_name(value)}")
+
+
+# Ids and other values the databases index (call ids, batch ids, answered_by, queue status
+# names) are refused beyond this many bytes of UTF-8. PostgreSQL cannot index a value much
+# over 2,700 bytes and SQLite can: with one limit below both, a batch is stored, or refused
+# with a PayloadError naming the field, alike on both.
+MAX_KEY_BYTES = 1000
+
+
+def key_too_long(value: str) -> bool:
+    """Whether an id or indexed value is beyond MAX_KEY_BYTES of UTF-8."""
+    return len(value) > MAX_KEY_BYTES // 4 and (
+        len(value.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES
+    )
+
+
+# How much of an over-long id is kept where it is recorded: 200 characters are at most 800
+# bytes, so with the marker and the hash the recorded id stays under MAX_KEY_BYTES.
+_RECORDED_PREFIX = 200
+
+
+def recordable_id(batch_id: str) -> str:
+    """The id as both databases can record it (in sync_run_batches) and a terminal can show.
+
+    NUL and lone surrogates become U+FFFD. An id beyond MAX_KEY_BYTES is cut to its first
+    200 characters followed by "…#" and 16 hex digits of its BLAKE2b hash, so two long ids
+    that share a beginning are still recorded apart.
+    """
+    if "\x00" in batch_id or not batch_id.isprintable():
+        batch_id = "".join(
+            "\ufffd" if c == "\x00" or "\ud800" <= c <= "\udfff" else c for c in batch_id
+        )
+    if not key_too_long(batch_id):
+        return batch_id
+    digest = hashlib.blake2b(batch_id.encode("utf-8"), digest_size=8).hexdigest()
+    return f"{batch_id[:_RECORDED_PREFIX]}\u2026#{digest}"
+
+
+def _key(value: Any, key: str) -> str | None:
+    """A text value the databases index: at most MAX_KEY_BYTES of UTF-8."""
+    text = _text(value, key)
+    if text is not None and key_too_long(text):
+        raise _Invalid(key, _too_long(text))
+    return text
+
+
+def _too_long(text: str) -> str:
+    return (
+        f"{len(text.encode('utf-8', 'surrogatepass')):,} bytes long, over the limit of "
+        f"{MAX_KEY_BYTES:,} bytes for an id or an indexed value"
+    )
 
 
 _INT32 = 2**31
@@ -889,7 +943,7 @@ def _answered_by(value: Any, key: str) -> str | None:
         if len(value) > 1:
             raise _Invalid(key, f"expected at most one value, got {len(value)}")
         value = value[0]
-    return _text(value, key)
+    return _key(value, key)
 
 
 def _unusual_timestamp(value: str, key: str) -> datetime:

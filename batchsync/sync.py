@@ -45,7 +45,7 @@ from batchsync.errors import (
     Interrupted,
     PayloadError,
 )
-from batchsync.payload import BatchSummary
+from batchsync.payload import BatchSummary, recordable_id
 from batchsync.privacy import PhonePolicy, apply_phone_policy
 from batchsync.runs import BatchOutcome
 from batchsync.store import (
@@ -469,13 +469,12 @@ def _internal_error(batch_id: str, stage: str, exc: Exception) -> str:
 
 
 def _recordable(batch_id: str) -> str:
-    """The id as both databases can hold it: NUL and lone surrogates become U+FFFD.
+    """The id as both databases can hold it (see :func:`payload.recordable_id`).
 
-    Only an id that could not be sent has them, and its failure must still be recorded.
+    Only an id that could not be sent has NUL, lone surrogates or more than
+    MAX_KEY_BYTES, and its failure must still be recorded.
     """
-    if "\x00" not in batch_id and batch_id.isprintable():
-        return batch_id
-    return "".join("\ufffd" if c == "\x00" or "\ud800" <= c <= "\udfff" else c for c in batch_id)
+    return recordable_id(batch_id)
 
 
 def _one_line(text: str) -> str:

@@ -8,8 +8,10 @@ stops the run.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -20,6 +22,7 @@ from batchsync.client import BlandClient, RetryPolicy
 from batchsync.config import load_api
 from batchsync.emulator import Emulator, Fault
 from batchsync.errors import ApiUnavailable
+from batchsync.payload import MAX_KEY_BYTES
 from batchsync.sync import UNREACHABLE_BATCHES_LIMIT, RunResult, SyncOptions, run_sync
 from tests.conftest import EMULATOR_URL
 
@@ -462,3 +465,81 @@ def test_detail_without_id_is_stored_as_requested_and_one_for_another_batch_fail
     assert stored_calls(engine, "no-id-in-detail") == {
         str(c.get("call_id") or c.get("c_id")) for c in template["call_data"]
     }
+
+
+def _incompressible(size: int, seed: str) -> str:
+    """``size`` bytes of hex text that no index compression shrinks."""
+    text = "".join(hashlib.sha256(f"{seed}{i}".encode()).hexdigest() for i in range(size // 64 + 1))
+    return text[:size]
+
+
+def _with_indexed_values(raw: dict[str, Any], size: int, where: str) -> None:
+    """Put a ``size``-byte value at ``where``: a call id, answered_by or a queue status name."""
+    call = raw["call_data"][0]
+    value = _incompressible(size, where)
+    if where == "call_id":
+        call.pop("c_id", None)
+        call["call_id"] = value
+        for line in call.get("transcripts") or []:
+            line.pop("call_id", None)
+    elif where == "answered_by":
+        call["answered_by"] = value
+    else:
+        raw["analysis"]["queue_statuses"] = {value: 1}
+
+
+@pytest.mark.parametrize("where", ["call_id", "answered_by", "queue_statuses"])
+def test_an_indexed_value_over_the_key_limit_fails_its_batch_naming_the_field(
+    engine: Engine, client: BlandClient, emulator: Emulator, where: str
+) -> None:
+    """A 3,000-byte call id, answered_by or queue status fails that batch with a PayloadError
+    naming the field, alike on both databases (PostgreSQL could not index it); the run goes on."""
+    victim = emulator.batch_ids()[1]
+    raw = emulator.raw_batch(victim)
+    _with_indexed_values(raw, 3000, where)
+    emulator.put_batch(raw)
+
+    result = run_sync(engine, client, SyncOptions(discover=True))
+
+    field = "analysis.queue_statuses" if where == "queue_statuses" else f"call_data[0].{where}"
+    assert_failed_alone(engine, emulator, result, victim, f"field {field}", "3,000 bytes")
+    assert len(result.failed[0].error or "") < 400  # the value itself is never quoted
+
+
+@pytest.mark.parametrize("where", ["call_id", "answered_by", "queue_statuses"])
+def test_an_indexed_value_at_the_key_limit_is_stored_on_both_databases(
+    engine: Engine, client: BlandClient, emulator: Emulator, where: str
+) -> None:
+    """A value of exactly MAX_KEY_BYTES that does not compress is stored, PostgreSQL included."""
+    victim = emulator.batch_ids()[1]
+    raw = emulator.raw_batch(victim)
+    _with_indexed_values(raw, MAX_KEY_BYTES, where)
+    emulator.put_batch(raw)
+
+    result = run_sync(engine, client, SyncOptions(discover=True))
+
+    assert result.status == runs.SUCCEEDED
+    assert_stored_whole(engine, emulator, victim)
+
+
+def test_a_listed_id_too_long_to_record_fails_alone_and_is_recorded_shortened(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """A 3,000-character listed id is not requested; its failure is recorded under its first
+    200 characters and a hash, and every other batch syncs."""
+    long_id = "L" + _incompressible(2999, "batch")
+    other_long_id = long_id[:-1] + "x"  # same beginning: must still be recorded apart
+    _put_batches(emulator, [long_id, other_long_id])
+
+    result = run_sync(engine, client, SyncOptions(discover=True))
+
+    assert result.status == runs.PARTIAL
+    assert len(result.failed) == 2
+    recorded_ids = recorded(engine, result.run_id)
+    shortened = [b for b, (status, _) in recorded_ids.items() if status == runs.BATCH_FAILED]
+    assert len(set(shortened)) == 2
+    for batch_id in shortened:
+        assert batch_id.startswith(long_id[:200] + "\u2026#")
+        assert len(batch_id.encode()) <= MAX_KEY_BYTES
+        assert "3,000 bytes" in (recorded_ids[batch_id][1] or "")
+    assert result.count(runs.SYNCED) == len(emulator.batch_ids()) - 2
