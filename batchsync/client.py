@@ -47,7 +47,7 @@ from batchsync.payload import (
     ParsedBatch,
     key_too_long,
     parse_batch_body,
-    parse_batch_list,
+    parse_batch_list_body,
     parse_batch_stream,
     recordable_id,
 )
@@ -217,6 +217,7 @@ class BlandClient:
         """
         start = 0
         seen: set[str] = set()
+        last_problems: list[str] = []
         while True:
             params: dict[str, Any] = {
                 "from": start,
@@ -226,23 +227,35 @@ class BlandClient:
             }
             if campaign_id:
                 params["campaign_id"] = campaign_id
-            page = self._get(
+            page, problems = self._get(
                 "/v1/batches",
                 params,
                 what="the batch list",
-                consume=lambda response: parse_batch_list(_json(self._read(response), None)),
+                consume=lambda response: parse_batch_list_body(self._read(response)),
             )
+            # An entry without a usable id is left out with a warning: one bad entry must
+            # not end discovery.
+            for problem in problems:
+                if problem.batch_id is None:  # one with an id fails its batch in the run
+                    log.warning("the batch list: %s; that entry is left out", problem)
             new = [summary for summary in page if summary.batch_id not in seen]
             seen.update(summary.batch_id for summary in new)
             yield from new
             if not page:
-                return
+                # A page of bad entries only goes on to the next page, unless it is the
+                # same as the last one (an API that ignores the offset).
+                described = [str(problem) for problem in problems]
+                if not problems or described == last_problems:
+                    return
+                last_problems = described
+                start += len(problems)
+                continue
             if not new:
                 log.warning(
                     "the batch list repeated itself at offset %d; stopping the listing", start
                 )
                 return
-            start += len(page)
+            start += len(page) + len(problems)
 
     def fetch_batch(
         self, batch_id: str, parts: Parts, *, unchanged: Unchanged | None = None
@@ -465,17 +478,6 @@ def _log_request(response: httpx.Response, seconds: float) -> None:
 
 def _flag(value: bool) -> str:
     return "true" if value else "false"
-
-
-def _json(body: bytes, batch_id: str | None) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise PayloadError(
-            f"the response is not valid JSON ({len(body)} bytes: {exc})",
-            batch_id=batch_id,
-            field="(body)",
-        ) from None
 
 
 class _Counted:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -116,6 +117,9 @@ class BatchSummary(NamedTuple):
     created_at: datetime | None
     campaign_id: str | None
     label: str | None
+    # Why the entry cannot be used (a created_at or label that cannot be read): the batch
+    # is then recorded as failed with this reason, without being fetched.
+    error: str | None = None
 
 
 _BATCH_PARAM_KEYS = frozenset(
@@ -569,30 +573,84 @@ def _assemble(raw: Mapping[str, Any], calls: _Calls | None, batch_id: str) -> Pa
 
 
 def parse_batch_list(raw: Any) -> list[BatchSummary]:
-    """Parse one page of ``GET /v1/batches``, or raise PayloadError."""
+    """Parse one page of ``GET /v1/batches``, or raise PayloadError (at the first bad entry)."""
+    summaries, problems = parse_batch_list_entries(raw)
+    if problems:
+        raise problems[0]
+    return summaries
+
+
+def parse_batch_list_body(body: bytes) -> tuple[list[BatchSummary], list[PayloadError]]:
+    """Parse one page of the batch list from its bytes; see :func:`parse_batch_list_entries`.
+
+    Decoded like a batch body: a byte order mark dropped, NUL and lone surrogate escapes
+    made U+FFFD, integers exact. Fields the list is not read for (``call_params``...) are
+    never checked, so a number beyond floats there is no error. PayloadError only for a
+    body that is not JSON or not a list of batches.
+    """
+    text = body[3:] if body.startswith(_BOM) else body
+    if _MAYBE_UNSTORABLE.search(text):
+        text = _UNSTORABLE_ESCAPE.sub(_replacement, text)
+    if _LONG_DIGIT_RUN not in text.translate(_DIGITS_AS_ZERO):
+        try:
+            return parse_batch_list_entries(orjson.loads(text))
+        except orjson.JSONDecodeError:
+            pass  # json says why, and takes what orjson refuses in unused fields (1e400)
+    try:
+        raw = json.loads(text)
+    except UnicodeDecodeError:
+        raise PayloadError(
+            "the response is not valid JSON (text that is not UTF-8)", field="(body)"
+        ) from None
+    except (ValueError, RecursionError) as exc:
+        raise PayloadError(
+            f"the response is not valid JSON ({_json_reason(exc)})", field="(body)"
+        ) from None
+    return parse_batch_list_entries(raw)
+
+
+def parse_batch_list_entries(raw: Any) -> tuple[list[BatchSummary], list[PayloadError]]:
+    """One page of the batch list: its entries, and the errors of its bad entries in order.
+
+    One bad entry never spoils the page. An entry whose ``created_at``, ``campaign_id`` or
+    ``label`` cannot be read keeps its id and carries the reason in ``error`` (its error,
+    with ``batch_id`` set, is in the second list too); an entry with no usable id (not an
+    object, id missing, empty or not text) is left out, its error (``batch_id`` None)
+    naming ``batches[i]`` and the field in the second list. PayloadError only when the
+    page itself is not an object with a ``batches`` list.
+    """
     if not isinstance(raw, Mapping):
         raise PayloadError(f"expected a JSON object, got {_type_name(raw)}", field="(body)")
     items = raw.get("batches")
     if not isinstance(items, list):
         raise PayloadError(f"expected a list, got {_type_name(items)}", field="batches")
-    summaries = []
+    summaries: list[BatchSummary] = []
+    problems: list[PayloadError] = []
     for index, item in enumerate(items):
+        where = f"batches[{index}]"
         try:
             entry = _object(item, "")
             raw_id = entry.get("batch_id") or entry.get("id")
             if raw_id is None or raw_id == "":
-                raise _Invalid("batch_id", "missing")
+                raise _Invalid("batch_id", "missing or empty")
+            batch_id = _text(raw_id, "batch_id") or ""
+        except _Invalid as exc:
+            problems.append(_payload_error(exc, None, where))
+            continue
+        try:
             summaries.append(
                 BatchSummary(
-                    batch_id=_text(raw_id, "batch_id") or "",
+                    batch_id=batch_id,
                     created_at=_timestamp(entry.get("created_at"), "created_at"),
                     campaign_id=_text(entry.get("campaign_id"), "campaign_id"),
                     label=_text(entry.get("label"), "label"),
                 )
             )
         except _Invalid as exc:
-            raise _payload_error(exc, None, f"batches[{index}]") from None
-    return summaries
+            error = _payload_error(exc, batch_id, where)
+            problems.append(error)
+            summaries.append(BatchSummary(batch_id, None, None, None, error=str(error)))
+    return summaries, problems
 
 
 def _parse_batch_record(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -224,13 +225,14 @@ def test_ids_that_cannot_be_sent_fail_their_batch_with_a_clear_reason(
 def test_a_listed_id_with_nul_fails_alone_during_discovery(
     engine: Engine, client: BlandClient, emulator: Emulator
 ) -> None:
-    """A listed id holding NUL fails its batch (recorded with U+FFFD); the other batches sync."""
+    """A listed id holding NUL is decoded like a detail body (NUL -> U+FFFD), so that id is
+    asked for and fails alone (recorded); the other batches sync."""
     _put_batches(emulator, ["nul\x00id"])
 
     result = run_sync(engine, client, SyncOptions(discover=True))
 
     assert [o.batch_id for o in result.failed] == ["nul\ufffdid"]
-    assert "NUL" in (result.failed[0].error or "")
+    assert "not found" in (result.failed[0].error or "")
     assert recorded(engine, result.run_id)["nul\ufffdid"][0] == runs.BATCH_FAILED
     assert result.count(runs.SYNCED) == len(emulator.batch_ids()) - 1
 
@@ -543,3 +545,126 @@ def test_a_listed_id_too_long_to_record_fails_alone_and_is_recorded_shortened(
         assert len(batch_id.encode()) <= MAX_KEY_BYTES
         assert "3,000 bytes" in (recorded_ids[batch_id][1] or "")
     assert result.count(runs.SYNCED) == len(emulator.batch_ids()) - 2
+
+
+def _listing(emulator: Emulator, bad_entry: bytes) -> httpx.MockTransport:
+    """The emulator, with a batch list of its batches and ``bad_entry`` (raw JSON) among them."""
+    good = [
+        b'{"batch_id": "%s", "created_at": "2026-01-0%dT00:00:00Z", "label": "other", '
+        b'"call_params": {"n": 1}}' % (batch_id.encode(), number + 1)
+        for number, batch_id in enumerate(emulator.batch_ids())
+    ]
+    page = b'{"status": "success", "batches": [' + b", ".join([*good[:1], bad_entry, *good[1:]])
+    page += b"]}"
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/batches":
+            first = request.url.params.get("from") in (None, "0")
+            body = page if first else b'{"status": "success", "batches": []}'
+            return httpx.Response(200, content=body, headers={"content-type": "application/json"})
+        return emulator.handle(request)
+
+    return httpx.MockTransport(handle)
+
+
+@pytest.mark.parametrize(
+    "bad_entry",
+    [
+        b'{"batch_id": "odd", "label": "caf\\ud800", "created_at": "2026-01-09T00:00:00Z"}',
+        b'{"batch_id": "odd", "call_params": {"n": 1e400}}',
+        b'{"batch_id": "odd", "call_params": {"n": 123456789012345678901234567890}}',
+        b'{"batch_id": "odd", "note": "\\u0000"}',
+    ],
+    ids=["lone_surrogate", "huge_number", "long_integer", "nul"],
+)
+def test_a_list_entry_with_odd_values_is_decoded_like_a_detail_body(
+    engine: Engine, emulator: Emulator, sleeps: list[float], bad_entry: bytes
+) -> None:
+    """A lone surrogate, NUL or huge number in the list never ends discovery: the entry is
+    decoded like a batch body (U+FFFD, unused fields unchecked) and its batch is requested."""
+    with make_client(_listing(emulator, bad_entry), sleeps) as client:
+        result = run_sync(engine, client, SyncOptions(discover=True))
+
+    assert result.count(runs.SYNCED) == len(emulator.batch_ids())
+    assert [o.batch_id for o in result.failed] == ["odd"]  # a 404 from the emulator
+    assert "not found" in (result.failed[0].error or "").lower()
+
+
+@pytest.mark.parametrize(
+    ("bad_entry", "field"),
+    [
+        (b'{"batch_id": ""}', "batches[1].batch_id"),
+        (b'{"batch_id": null}', "batches[1].batch_id"),
+        (b'"just-a-string"', "batches[1]"),
+        (b'{"batch_id": {"x": 1}}', "batches[1].batch_id"),
+    ],
+    ids=["empty_id", "null_id", "not_an_object", "id_not_text"],
+)
+def test_a_list_entry_without_a_usable_id_is_left_out_with_a_warning(
+    engine: Engine,
+    emulator: Emulator,
+    sleeps: list[float],
+    caplog: pytest.LogCaptureFixture,
+    bad_entry: bytes,
+    field: str,
+) -> None:
+    """An entry with no usable id is left out with a warning naming it; the rest sync, exit 0."""
+    with (
+        caplog.at_level(logging.WARNING, logger="batchsync"),
+        make_client(_listing(emulator, bad_entry), sleeps) as client,
+    ):
+        result = run_sync(engine, client, SyncOptions(discover=True))
+
+    assert result.status == runs.SUCCEEDED
+    assert result.count(runs.SYNCED) == len(emulator.batch_ids())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"field {field}" in w and "left out" in w for w in warnings)
+
+
+def test_a_list_entry_with_an_unreadable_created_at_fails_its_batch_naming_the_field(
+    engine: Engine, emulator: Emulator, sleeps: list[float]
+) -> None:
+    """An entry whose created_at is not a timestamp is recorded failed, the field named;
+    the other batches sync and the run ends partial (exit 1)."""
+    bad_entry = b'{"batch_id": "undated", "created_at": "yesterday"}'
+    with make_client(_listing(emulator, bad_entry), sleeps) as client:
+        result = run_sync(engine, client, SyncOptions(discover=True))
+
+    assert result.status == runs.PARTIAL
+    [failure] = result.failed
+    assert failure.batch_id == "undated"
+    assert "batch undated" in (failure.error or "")
+    assert "batches[1].created_at" in (failure.error or "")
+    assert recorded(engine, result.run_id)["undated"] == (runs.BATCH_FAILED, failure.error)
+    assert result.count(runs.SYNCED) == len(emulator.batch_ids())
+
+
+@pytest.mark.parametrize(
+    ("options", "word"),
+    [
+        (SyncOptions(discover=True, since=datetime(2020, 1, 1, tzinfo=UTC)), "created_at"),
+        (SyncOptions(discover=True, label="L"), "label"),
+    ],
+    ids=["since", "label"],
+)
+def test_entries_a_filter_cannot_judge_are_counted_in_one_warning(
+    engine: Engine,
+    emulator: Emulator,
+    sleeps: list[float],
+    caplog: pytest.LogCaptureFixture,
+    options: SyncOptions,
+    word: str,
+) -> None:
+    """Entries without created_at (under --since) or label (under --label) are left out, and
+    one warning says how many."""
+    bad_entry = b'{"batch_id": "bare-1"}, {"batch_id": "bare-2"}'
+    with (
+        caplog.at_level(logging.WARNING, logger="batchsync"),
+        make_client(_listing(emulator, bad_entry), sleeps) as client,
+    ):
+        result = run_sync(engine, client, options)
+
+    assert "bare-1" not in {o.batch_id for o in result.outcomes}
+    warnings = [r.getMessage() for r in caplog.records if word in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("2 listed batches had no")
