@@ -264,8 +264,9 @@ class BlandClient:
         InvalidBatchId (an id that cannot be put in a URL).
 
         The id goes into the URL path percent-encoded, whatever it holds. A body larger
-        than ``stream_threshold`` bytes (or of unknown length) is parsed as it arrives,
-        call by call, so memory follows the records, not the body. A body for which
+        than ``stream_threshold`` bytes once decoded (a compressed or chunked body is read
+        up to the threshold to know) is parsed as it arrives, call by call, so memory
+        follows the records, not the body. A body for which
         ``unchanged(content hash)`` is true is not parsed at all (``parsed`` is None).
         """
         path = f"/v1/batches/{batch_path_segment(batch_id)}"
@@ -274,8 +275,27 @@ class BlandClient:
         def consume(response: httpx.Response) -> FetchedBatch:
             digest = hashlib.sha256(parts.tag.encode())
             length = response.headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) <= self.stream_threshold:
-                body = self._read(response, digest)
+            encoded = response.headers.get("content-encoding", "identity").strip().lower()
+            small = length is not None and length.isdigit() and int(length) <= self.stream_threshold
+            chunks = self._chunks(response, digest)
+            head: list[bytes] = []
+            if small and encoded in ("", "identity"):
+                head.append(b"".join(chunks))
+                whole = True
+            else:
+                # A compressed body's Content-Length is its compressed size (gzip can shrink
+                # JSON a hundredfold), and a chunked body has none: the threshold applies to
+                # the decoded bytes, read until it is passed, then parsed as they stream in.
+                whole, seen = True, 0
+                for chunk in chunks:
+                    head.append(chunk)
+                    seen += len(chunk)
+                    if seen > self.stream_threshold:
+                        whole = False
+                        break
+            if whole:
+                body = b"".join(head)
+                del head[:]
                 if unchanged is not None and unchanged(digest.hexdigest()):
                     return FetchedBatch(None, digest.hexdigest(), len(body))
                 size = len(body)
@@ -283,7 +303,7 @@ class BlandClient:
                     body, batch_id=batch_id, transcripts_requested=transcripts
                 )
             else:
-                counted = _Counted(self._chunks(response, digest))
+                counted = _Counted(_drained(head, chunks))
                 parsed = parse_batch_stream(
                     counted, batch_id=batch_id, transcripts_requested=transcripts
                 )
@@ -478,6 +498,14 @@ def _log_request(response: httpx.Response, seconds: float) -> None:
 
 def _flag(value: bool) -> str:
     return "true" if value else "false"
+
+
+def _drained(head: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
+    """The chunks of ``head`` (each let go once handed on), then those of ``rest``."""
+    head.reverse()
+    while head:
+        yield head.pop()
+    yield from rest
 
 
 class _Counted:
