@@ -44,6 +44,7 @@ from batchsync.errors import (
     DatabaseError,
     Interrupted,
     PayloadError,
+    TransientApiError,
 )
 from batchsync.payload import BatchSummary, recordable_id
 from batchsync.privacy import PhonePolicy, apply_phone_policy
@@ -59,10 +60,15 @@ from batchsync.store import (
 log = logging.getLogger(__name__)
 
 # After this many batches in a row found the API unreachable (connection refused or
-# dropped, or timed out, each after its retries), the run stops with ApiUnavailable
-# (exit 5) and the remaining batches are not tried. Any answer from the API, even a 404 or
-# a body that cannot be read, shows that it is up and starts the count again.
+# dropped, timed out, or 502/503/504 from a gateway, each after its retries), one cheap
+# request (the first page of the batch list) asks whether the API answers at all: if it
+# does, those batches were merely slow and the count starts again; if not, the run stops
+# with ApiUnavailable (exit 5) and the remaining batches are not tried. Any answer from the
+# API for a batch, even a 404 or a body that cannot be read, starts the count again.
 UNREACHABLE_BATCHES_LIMIT = 3
+# Statuses, after the retries, that count as "not answering": a gateway or load balancer
+# answers them when the API behind it is down.
+GATEWAY_STATUSES = frozenset({502, 503, 504})
 
 
 def utcnow() -> datetime:
@@ -241,6 +247,15 @@ def run_sync(
                 result.outcomes.append(outcome)
                 events.batch_done(outcome)
                 unreachable = unreachable + 1 if isinstance(fetched, _Unreachable) else 0
+                if unreachable >= UNREACHABLE_BATCHES_LIMIT and _api_answers(source):
+                    # The API answers a cheap request: the failures were those batches' own
+                    # (too slow to answer in time), not the API's. Go on.
+                    log.warning(
+                        "%d batches in a row got no answer, but the API answers the batch "
+                        "list: going on",
+                        unreachable,
+                    )
+                    unreachable = 0
                 if isinstance(fetched, _Unreachable) and unreachable >= UNREACHABLE_BATCHES_LIMIT:
                     left = len(to_fetch) - len(result.outcomes) + len(skipped) + len(refused)
                     raise ApiUnavailable(
@@ -353,10 +368,30 @@ def _fetch(
         raise
     except ApiUnreachable as exc:
         return _Unreachable(str(exc))
+    except TransientApiError as exc:
+        if exc.status_code in GATEWAY_STATUSES:  # a gateway whose API behind it is down
+            return _Unreachable(str(exc))
+        return _Failed(str(exc))
     except BatchsyncError as exc:
         return _Failed(str(exc))
     except Exception as exc:  # a fault of one batch must not end the run: record it
         return _Failed(_internal_error(batch_id, "fetching or parsing", exc))
+
+
+def _api_answers(source: BatchSource) -> bool:
+    """Whether the API answers at all: one request for the first page of the batch list."""
+    listing = source.iter_batches()
+    try:
+        next(iter(listing), None)
+    except AuthError:
+        raise
+    except ApiError:
+        return False
+    finally:
+        close = getattr(listing, "close", None)
+        if close is not None:
+            close()
+    return True
 
 
 def _fetch_all(

@@ -668,3 +668,62 @@ def test_entries_a_filter_cannot_judge_are_counted_in_one_warning(
     warnings = [r.getMessage() for r in caplog.records if word in r.getMessage()]
     assert len(warnings) == 1
     assert warnings[0].startswith("2 listed batches had no")
+
+
+def _gateway(emulator: Emulator, status: int, down: Callable[[str], bool]) -> httpx.MockTransport:
+    """The emulator behind a gateway answering ``status`` for what ``down`` names (a batch id,
+    or "*list*" for the batch list)."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        target = "*list*" if path == "/v1/batches" else path.rsplit("/", 1)[1]
+        if down(target):
+            return httpx.Response(status, text="Bad Gateway")
+        return emulator.handle(request)
+
+    return httpx.MockTransport(handle)
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_a_gateway_answering_for_a_dead_api_stops_the_run(
+    engine: Engine, sleeps: list[float], status: int, concurrency: int
+) -> None:
+    """502/503/504 for every request, the list included, counts as the API not answering:
+    the run stops with ApiUnavailable instead of trying every batch."""
+    emulator = Emulator(seed=5, batches=9, calls_per_batch=2)
+    ids = emulator.batch_ids()
+    client = make_client(_gateway(emulator, status, lambda target: True), sleeps, attempts=2)
+
+    with pytest.raises(ApiUnavailable, match="did not answer"):
+        run_sync(engine, client, SyncOptions(batch_ids=tuple(ids), concurrency=concurrency))
+
+    with engine.connect() as connection:
+        tried = connection.execute(text("select count(*) from sync_run_batches")).scalar_one()
+    assert UNREACHABLE_BATCHES_LIMIT <= tried < len(ids)
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_slow_batches_while_the_api_answers_do_not_stop_the_run(
+    engine: Engine, sleeps: list[float], concurrency: int
+) -> None:
+    """When the first batches get no answer but the API answers the list, they were slow, not
+    the API down: the count starts again and every other batch syncs, whatever --concurrency."""
+    emulator = Emulator(seed=5, batches=7, calls_per_batch=2)
+    ids = emulator.batch_ids()
+    slow = set(ids[:UNREACHABLE_BATCHES_LIMIT])
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.rsplit("/", 1)[1] in slow:
+            raise httpx.ReadTimeout("timed out", request=request)
+        return emulator.handle(request)
+
+    client = make_client(httpx.MockTransport(handle), sleeps, attempts=2)
+
+    result = run_sync(engine, client, SyncOptions(batch_ids=tuple(ids), concurrency=concurrency))
+
+    assert result.status == runs.PARTIAL
+    assert {o.batch_id for o in result.failed} == slow
+    assert result.count(runs.SYNCED) == len(ids) - len(slow)
+    for batch_id in set(ids) - slow:
+        assert_stored_whole(engine, emulator, batch_id)
