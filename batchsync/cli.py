@@ -68,6 +68,7 @@ from batchsync.errors import (
     Interrupted,
     PayloadError,
 )
+from batchsync.payload import printable
 from batchsync.privacy import PhoneMode, load_phone_policy, refuse_clear_numbers_over_protected
 from batchsync.sync import RunResult, Shard, SyncEvents, SyncOptions, run_sync
 
@@ -776,7 +777,7 @@ class _RunEvents(SyncEvents):
         calls = "" if outcome.calls is None else f" ({_plural(outcome.calls, 'call')})"
         log.info(
             "batch %s: %s%s",
-            outcome.batch_id,
+            printable(outcome.batch_id),
             outcome.status,
             calls,
             extra={"batch": outcome.batch_id, "outcome": outcome.status},
@@ -907,11 +908,11 @@ def runs_show(
     for key, value in run.items():
         if key == "options":
             value = orjson.dumps(value, default=str).decode()
-        _echo(f"{key:>18}: {value}")
+        _echo(f"{key:>18}: {printable(str(value))}")
     for batch in batches:
-        line = f"  {batch['batch_id']}  {batch['status']}"
+        line = f"  {printable(batch['batch_id'])}  {batch['status']}"
         if batch["error"]:
-            line += f"  {batch['error']}"
+            line += f"  {printable(batch['error'])}"
         _echo(line)
 
 

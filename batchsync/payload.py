@@ -877,6 +877,21 @@ def key_too_long(value: str) -> bool:
 _RECORDED_PREFIX = 200
 
 
+def printable(text: str) -> str:
+    """``text`` as one line a terminal shows as it is: every character that is not
+    printable (newline, ESC, BEL, NUL, a lone surrogate...) written as its Python escape.
+
+    The one rule for showing an id (or a reason that quotes one) in a log line, a summary
+    or ``runs show``, so that no id can break a line, forge one or drive the terminal.
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode()
+        for c in text
+    )
+
+
 def recordable_id(batch_id: str) -> str:
     """The id as both databases can record it (in sync_run_batches) and a terminal can show.
 

@@ -46,7 +46,7 @@ from batchsync.errors import (
     PayloadError,
     TransientApiError,
 )
-from batchsync.payload import BatchSummary, recordable_id
+from batchsync.payload import BatchSummary, printable, recordable_id
 from batchsync.privacy import PhonePolicy, apply_phone_policy
 from batchsync.runs import BatchOutcome
 from batchsync.store import (
@@ -518,9 +518,7 @@ def _recordable(batch_id: str) -> str:
 
 def _one_line(text: str) -> str:
     """``text`` with control characters escaped, so a reason (and an id in it) stays one line."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return printable(text)
 
 
 def _plan(
