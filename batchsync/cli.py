@@ -72,6 +72,7 @@ from batchsync.errors import (
     Interrupted,
     PayloadError,
 )
+from batchsync.payload import printable
 from batchsync.privacy import (
     PhoneMode,
     load_phone_policy,
@@ -857,7 +858,7 @@ class _RunEvents(SyncEvents):
         calls = "" if outcome.calls is None else f" ({_plural(outcome.calls, 'call')})"
         log.info(
             "batch %s: %s%s",
-            outcome.batch_id,
+            printable(outcome.batch_id),
             outcome.status,
             calls,
             extra={"batch": outcome.batch_id, "outcome": outcome.status},
@@ -988,11 +989,11 @@ def runs_show(
     for key, value in run.items():
         if key == "options":
             value = orjson.dumps(value, default=str).decode()
-        _echo(f"{key:>18}: {value}")
+        _echo(f"{key:>18}: {printable(str(value))}")
     for batch in batches:
-        line = f"  {batch['batch_id']}  {batch['status']}"
+        line = f"  {printable(batch['batch_id'])}  {batch['status']}"
         if batch["error"]:
-            line += f"  {batch['error']}"
+            line += f"  {printable(batch['error'])}"
         _echo(line)
 
 

@@ -46,12 +46,15 @@ from batchsync.errors import (
 )
 from batchsync.payload import (
     CHUNK_CALLS,
+    MAX_KEY_BYTES,
     BatchSummary,
     CallsSink,
     ParsedBatch,
+    key_too_long,
     parse_batch_body,
-    parse_batch_list,
+    parse_batch_list_body,
     parse_batch_stream,
+    recordable_id,
 )
 
 log = logging.getLogger(__name__)
@@ -268,6 +271,7 @@ class BlandClient:
         """
         start = 0
         seen: set[str] = set()
+        last_problems: list[str] = []
         while True:
             params: dict[str, Any] = {
                 "from": start,
@@ -277,23 +281,35 @@ class BlandClient:
             }
             if campaign_id:
                 params["campaign_id"] = campaign_id
-            page = self._get(
+            page, problems = self._get(
                 "/v1/batches",
                 params,
                 what="the batch list",
-                consume=lambda response: parse_batch_list(_json(self._read(response), None)),
+                consume=lambda response: parse_batch_list_body(self._read(response)),
             )
+            # An entry without a usable id is left out with a warning: one bad entry must
+            # not end discovery.
+            for problem in problems:
+                if problem.batch_id is None:  # one with an id fails its batch in the run
+                    log.warning("the batch list: %s; that entry is left out", problem)
             new = [summary for summary in page if summary.batch_id not in seen]
             seen.update(summary.batch_id for summary in new)
             yield from new
             if not page:
-                return
+                # A page of bad entries only goes on to the next page, unless it is the
+                # same as the last one (an API that ignores the offset).
+                described = [str(problem) for problem in problems]
+                if not problems or described == last_problems:
+                    return
+                last_problems = described
+                start += len(problems)
+                continue
             if not new:
                 log.warning(
                     "the batch list repeated itself at offset %d; stopping the listing", start
                 )
                 return
-            start += len(page)
+            start += len(page) + len(problems)
 
     def fetch_batch(
         self, batch_id: str, parts: Parts, *, unchanged: Unchanged | None = None
@@ -302,8 +318,9 @@ class BlandClient:
         InvalidBatchId (an id that cannot be put in a URL).
 
         The id goes into the URL path percent-encoded, whatever it holds. A body larger
-        than ``stream_threshold`` bytes (or of unknown length) is parsed as it arrives,
-        call by call, so memory follows the records, not the body. A body for which
+        than ``stream_threshold`` bytes once decoded (a compressed or chunked body is read
+        up to the threshold to know) is parsed as it arrives, call by call, so memory
+        follows the records, not the body. A body for which
         ``unchanged(content hash)`` is true is not parsed at all (``parsed`` is None).
         """
         path = f"/v1/batches/{batch_path_segment(batch_id)}"
@@ -312,8 +329,27 @@ class BlandClient:
         def consume(response: httpx.Response) -> FetchedBatch:
             digest = hashlib.sha256(parts.tag.encode())
             length = response.headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) <= self.stream_threshold:
-                body = self._read(response, digest)
+            encoded = response.headers.get("content-encoding", "identity").strip().lower()
+            small = length is not None and length.isdigit() and int(length) <= self.stream_threshold
+            chunks = self._chunks(response, digest)
+            head: list[bytes] = []
+            if small and encoded in ("", "identity"):
+                head.append(b"".join(chunks))
+                whole = True
+            else:
+                # A compressed body's Content-Length is its compressed size (gzip can shrink
+                # JSON a hundredfold), and a chunked body has none: the threshold applies to
+                # the decoded bytes, read until it is passed, then parsed as they stream in.
+                whole, seen = True, 0
+                for chunk in chunks:
+                    head.append(chunk)
+                    seen += len(chunk)
+                    if seen > self.stream_threshold:
+                        whole = False
+                        break
+            if whole:
+                body = b"".join(head)
+                del head[:]
                 if unchanged is not None and unchanged(digest.hexdigest()):
                     return FetchedBatch(None, digest.hexdigest(), len(body))
                 size = len(body)
@@ -344,7 +380,7 @@ class BlandClient:
                     None, digest.hexdigest(), counted.size, saved, counted.echoes_secret
                 )
             else:
-                counted = _Counted(self._chunks(response, digest))
+                counted = _Counted(_drained(head, chunks))
                 parsed = parse_batch_stream(
                     counted, batch_id=batch_id, transcripts_requested=transcripts
                 )
@@ -514,6 +550,12 @@ def batch_path_segment(batch_id: str) -> str:
         raise InvalidBatchId(f"batch {batch_id!r}: an id holding a NUL character cannot be sent")
     if batch_id in (".", ".."):
         raise InvalidBatchId(f"batch {batch_id!r}: '.' and '..' cannot be sent as a URL path")
+    if key_too_long(batch_id):
+        size = len(batch_id.encode("utf-8", "surrogatepass"))
+        raise InvalidBatchId(
+            f"batch {recordable_id(batch_id)!r}: the id is {size:,} bytes long, over the "
+            f"limit of {MAX_KEY_BYTES:,} bytes for an id: not requested"
+        )
     try:
         return urllib.parse.quote(batch_id, safe="", errors="strict")
     except UnicodeEncodeError:
@@ -542,15 +584,12 @@ def _flag(value: bool) -> str:
     return "true" if value else "false"
 
 
-def _json(body: bytes, batch_id: str | None) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise PayloadError(
-            f"the response is not valid JSON ({len(body)} bytes: {exc})",
-            batch_id=batch_id,
-            field="(body)",
-        ) from None
+def _drained(head: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
+    """The chunks of ``head`` (each let go once handed on), then those of ``rest``."""
+    head.reverse()
+    while head:
+        yield head.pop()
+    yield from rest
 
 
 class _Counted:

@@ -664,14 +664,57 @@ def _is_read_only_error(exc: BaseException) -> bool:
 DRIVER_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error, DBAPIError)
 
 
+# SQLSTATE classes (first two characters) and codes after which the database cannot be used
+# for any batch: connection (08), insufficient resources such as a full disk (53), operator
+# intervention such as a shutdown (57), system I/O errors (58), internal errors (XX), invalid
+# authorisation (28), a catalog that is gone (3D), a read-only transaction (25006, a hot
+# standby), a missing privilege (42501) and a table or column that is gone (42P01, 42703).
+# Everything else (a value too long for an index (54000), a constraint, a value out of range,
+# a deadlock or serialization failure (40xxx)) is a refusal of one batch: the run goes on.
+# 57014 (a statement cancelled by statement_timeout) concerns the batch that was too slow.
+_UNUSABLE_SQLSTATE_CLASSES: Final = frozenset({"08", "28", "3D", "53", "57", "58", "XX"})
+_UNUSABLE_SQLSTATES: Final = frozenset({"25006", "42501", "42P01", "42703"})
+_BATCH_SQLSTATES: Final = frozenset({"57014"})
+# SQLite result codes (by their primary name) after which the file cannot be used.
+_UNUSABLE_SQLITE_CODES: Final = frozenset(
+    {"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_FULL",
+     "SQLITE_CANTOPEN", "SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_NOMEM", "SQLITE_PERM",
+     "SQLITE_PROTOCOL", "SQLITE_AUTH"}
+)  # fmt: skip
+# SQLITE_ERROR is generic; these messages say the schema itself is gone.
+_UNUSABLE_SQLITE_MESSAGES: Final = ("no such table", "no such column")
+
+
 def is_unavailable(exc: BaseException) -> bool:
-    """Whether a database error means the database cannot be used (connection, lock, disk),
-    as opposed to a refusal of this batch's data (a constraint, a value out of range)."""
+    """Whether a database error means the database cannot be used (connection, lock, disk,
+    schema gone), as opposed to a refusal of this batch's data (a constraint, a value out
+    of range, a value too long for an index).
+
+    Decided by the error's SQLSTATE (PostgreSQL) or result code (SQLite), never by the
+    driver's exception class: psycopg raises "index row size exceeds maximum" (54000) as
+    an OperationalError, yet only the batch that holds the value is at fault.
+    """
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated:
             return True
         exc = exc.orig if exc.orig is not None else exc
-    return isinstance(exc, sqlite3.OperationalError | psycopg.OperationalError | OperationalError)
+    if isinstance(exc, psycopg.Error):
+        state = exc.sqlstate
+        if state is None:  # raised by the driver itself: no connection, a closed one
+            return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+        if state in _BATCH_SQLSTATES:
+            return False
+        return state[:2] in _UNUSABLE_SQLSTATE_CLASSES or state in _UNUSABLE_SQLSTATES
+    if isinstance(exc, sqlite3.Error):
+        name = getattr(exc, "sqlite_errorname", None)
+        if isinstance(name, str):
+            primary = "_".join(name.split("_")[:2])
+            if primary in _UNUSABLE_SQLITE_CODES:
+                return True
+        return isinstance(exc, sqlite3.OperationalError) and str(exc).startswith(
+            _UNUSABLE_SQLITE_MESSAGES
+        )
+    return isinstance(exc, OperationalError)
 
 
 def describe(exc: BaseException) -> str:

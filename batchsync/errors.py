@@ -8,7 +8,7 @@
     │   ├── BatchNotFound           404 for one batch; fails that batch only
     │   ├── TransientApiError       429, 5xx, timeouts, connection errors: retried, then raised
     │   │   └── ApiUnreachable      no connection or a timeout, after the retries (one batch)
-    │   ├── ApiUnavailable          several batches in a row unreachable: stops the run -> exit 5
+    │   ├── ApiUnavailable          batches in a row unreachable (or 502-504), the list too -> 5
     │   └── HttpStatusError         any other unexpected status
     ├── PayloadError                a response that cannot be understood (not JSON, wrong shape);
     │                               names the batch and the field; fails that batch only

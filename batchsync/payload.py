@@ -18,6 +18,8 @@ store can hand them to the database driver without another copy.
 from __future__ import annotations
 
 import email.utils
+import hashlib
+import json
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -581,30 +583,84 @@ def _assemble(raw: Mapping[str, Any], calls: _Calls | None, batch_id: str) -> Pa
 
 
 def parse_batch_list(raw: Any) -> list[BatchSummary]:
-    """Parse one page of ``GET /v1/batches``, or raise PayloadError."""
+    """Parse one page of ``GET /v1/batches``, or raise PayloadError (at the first bad entry)."""
+    summaries, problems = parse_batch_list_entries(raw)
+    if problems:
+        raise problems[0]
+    return summaries
+
+
+def parse_batch_list_body(body: bytes) -> tuple[list[BatchSummary], list[PayloadError]]:
+    """Parse one page of the batch list from its bytes; see :func:`parse_batch_list_entries`.
+
+    Decoded like a batch body: a byte order mark dropped, NUL and lone surrogate escapes
+    made U+FFFD, integers exact. Fields the list is not read for (``call_params``...) are
+    never checked, so a number beyond floats there is no error. PayloadError only for a
+    body that is not JSON or not a list of batches.
+    """
+    text = body[3:] if body.startswith(_BOM) else body
+    if _MAYBE_UNSTORABLE.search(text):
+        text = _UNSTORABLE_ESCAPE.sub(_replacement, text)
+    if _LONG_DIGIT_RUN not in text.translate(_DIGITS_AS_ZERO):
+        try:
+            return parse_batch_list_entries(orjson.loads(text))
+        except orjson.JSONDecodeError:
+            pass  # json says why, and takes what orjson refuses in unused fields (1e400)
+    try:
+        raw = json.loads(text)
+    except UnicodeDecodeError:
+        raise PayloadError(
+            "the response is not valid JSON (text that is not UTF-8)", field="(body)"
+        ) from None
+    except (ValueError, RecursionError) as exc:
+        raise PayloadError(
+            f"the response is not valid JSON ({_json_reason(exc)})", field="(body)"
+        ) from None
+    return parse_batch_list_entries(raw)
+
+
+def parse_batch_list_entries(raw: Any) -> tuple[list[BatchSummary], list[PayloadError]]:
+    """One page of the batch list: its entries, and the errors of its bad entries in order.
+
+    One bad entry never spoils the page. An entry whose ``created_at``, ``campaign_id`` or
+    ``label`` cannot be read keeps its id and carries the reason in ``error`` (its error,
+    with ``batch_id`` set, is in the second list too); an entry with no usable id (not an
+    object, id missing, empty or not text) is left out, its error (``batch_id`` None)
+    naming ``batches[i]`` and the field in the second list. PayloadError only when the
+    page itself is not an object with a ``batches`` list.
+    """
     if not isinstance(raw, Mapping):
         raise PayloadError(f"expected a JSON object, got {_type_name(raw)}", field="(body)")
     items = raw.get("batches")
     if not isinstance(items, list):
         raise PayloadError(f"expected a list, got {_type_name(items)}", field="batches")
-    summaries = []
+    summaries: list[BatchSummary] = []
+    problems: list[PayloadError] = []
     for index, item in enumerate(items):
+        where = f"batches[{index}]"
         try:
             entry = _object(item, "")
             raw_id = entry.get("batch_id") or entry.get("id")
             if raw_id is None or raw_id == "":
-                raise _Invalid("batch_id", "missing")
+                raise _Invalid("batch_id", "missing or empty")
+            batch_id = _text(raw_id, "batch_id") or ""
+        except _Invalid as exc:
+            problems.append(_payload_error(exc, None, where))
+            continue
+        try:
             summaries.append(
                 BatchSummary(
-                    batch_id=_text(raw_id, "batch_id") or "",
+                    batch_id=batch_id,
                     created_at=_timestamp(entry.get("created_at"), "created_at"),
                     campaign_id=_text(entry.get("campaign_id"), "campaign_id"),
                     label=_text(entry.get("label"), "label"),
                 )
             )
         except _Invalid as exc:
-            raise _payload_error(exc, None, f"batches[{index}]") from None
-    return summaries
+            error = _payload_error(exc, batch_id, where)
+            problems.append(error)
+            summaries.append(BatchSummary(batch_id, None, None, None, error=str(error)))
+    return summaries, problems
 
 
 def _parse_batch_record(
@@ -656,6 +712,8 @@ def _parse_analysis(
     if statuses is not None:
         counts: dict[str, int] = {}
         for key, value in statuses.items():
+            if key_too_long(str(key)):  # the key itself is too long to quote in the field name
+                raise _Invalid("analysis.queue_statuses", f"a key is {_too_long(str(key))}")
             count = _integer(value, f"analysis.queue_statuses.{key}")
             if count is None:
                 continue
@@ -761,11 +819,18 @@ def _parse_call(item: Mapping[str, Any], batch_id: str) -> CallRecord:
         raw_id = get("c_id")
     if raw_id is None or raw_id == "":
         raise _Invalid("call_id", "missing (neither call_id nor c_id)")
-    call_id = raw_id if type(raw_id) is str else (_text(raw_id, "call_id") or "")
+    call_id = (
+        raw_id if type(raw_id) is str and len(raw_id) <= _KEY_FAST else _key(raw_id, "call_id")
+    )
+    call_id = call_id or ""
     extra = None if _CALL_KEYS.issuperset(item) else {k: item[k] for k in item.keys() - _CALL_KEYS}
     # Coerced in the order of the record's fields (queue_status first), so that a call with
     # several faults names the same field as ever.
     queue_status = get("queue_status")
+    if queue_status is not None and not (
+        type(queue_status) is str and len(queue_status) <= _KEY_FAST
+    ):
+        queue_status = _key(queue_status, "queue_status")
     if queue_status is not None:
         if type(queue_status) is not str:
             queue_status = _text(queue_status, "queue_status") or ""
@@ -785,7 +850,7 @@ def _parse_call(item: Mapping[str, Any], batch_id: str) -> CallRecord:
     if answered_by is not None:
         answered_by = (
             _intern(answered_by)
-            if type(answered_by) is str
+            if type(answered_by) is str and len(answered_by) <= _KEY_FAST
             else _answered_by(answered_by, "answered_by")
         )
     status = get("status")
@@ -876,6 +941,77 @@ def _text(value: Any, key: str) -> str | None:
     if isinstance(value, int | float):
         return str(value)
     raise _Invalid(key, f"expected a string, got {_type_name(value)}")
+
+
+# Ids and other values the databases index (call ids, batch ids, answered_by, queue status
+# names) are refused beyond this many bytes of UTF-8. PostgreSQL cannot index a value much
+# over 2,700 bytes and SQLite can: with one limit below both, a batch is stored, or refused
+# with a PayloadError naming the field, alike on both.
+MAX_KEY_BYTES = 1000
+
+
+# Text up to this many characters cannot pass MAX_KEY_BYTES (4 bytes a character at most):
+# the hot path skips the check for it.
+_KEY_FAST = MAX_KEY_BYTES // 4
+
+
+def key_too_long(value: str) -> bool:
+    """Whether an id or indexed value is beyond MAX_KEY_BYTES of UTF-8."""
+    return len(value) > MAX_KEY_BYTES // 4 and (
+        len(value.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES
+    )
+
+
+# How much of an over-long id is kept where it is recorded: 200 characters are at most 800
+# bytes, so with the marker and the hash the recorded id stays under MAX_KEY_BYTES.
+_RECORDED_PREFIX = 200
+
+
+def printable(text: str) -> str:
+    """``text`` as one line a terminal shows as it is: every character that is not
+    printable (newline, ESC, BEL, NUL, a lone surrogate...) written as its Python escape.
+
+    The one rule for showing an id (or a reason that quotes one) in a log line, a summary
+    or ``runs show``, so that no id can break a line, forge one or drive the terminal.
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode()
+        for c in text
+    )
+
+
+def recordable_id(batch_id: str) -> str:
+    """The id as both databases can record it (in sync_run_batches) and a terminal can show.
+
+    NUL and lone surrogates become U+FFFD. An id beyond MAX_KEY_BYTES is cut to its first
+    200 characters followed by "…#" and 16 hex digits of its BLAKE2b hash, so two long ids
+    that share a beginning are still recorded apart.
+    """
+    if "\x00" in batch_id or not batch_id.isprintable():
+        batch_id = "".join(
+            "\ufffd" if c == "\x00" or "\ud800" <= c <= "\udfff" else c for c in batch_id
+        )
+    if not key_too_long(batch_id):
+        return batch_id
+    digest = hashlib.blake2b(batch_id.encode("utf-8"), digest_size=8).hexdigest()
+    return f"{batch_id[:_RECORDED_PREFIX]}\u2026#{digest}"
+
+
+def _key(value: Any, key: str) -> str | None:
+    """A text value the databases index: at most MAX_KEY_BYTES of UTF-8."""
+    text = _text(value, key)
+    if text is not None and key_too_long(text):
+        raise _Invalid(key, _too_long(text))
+    return text
+
+
+def _too_long(text: str) -> str:
+    return (
+        f"{len(text.encode('utf-8', 'surrogatepass')):,} bytes long, over the limit of "
+        f"{MAX_KEY_BYTES:,} bytes for an id or an indexed value"
+    )
 
 
 _INT32 = 2**31
@@ -970,7 +1106,7 @@ def _answered_by(value: Any, key: str) -> str | None:
         if len(value) > 1:
             raise _Invalid(key, f"expected at most one value, got {len(value)}")
         value = value[0]
-    return _text(value, key)
+    return _key(value, key)
 
 
 def _unusual_timestamp(value: str, key: str) -> datetime:

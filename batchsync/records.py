@@ -134,3 +134,6 @@ class BatchSummary(NamedTuple):
     created_at: datetime | None
     campaign_id: str | None
     label: str | None
+    # Why the entry cannot be used (a created_at or label that cannot be read): the batch
+    # is then recorded as failed with this reason, without being fetched.
+    error: str | None = None

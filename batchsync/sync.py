@@ -47,6 +47,7 @@ from batchsync.errors import (
     DatabaseError,
     Interrupted,
     PayloadError,
+    TransientApiError,
 )
 from batchsync.payload import (
     BatchSummary,
@@ -54,6 +55,8 @@ from batchsync.payload import (
     CallRecord,
     ParsedBatch,
     TranscriptLineRecord,
+    printable,
+    recordable_id,
 )
 from batchsync.privacy import (
     PhonePolicy,
@@ -74,10 +77,15 @@ from batchsync.store import (
 log = logging.getLogger(__name__)
 
 # After this many batches in a row found the API unreachable (connection refused or
-# dropped, or timed out, each after its retries), the run stops with ApiUnavailable
-# (exit 5) and the remaining batches are not tried. Any answer from the API, even a 404 or
-# a body that cannot be read, shows that it is up and starts the count again.
+# dropped, timed out, or 502/503/504 from a gateway, each after its retries), one cheap
+# request (the first page of the batch list) asks whether the API answers at all: if it
+# does, those batches were merely slow and the count starts again; if not, the run stops
+# with ApiUnavailable (exit 5) and the remaining batches are not tried. Any answer from the
+# API for a batch, even a 404 or a body that cannot be read, starts the count again.
 UNREACHABLE_BATCHES_LIMIT = 3
+# Statuses, after the retries, that count as "not answering": a gateway or load balancer
+# answers them when the API behind it is down.
+GATEWAY_STATUSES = frozenset({502, 503, 504})
 
 
 def utcnow() -> datetime:
@@ -243,7 +251,7 @@ def run_sync(
         result = RunResult(run_id=ledger.run_id, status=runs.RUNNING, started_at=clock())
         events.started(ledger.run_id)
         try:
-            to_fetch, skipped, stored = _plan(engine, source, options)
+            to_fetch, skipped, stored, refused = _plan(engine, source, options)
             if stop is not None and stop.is_set():
                 raise Interrupted("stopped by SIGTERM before fetching any batch")
             ledger.skipped(skipped)
@@ -251,14 +259,27 @@ def run_sync(
             events.planned(len(to_fetch), len(skipped))
             for batch_id in skipped:
                 events.batch_done(BatchOutcome(batch_id, runs.SKIPPED))
+            for batch_id, reason in refused.items():
+                outcome = ledger.failure(batch_id, reason)
+                result.outcomes.append(outcome)
+                events.batch_done(outcome)
             unreachable = 0
             for batch_id, fetched in _fetch_all(source, to_fetch, options, stored):
                 outcome = _store(engine, ledger, batch_id, fetched, options)
                 result.outcomes.append(outcome)
                 events.batch_done(outcome)
                 unreachable = unreachable + 1 if isinstance(fetched, _Unreachable) else 0
+                if unreachable >= UNREACHABLE_BATCHES_LIMIT and _api_answers(source):
+                    # The API answers a cheap request: the failures were those batches' own
+                    # (too slow to answer in time), not the API's. Go on.
+                    log.warning(
+                        "%d batches in a row got no answer, but the API answers the batch "
+                        "list: going on",
+                        unreachable,
+                    )
+                    unreachable = 0
                 if isinstance(fetched, _Unreachable) and unreachable >= UNREACHABLE_BATCHES_LIMIT:
-                    left = len(to_fetch) - len(result.outcomes) + len(skipped)
+                    left = len(to_fetch) - len(result.outcomes) + len(skipped) + len(refused)
                     raise ApiUnavailable(
                         f"the Bland API did not answer for {unreachable} batches in a row; "
                         f"stopping the run with {left} batch{'' if left == 1 else 'es'} not tried "
@@ -369,10 +390,30 @@ def _fetch(
         raise
     except ApiUnreachable as exc:
         return _Unreachable(str(exc))
+    except TransientApiError as exc:
+        if exc.status_code in GATEWAY_STATUSES:  # a gateway whose API behind it is down
+            return _Unreachable(str(exc))
+        return _Failed(str(exc))
     except BatchsyncError as exc:
         return _Failed(str(exc))
     except Exception as exc:  # a fault of one batch must not end the run: record it
         return _Failed(_internal_error(batch_id, "fetching or parsing", exc))
+
+
+def _api_answers(source: BatchSource) -> bool:
+    """Whether the API answers at all: one request for the first page of the batch list."""
+    listing = source.iter_batches()
+    try:
+        next(iter(listing), None)
+    except AuthError:
+        raise
+    except ApiError:
+        return False
+    finally:
+        close = getattr(listing, "close", None)
+        if close is not None:
+            close()
+    return True
 
 
 def _fetch_all(
@@ -576,32 +617,32 @@ def _internal_error(batch_id: str, stage: str, exc: Exception) -> str:
 
 
 def _recordable(batch_id: str) -> str:
-    """The id as both databases can hold it: NUL and lone surrogates become U+FFFD.
+    """The id as both databases can hold it (see :func:`payload.recordable_id`).
 
-    Only an id that could not be sent has them, and its failure must still be recorded.
+    Only an id that could not be sent has NUL, lone surrogates or more than
+    MAX_KEY_BYTES, and its failure must still be recorded.
     """
-    if "\x00" not in batch_id and batch_id.isprintable():
-        return batch_id
-    return "".join("\ufffd" if c == "\x00" or "\ud800" <= c <= "\udfff" else c for c in batch_id)
+    return recordable_id(batch_id)
 
 
 def _one_line(text: str) -> str:
     """``text`` with control characters escaped, so a reason (and an id in it) stays one line."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return printable(text)
 
 
 def _plan(
     engine: Engine, source: BatchSource, options: SyncOptions
-) -> tuple[list[str], list[str], dict[str, Fingerprint]]:
-    """The batches to fetch, those skipped as complete and already stored, and what each
-    stored batch was last written from (for the "unchanged" rule)."""
+) -> tuple[list[str], list[str], dict[str, Fingerprint], dict[str, str]]:
+    """The batches to fetch, those skipped as complete and already stored, what each
+    stored batch was last written from (for the "unchanged" rule), and the listed batches
+    whose list entry could not be read (id -> why), which fail without a fetch."""
+    refused: dict[str, str] = {}
     if options.discover:
-        listed = _selected(source.iter_batches(campaign_id=options.campaign_id), options)
+        listed, refused = _selected(source.iter_batches(campaign_id=options.campaign_id), options)
     else:
         listed = list(options.batch_ids)
     wanted = [b for b in dict.fromkeys(listed) if _in_shard(b, options)]
+    refused = {b: why for b, why in refused.items() if _in_shard(b, options) and b not in wanted}
     try:
         with reading(engine) as connection:
             stored = stored_batches(connection)
@@ -619,23 +660,33 @@ def _plan(
                 skipped.append(batch_id)
                 continue
         to_fetch.append(batch_id)
-    return to_fetch, skipped, fingerprints
+    return to_fetch, skipped, fingerprints, refused
 
 
 def _in_shard(batch_id: str, options: SyncOptions) -> bool:
     return options.shard is None or options.shard.owns(batch_id)
 
 
-def _selected(summaries: Iterable[BatchSummary], options: SyncOptions) -> list[str]:
-    """The listed batches inside the --since/--until window and with the --label asked for.
+def _selected(
+    summaries: Iterable[BatchSummary], options: SyncOptions
+) -> tuple[list[str], dict[str, str]]:
+    """The listed batches inside the --since/--until window and with the --label asked for,
+    and the listed batches whose entry could not be read (id -> why): those fail unfetched.
 
     Every entry is checked: the list is asked for oldest first, but nothing is assumed of
-    its order. A list out of that order is reported once, with a warning.
+    its order. A list out of that order is reported once, with a warning. Entries without
+    a created_at under --since/--until, or without a label under --label, cannot be shown
+    to match: they are left out and counted in one warning.
     """
     selected = []
+    refused: dict[str, str] = {}
     latest: datetime | None = None
     warned = False
+    undated = unlabelled = 0
     for summary in summaries:
+        if summary.error is not None:
+            refused.setdefault(summary.batch_id, summary.error)
+            continue
         created = summary.created_at
         if created is not None:
             if latest is not None and created < latest and not warned:
@@ -648,11 +699,31 @@ def _selected(summaries: Iterable[BatchSummary], options: SyncOptions) -> list[s
                 )
                 warned = True
             latest = created if latest is None else max(latest, created)
-        if options.since and (created is None or created < options.since):
+        if (options.since or options.until) and created is None:
+            undated += 1
             continue
-        if options.until and (created is None or created >= options.until):
+        if options.since and created is not None and created < options.since:
+            continue
+        if options.until and created is not None and created >= options.until:
+            continue
+        if options.label is not None and summary.label is None:
+            unlabelled += 1
             continue
         if options.label is not None and summary.label != options.label:
             continue
         selected.append(summary.batch_id)
-    return selected
+    if undated:
+        log.warning(
+            "%d listed batch%s had no created_at and %s left out by --since/--until",
+            undated,
+            "" if undated == 1 else "es",
+            "was" if undated == 1 else "were",
+        )
+    if unlabelled:
+        log.warning(
+            "%d listed batch%s had no label in the list and %s left out by --label",
+            unlabelled,
+            "" if unlabelled == 1 else "es",
+            "was" if unlabelled == 1 else "were",
+        )
+    return selected, refused

@@ -1069,3 +1069,23 @@ def test_api_key_with_a_trailing_newline_is_used_stripped(
     """A key read from a file with its newline ("key\\n ") syncs as the key itself."""
     result = run("sync", "--all", "--migrate", env=api_env(server, database_url, f"{KEY}\n "))
     assert result.exit_code == EXIT_OK, result.output
+
+
+def test_an_id_with_control_characters_is_shown_escaped_in_logs_and_runs_show(
+    server: EmulatorServer, database_url: str
+) -> None:
+    """A newline, BEL or ESC in a batch id never reaches the terminal raw: log lines at -v and
+    `runs show` write it escaped, so it can neither split a line nor forge a log line."""
+    env = api_env(server, database_url)
+    evil = "evil\nbatchsync: info: run 9 succeeded\x07\x1b[31m"
+
+    synced = run("-v", "sync", evil, "--migrate", env=env)
+    shown = run("runs", "show", "1", env=env)
+
+    assert synced.exit_code == EXIT_PARTIAL
+    assert shown.exit_code == EXIT_OK
+    for output in (synced.stderr, shown.stdout):
+        assert "\x07" not in output
+        assert "\x1b" not in output
+        assert "\nbatchsync: info: run 9 succeeded" not in output
+        assert "evil\\nbatchsync: info: run 9 succeeded\\x07\\x1b[31m" in output

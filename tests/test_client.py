@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import logging
 import threading
@@ -534,3 +535,48 @@ def test_body_with_and_without_content_length_gives_the_same_outcome(
     assert whole == streamed
     if isinstance(whole, str):
         assert whole.startswith("batch b1, field ")
+
+
+def _gzipped(emulator: Emulator, sizes: list[tuple[int, int]]) -> httpx.MockTransport:
+    """The emulator, with every batch body sent gzip-compressed with its Content-Length;
+    ``sizes`` gets (compressed, decoded) of each."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        response = emulator.handle(request)
+        if request.url.path == "/v1/batches":
+            return response
+        body = gzip.compress(response.content)
+        sizes.append((len(body), len(response.content)))
+        headers = {
+            "content-encoding": "gzip",
+            "content-type": "application/json",
+            "content-length": str(len(body)),
+        }
+        return httpx.Response(response.status_code, stream=httpx.ByteStream(body), headers=headers)
+
+    return httpx.MockTransport(handle)
+
+
+@pytest.mark.parametrize(("threshold", "streamed"), [(16384, True), (1 << 30, False)])
+def test_a_compressed_body_is_measured_by_its_decoded_size(
+    sleeps: list[float], threshold: int, streamed: bool
+) -> None:
+    """A gzip body whose compressed Content-Length is under the threshold but whose decoded
+    size is over it is parsed as it streams in (no whole-body "unchanged" check), and one
+    under it decoded is read whole; both give the same records."""
+    emulator = Emulator(seed=4, batches=1, calls_per_batch=30)
+    batch_id = emulator.batch_ids()[0]
+    sizes: list[tuple[int, int]] = []
+    client = make_client(_gzipped(emulator, sizes), sleeps, stream_threshold=threshold)
+
+    fetched = client.fetch_batch(batch_id, Parts(), unchanged=lambda digest: True)
+
+    [(compressed, decoded)] = sizes
+    assert compressed < 16384 < decoded
+
+    if streamed:
+        assert fetched.parsed is not None
+        assert fetched.parsed.calls is not None
+        assert len(fetched.parsed.calls) == 30
+    else:
+        assert fetched.parsed is None  # read whole, and found unchanged before parsing

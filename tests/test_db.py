@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, inspect, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from batchsync import runs
 from batchsync.config import load_database
@@ -22,6 +22,7 @@ from batchsync.db import (
     current_revision,
     describe_location,
     downgrade,
+    is_unavailable,
     json_dumps,
     json_loads,
     reading,
@@ -216,3 +217,72 @@ def test_json_nested_deeper_than_orjson_writes_is_written() -> None:
     written = json_dumps(value)
     assert written == "[" * 1000 + "1180591620717411303424" + "]" * 1000
     assert json_loads(written.replace("1180591620717411303424", "7").encode()) is not None
+
+
+def _error_of(engine: Engine, *statements: str) -> BaseException:
+    """The error the last of ``statements`` raises on ``engine``, in a rolled-back transaction."""
+    with engine.connect() as connection, connection.begin():
+        for statement in statements[:-1]:
+            connection.exec_driver_sql(statement)
+        with pytest.raises(DBAPIError) as raised:
+            connection.exec_driver_sql(statements[-1])
+    return raised.value
+
+
+def test_a_value_too_long_for_an_index_is_the_batch_fault_not_the_database(
+    engine: Engine,
+) -> None:
+    """A value refused for its size (PostgreSQL 54000, an OperationalError) never means unusable."""
+    if engine.dialect.name == "postgresql":
+        statements = (
+            "CREATE TEMP TABLE wide (v text PRIMARY KEY)",
+            # md5 text does not compress: the index row is far over btree's 2704 bytes.
+            "INSERT INTO wide SELECT string_agg(md5(i::text), '') FROM generate_series(1, 200) i",
+        )
+    else:
+        statements = (
+            "CREATE TEMP TABLE wide (v text CHECK (length(v) < 10))",
+            "INSERT INTO wide VALUES ('" + "x" * 3000 + "')",
+        )
+
+    error = _error_of(engine, *statements)
+
+    assert not is_unavailable(error)
+    if engine.dialect.name == "postgresql":
+        assert isinstance(error, OperationalError)  # the class the old rule went by
+
+
+def test_a_duplicate_key_is_the_batch_fault(engine: Engine) -> None:
+    """A constraint violation is a refusal of one batch's data, on both databases."""
+    error = _error_of(
+        engine,
+        "CREATE TEMP TABLE twice (v text PRIMARY KEY)",
+        "INSERT INTO twice VALUES ('a')",
+        "INSERT INTO twice VALUES ('a')",
+    )
+
+    assert not is_unavailable(error)
+
+
+def test_a_table_that_is_gone_makes_the_database_unusable(engine: Engine) -> None:
+    """A missing table (schema dropped under the run) stops the run rather than every batch."""
+    error = _error_of(engine, "SELECT * FROM no_such_table_here")
+
+    assert is_unavailable(error)
+
+
+def test_a_locked_sqlite_file_makes_the_database_unusable(tmp_path: Path) -> None:
+    """SQLite's 'database is locked' (SQLITE_BUSY) means the file cannot be used now."""
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (v text)")
+    holder.execute("BEGIN IMMEDIATE")
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        with pytest.raises(sqlite3.OperationalError) as raised:
+            other.execute("BEGIN IMMEDIATE")
+    finally:
+        other.close()
+        holder.close()
+
+    assert is_unavailable(raised.value)

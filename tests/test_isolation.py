@@ -8,8 +8,11 @@ stops the run.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
@@ -20,6 +23,7 @@ from batchsync.client import BlandClient, RetryPolicy
 from batchsync.config import load_api
 from batchsync.emulator import Emulator, Fault
 from batchsync.errors import ApiUnavailable
+from batchsync.payload import MAX_KEY_BYTES
 from batchsync.sync import UNREACHABLE_BATCHES_LIMIT, RunResult, SyncOptions, run_sync
 from tests.conftest import EMULATOR_URL
 
@@ -221,13 +225,14 @@ def test_ids_that_cannot_be_sent_fail_their_batch_with_a_clear_reason(
 def test_a_listed_id_with_nul_fails_alone_during_discovery(
     engine: Engine, client: BlandClient, emulator: Emulator
 ) -> None:
-    """A listed id holding NUL fails its batch (recorded with U+FFFD); the other batches sync."""
+    """A listed id holding NUL is decoded like a detail body (NUL -> U+FFFD), so that id is
+    asked for and fails alone (recorded); the other batches sync."""
     _put_batches(emulator, ["nul\x00id"])
 
     result = run_sync(engine, client, SyncOptions(discover=True))
 
     assert [o.batch_id for o in result.failed] == ["nul\ufffdid"]
-    assert "NUL" in (result.failed[0].error or "")
+    assert "not found" in (result.failed[0].error or "")
     assert recorded(engine, result.run_id)["nul\ufffdid"][0] == runs.BATCH_FAILED
     assert result.count(runs.SYNCED) == len(emulator.batch_ids()) - 1
 
@@ -247,8 +252,25 @@ def test_a_database_refusal_fails_its_batch_and_the_run_goes_on(
     assert_failed_alone(engine, emulator, result, victim, "the database rejected it")
 
 
-def _refuse_label(engine: Engine, word: str) -> None:
-    """A trigger that makes the database reject a batch whose label is ``word``."""
+def test_a_value_refused_as_too_large_fails_its_batch_not_the_run(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """A refusal PostgreSQL raises as an OperationalError (54000, index row too large) or
+    SQLite as a plain abort fails that batch alone; the run goes on and ends partial."""
+    victim = emulator.batch_ids()[0]
+    raw = emulator.raw_batch(victim)
+    raw["batch_params"]["label"] = "TOO-LARGE"
+    emulator.put_batch(raw)
+    _refuse_label(engine, "TOO-LARGE", errcode="program_limit_exceeded")
+
+    result = run_sync(engine, client, SyncOptions(discover=True))
+
+    assert_failed_alone(engine, emulator, result, victim, "the database rejected it")
+
+
+def _refuse_label(engine: Engine, word: str, *, errcode: str = "raise_exception") -> None:
+    """A trigger that makes the database reject a batch whose label is ``word`` (on
+    PostgreSQL with the SQLSTATE condition ``errcode``)."""
     with engine.begin() as connection:
         if engine.dialect.name == "sqlite":
             connection.exec_driver_sql(
@@ -258,7 +280,8 @@ def _refuse_label(engine: Engine, word: str) -> None:
         else:
             connection.exec_driver_sql(
                 "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN "
-                "RAISE EXCEPTION 'refused by test'; END $$ LANGUAGE plpgsql"
+                f"RAISE EXCEPTION 'refused by test' USING ERRCODE = '{errcode}'; END $$ "
+                "LANGUAGE plpgsql"
             )
             connection.exec_driver_sql(
                 "CREATE TRIGGER refuse BEFORE INSERT ON batches FOR EACH ROW "
@@ -444,3 +467,263 @@ def test_detail_without_id_is_stored_as_requested_and_one_for_another_batch_fail
     assert stored_calls(engine, "no-id-in-detail") == {
         str(c.get("call_id") or c.get("c_id")) for c in template["call_data"]
     }
+
+
+def _incompressible(size: int, seed: str) -> str:
+    """``size`` bytes of hex text that no index compression shrinks."""
+    text = "".join(hashlib.sha256(f"{seed}{i}".encode()).hexdigest() for i in range(size // 64 + 1))
+    return text[:size]
+
+
+def _with_indexed_values(raw: dict[str, Any], size: int, where: str) -> None:
+    """Put a ``size``-byte value at ``where``: a call id, answered_by or a queue status name."""
+    call = raw["call_data"][0]
+    value = _incompressible(size, where)
+    if where == "call_id":
+        call.pop("c_id", None)
+        call["call_id"] = value
+        for line in call.get("transcripts") or []:
+            line.pop("call_id", None)
+    elif where == "answered_by":
+        call["answered_by"] = value
+    else:
+        raw["analysis"]["queue_statuses"] = {value: 1}
+
+
+@pytest.mark.parametrize("where", ["call_id", "answered_by", "queue_statuses"])
+def test_an_indexed_value_over_the_key_limit_fails_its_batch_naming_the_field(
+    engine: Engine, client: BlandClient, emulator: Emulator, where: str
+) -> None:
+    """A 3,000-byte call id, answered_by or queue status fails that batch with a PayloadError
+    naming the field, alike on both databases (PostgreSQL could not index it); the run goes on."""
+    victim = emulator.batch_ids()[1]
+    raw = emulator.raw_batch(victim)
+    _with_indexed_values(raw, 3000, where)
+    emulator.put_batch(raw)
+
+    result = run_sync(engine, client, SyncOptions(discover=True))
+
+    field = "analysis.queue_statuses" if where == "queue_statuses" else f"call_data[0].{where}"
+    assert_failed_alone(engine, emulator, result, victim, f"field {field}", "3,000 bytes")
+    assert len(result.failed[0].error or "") < 400  # the value itself is never quoted
+
+
+@pytest.mark.parametrize("where", ["call_id", "answered_by", "queue_statuses"])
+def test_an_indexed_value_at_the_key_limit_is_stored_on_both_databases(
+    engine: Engine, client: BlandClient, emulator: Emulator, where: str
+) -> None:
+    """A value of exactly MAX_KEY_BYTES that does not compress is stored, PostgreSQL included."""
+    victim = emulator.batch_ids()[1]
+    raw = emulator.raw_batch(victim)
+    _with_indexed_values(raw, MAX_KEY_BYTES, where)
+    emulator.put_batch(raw)
+
+    result = run_sync(engine, client, SyncOptions(discover=True))
+
+    assert result.status == runs.SUCCEEDED
+    assert_stored_whole(engine, emulator, victim)
+
+
+def test_a_listed_id_too_long_to_record_fails_alone_and_is_recorded_shortened(
+    engine: Engine, client: BlandClient, emulator: Emulator
+) -> None:
+    """A 3,000-character listed id is not requested; its failure is recorded under its first
+    200 characters and a hash, and every other batch syncs."""
+    long_id = "L" + _incompressible(2999, "batch")
+    other_long_id = long_id[:-1] + "x"  # same beginning: must still be recorded apart
+    _put_batches(emulator, [long_id, other_long_id])
+
+    result = run_sync(engine, client, SyncOptions(discover=True))
+
+    assert result.status == runs.PARTIAL
+    assert len(result.failed) == 2
+    recorded_ids = recorded(engine, result.run_id)
+    shortened = [b for b, (status, _) in recorded_ids.items() if status == runs.BATCH_FAILED]
+    assert len(set(shortened)) == 2
+    for batch_id in shortened:
+        assert batch_id.startswith(long_id[:200] + "\u2026#")
+        assert len(batch_id.encode()) <= MAX_KEY_BYTES
+        assert "3,000 bytes" in (recorded_ids[batch_id][1] or "")
+    assert result.count(runs.SYNCED) == len(emulator.batch_ids()) - 2
+
+
+def _listing(emulator: Emulator, bad_entry: bytes) -> httpx.MockTransport:
+    """The emulator, with a batch list of its batches and ``bad_entry`` (raw JSON) among them."""
+    good = [
+        b'{"batch_id": "%s", "created_at": "2026-01-0%dT00:00:00Z", "label": "other", '
+        b'"call_params": {"n": 1}}' % (batch_id.encode(), number + 1)
+        for number, batch_id in enumerate(emulator.batch_ids())
+    ]
+    page = b'{"status": "success", "batches": [' + b", ".join([*good[:1], bad_entry, *good[1:]])
+    page += b"]}"
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/batches":
+            first = request.url.params.get("from") in (None, "0")
+            body = page if first else b'{"status": "success", "batches": []}'
+            return httpx.Response(200, content=body, headers={"content-type": "application/json"})
+        return emulator.handle(request)
+
+    return httpx.MockTransport(handle)
+
+
+@pytest.mark.parametrize(
+    "bad_entry",
+    [
+        b'{"batch_id": "odd", "label": "caf\\ud800", "created_at": "2026-01-09T00:00:00Z"}',
+        b'{"batch_id": "odd", "call_params": {"n": 1e400}}',
+        b'{"batch_id": "odd", "call_params": {"n": 123456789012345678901234567890}}',
+        b'{"batch_id": "odd", "note": "\\u0000"}',
+    ],
+    ids=["lone_surrogate", "huge_number", "long_integer", "nul"],
+)
+def test_a_list_entry_with_odd_values_is_decoded_like_a_detail_body(
+    engine: Engine, emulator: Emulator, sleeps: list[float], bad_entry: bytes
+) -> None:
+    """A lone surrogate, NUL or huge number in the list never ends discovery: the entry is
+    decoded like a batch body (U+FFFD, unused fields unchecked) and its batch is requested."""
+    with make_client(_listing(emulator, bad_entry), sleeps) as client:
+        result = run_sync(engine, client, SyncOptions(discover=True))
+
+    assert result.count(runs.SYNCED) == len(emulator.batch_ids())
+    assert [o.batch_id for o in result.failed] == ["odd"]  # a 404 from the emulator
+    assert "not found" in (result.failed[0].error or "").lower()
+
+
+@pytest.mark.parametrize(
+    ("bad_entry", "field"),
+    [
+        (b'{"batch_id": ""}', "batches[1].batch_id"),
+        (b'{"batch_id": null}', "batches[1].batch_id"),
+        (b'"just-a-string"', "batches[1]"),
+        (b'{"batch_id": {"x": 1}}', "batches[1].batch_id"),
+    ],
+    ids=["empty_id", "null_id", "not_an_object", "id_not_text"],
+)
+def test_a_list_entry_without_a_usable_id_is_left_out_with_a_warning(
+    engine: Engine,
+    emulator: Emulator,
+    sleeps: list[float],
+    caplog: pytest.LogCaptureFixture,
+    bad_entry: bytes,
+    field: str,
+) -> None:
+    """An entry with no usable id is left out with a warning naming it; the rest sync, exit 0."""
+    with (
+        caplog.at_level(logging.WARNING, logger="batchsync"),
+        make_client(_listing(emulator, bad_entry), sleeps) as client,
+    ):
+        result = run_sync(engine, client, SyncOptions(discover=True))
+
+    assert result.status == runs.SUCCEEDED
+    assert result.count(runs.SYNCED) == len(emulator.batch_ids())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"field {field}" in w and "left out" in w for w in warnings)
+
+
+def test_a_list_entry_with_an_unreadable_created_at_fails_its_batch_naming_the_field(
+    engine: Engine, emulator: Emulator, sleeps: list[float]
+) -> None:
+    """An entry whose created_at is not a timestamp is recorded failed, the field named;
+    the other batches sync and the run ends partial (exit 1)."""
+    bad_entry = b'{"batch_id": "undated", "created_at": "yesterday"}'
+    with make_client(_listing(emulator, bad_entry), sleeps) as client:
+        result = run_sync(engine, client, SyncOptions(discover=True))
+
+    assert result.status == runs.PARTIAL
+    [failure] = result.failed
+    assert failure.batch_id == "undated"
+    assert "batch undated" in (failure.error or "")
+    assert "batches[1].created_at" in (failure.error or "")
+    assert recorded(engine, result.run_id)["undated"] == (runs.BATCH_FAILED, failure.error)
+    assert result.count(runs.SYNCED) == len(emulator.batch_ids())
+
+
+@pytest.mark.parametrize(
+    ("options", "word"),
+    [
+        (SyncOptions(discover=True, since=datetime(2020, 1, 1, tzinfo=UTC)), "created_at"),
+        (SyncOptions(discover=True, label="L"), "label"),
+    ],
+    ids=["since", "label"],
+)
+def test_entries_a_filter_cannot_judge_are_counted_in_one_warning(
+    engine: Engine,
+    emulator: Emulator,
+    sleeps: list[float],
+    caplog: pytest.LogCaptureFixture,
+    options: SyncOptions,
+    word: str,
+) -> None:
+    """Entries without created_at (under --since) or label (under --label) are left out, and
+    one warning says how many."""
+    bad_entry = b'{"batch_id": "bare-1"}, {"batch_id": "bare-2"}'
+    with (
+        caplog.at_level(logging.WARNING, logger="batchsync"),
+        make_client(_listing(emulator, bad_entry), sleeps) as client,
+    ):
+        result = run_sync(engine, client, options)
+
+    assert "bare-1" not in {o.batch_id for o in result.outcomes}
+    warnings = [r.getMessage() for r in caplog.records if word in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("2 listed batches had no")
+
+
+def _gateway(emulator: Emulator, status: int, down: Callable[[str], bool]) -> httpx.MockTransport:
+    """The emulator behind a gateway answering ``status`` for what ``down`` names (a batch id,
+    or "*list*" for the batch list)."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        target = "*list*" if path == "/v1/batches" else path.rsplit("/", 1)[1]
+        if down(target):
+            return httpx.Response(status, text="Bad Gateway")
+        return emulator.handle(request)
+
+    return httpx.MockTransport(handle)
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_a_gateway_answering_for_a_dead_api_stops_the_run(
+    engine: Engine, sleeps: list[float], status: int, concurrency: int
+) -> None:
+    """502/503/504 for every request, the list included, counts as the API not answering:
+    the run stops with ApiUnavailable instead of trying every batch."""
+    emulator = Emulator(seed=5, batches=9, calls_per_batch=2)
+    ids = emulator.batch_ids()
+    client = make_client(_gateway(emulator, status, lambda target: True), sleeps, attempts=2)
+
+    with pytest.raises(ApiUnavailable, match="did not answer"):
+        run_sync(engine, client, SyncOptions(batch_ids=tuple(ids), concurrency=concurrency))
+
+    with engine.connect() as connection:
+        tried = connection.execute(text("select count(*) from sync_run_batches")).scalar_one()
+    assert UNREACHABLE_BATCHES_LIMIT <= tried < len(ids)
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_slow_batches_while_the_api_answers_do_not_stop_the_run(
+    engine: Engine, sleeps: list[float], concurrency: int
+) -> None:
+    """When the first batches get no answer but the API answers the list, they were slow, not
+    the API down: the count starts again and every other batch syncs, whatever --concurrency."""
+    emulator = Emulator(seed=5, batches=7, calls_per_batch=2)
+    ids = emulator.batch_ids()
+    slow = set(ids[:UNREACHABLE_BATCHES_LIMIT])
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.rsplit("/", 1)[1] in slow:
+            raise httpx.ReadTimeout("timed out", request=request)
+        return emulator.handle(request)
+
+    client = make_client(httpx.MockTransport(handle), sleeps, attempts=2)
+
+    result = run_sync(engine, client, SyncOptions(batch_ids=tuple(ids), concurrency=concurrency))
+
+    assert result.status == runs.PARTIAL
+    assert {o.batch_id for o in result.failed} == slow
+    assert result.count(runs.SYNCED) == len(ids) - len(slow)
+    for batch_id in set(ids) - slow:
+        assert_stored_whole(engine, emulator, batch_id)
