@@ -360,7 +360,7 @@ class BlandClient:
             elif self.spool_large_bodies:
                 # Closed by the SpooledBody's owner, not here: SIM115 does not apply.
                 spooled = tempfile.TemporaryFile(prefix="batchsync-")  # noqa: SIM115
-                counted = _Counted(self._chunks(response, digest))
+                counted = _Counted(_drained(head, chunks))
                 try:
                     for chunk in counted:
                         spooled.write(chunk)
