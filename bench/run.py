@@ -58,6 +58,7 @@ from sqlalchemy.engine import URL
 
 import batchsync
 from batchsync.db import json_dumps
+from batchsync.models import Base
 from batchsync.payload import ParsedBatch, parse_batch
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -423,8 +424,11 @@ class PostgresCopyLimit:
                 " ORDER BY a.attnum",
                 (f"{LIMIT_SCHEMA}.{table}",),
             ).fetchall()
-            self.columns[table] = [name for name, _ in described]
-            self.types[table] = [typname for _, typname in described]
+            # Records are in the order of batchsync's model, which is not the physical order
+            # once a migration has added columns (ALTER TABLE appends them): follow the model.
+            typname = dict(described)
+            self.columns[table] = [c.name for c in Base.metadata.tables[table].columns]
+            self.types[table] = [typname[name] for name in self.columns[table]]
         self.connection.commit()
 
     def write(self, table: str, rows: list[tuple[Any, ...]]) -> None:
@@ -485,10 +489,13 @@ class SqliteExecutemanyLimit:
             connection.execute("PRAGMA synchronous=NORMAL")
             for statement in ddl[table]:
                 connection.execute(statement)
-            columns = [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
-            declared = [
-                str(row[2]).upper() for row in connection.execute(f"PRAGMA table_info({table})")
-            ]
+            info = {
+                row[1]: str(row[2]).upper()
+                for row in connection.execute(f"PRAGMA table_info({table})")
+            }
+            # In the model's order, which the records follow (added columns come last on disk).
+            columns = [c.name for c in Base.metadata.tables[table].columns]
+            declared = [info[name] for name in columns]
             marks = ", ".join("?" * len(columns))
             self.statements[table] = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
             self.converters[table] = [
