@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,17 @@ def test_readme_query_runs_on_postgres(query: str, engine: Engine) -> None:
         run_sync(engine, build_source(c), SyncOptions(discover=True))
     with engine.connect() as connection:
         assert connection.execute(text(query)).all()
+
+
+def test_every_package_of_the_source_tree_ships_in_the_wheel() -> None:
+    """README's first command installs without -e: each subpackage must be listed in
+    pyproject.toml, or `batchsync` fails to import from the installed wheel."""
+    root = Path(__file__).resolve().parent.parent
+    listed = set(
+        tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(init.parent.relative_to(root).parts)
+        for init in (root / "batchsync").rglob("__init__.py")
+    }
+    assert found <= listed
