@@ -37,8 +37,9 @@ from sqlalchemy import Engine
 
 from batchsync import __version__, logs, runs, store
 from batchsync.bland.auto import API_CHOICES, ApiChoice, build_source
+from batchsync.bland.http import BlandHttp, RetryPolicy
+from batchsync.bland.source import BatchSource, Parts
 from batchsync.bland.v2 import DETAIL_CONCURRENCY
-from batchsync.client import BatchSource, BlandClient, Parts, RetryPolicy
 from batchsync.config import (
     ENV_API_KEY,
     ENV_BASE_URL,
@@ -778,48 +779,46 @@ def sync(
         call_details=call_details,
     )
     retry = RetryPolicy(attempts=retries, max_wait=max_retry_wait)
-    with BlandClient(
+    with BlandHttp(
         api,
         retry=retry,
         max_requests_per_second=max_requests_per_second,
         max_connections=max(concurrency, 1) * (1 + DETAIL_CONCURRENCY),
-        spool_large_bodies=True,
-    ) as client:
+    ) as http:
         # Stored details are kept only where the stored values are the API's own.
         as_sent = phones.mode is PhoneMode.KEEP and not phones.redact_transcripts
         source = build_source(
-            client,
+            http,
             api_choice,
             call_details,
             stored_calls=partial(store.stored_calls, engine) if as_sent else None,
             refresh=refresh,
+            spool_large_bodies=True,
         )
-        result = _run(
-            engine, client, options, as_json=as_json, database=settings.display_url, source=source
-        )
+        result = _run(engine, http, source, options, as_json=as_json, database=settings.display_url)
     sys.exit(EXIT_PARTIAL if result.failed else EXIT_OK)
 
 
 def _run(
     engine: Engine,
-    client: BlandClient,
+    http: BlandHttp,
+    source: BatchSource,
     options: SyncOptions,
     *,
     as_json: bool,
     database: str,
-    source: BatchSource | None = None,
 ) -> RunResult:
     ctx = click.get_current_context()
     started = time.monotonic()
     with _stop_on_sigterm() as stop, _progress(ctx, enabled=not as_json) as events:
-        result = run_sync(engine, source or client, options, events=events, stop=stop)
+        result = run_sync(engine, source, options, events=events, stop=stop)
     summary = {
         **result.as_json(),
         "database": database,
         "http": {
-            "requests": client.stats.requests,
-            "retries": client.stats.retries,
-            "bytes": client.stats.bytes_received,
+            "requests": http.stats.requests,
+            "retries": http.stats.retries,
+            "bytes": http.stats.bytes_received,
         },
         "duration_seconds": round(time.monotonic() - started, 3),
     }
@@ -1202,14 +1201,14 @@ def demo(database: Path, seed: int, batches: int, v2_batches: int, calls: int) -
         f"Syncing {_plural(batches, 'emulated v1 batch', 'emulated v1 batches')} and "
         f"{_plural(v2_batches, 'v2 batch', 'v2 batches')} into {database} ..."
     )
-    with BlandClient(api, transport=emu.transport()) as client:
+    with BlandHttp(api, transport=emu.transport()) as http:
         result = _run(
             engine,
-            client,
+            http,
+            build_source(http, stored_calls=partial(store.stored_calls, engine)),
             SyncOptions(discover=True),
             as_json=False,
             database=settings.display_url,
-            source=build_source(client, stored_calls=partial(store.stored_calls, engine)),
         )
     _echo(f"\nRows in {database}:")
     for table, count in store.row_counts(engine).items():

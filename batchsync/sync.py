@@ -35,7 +35,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from batchsync import runs
-from batchsync.client import BatchSource, FetchedBatch, Parts, Unchanged
+from batchsync.bland.source import BatchSource, FetchedBatch, Parts, Unchanged
 from batchsync.db import DRIVER_ERRORS, describe, is_unavailable, reading, unavailable
 from batchsync.errors import (
     ApiError,

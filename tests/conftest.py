@@ -14,13 +14,15 @@ import uuid
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from batchsync.client import BlandClient, RetryPolicy
-from batchsync.config import forget_secrets, load_api, load_database
+from batchsync.bland.http import BlandHttp, RetryPolicy
+from batchsync.bland.v1 import V1Source
+from batchsync.config import ApiSettings, forget_secrets, load_api, load_database
 from batchsync.db import create_db_engine, upgrade
 from batchsync.emulator import Emulator
 
@@ -113,12 +115,30 @@ def sleeps() -> list[float]:
 
 
 @pytest.fixture
-def client(emulator: Emulator, sleeps: list[float]) -> Iterator[BlandClient]:
+def http(emulator: Emulator, sleeps: list[float]) -> Iterator[BlandHttp]:
+    """The HTTP client over the emulator, retries recorded in ``sleeps``."""
     api = load_api(EMULATOR_URL, emulator.api_key)
-    with BlandClient(
+    with BlandHttp(
         api, transport=emulator.transport(), retry=RetryPolicy(attempts=4), sleep=sleeps.append
-    ) as client:
-        yield client
+    ) as http:
+        yield http
+
+
+@pytest.fixture
+def source(http: BlandHttp) -> V1Source:
+    """The v1 source over the emulator."""
+    return V1Source(http)
+
+
+_V1_OPTIONS = frozenset({"page_size", "spool_large_bodies", "chunk_calls"})
+
+
+def v1_source(api: ApiSettings, **options: Any) -> V1Source:
+    """A v1 source over an HTTP client of its own (``source.http``, to be closed by the
+    caller): ``page_size``, ``spool_large_bodies`` and ``chunk_calls`` go to the source,
+    the other options to the client."""
+    own = {name: options.pop(name) for name in _V1_OPTIONS & options.keys()}
+    return V1Source(BlandHttp(api, **options), **own)
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,9 @@ import httpx
 import pytest
 
 from batchsync import logs
-from batchsync.client import BlandClient, Parts, RateLimiter, RetryPolicy, _retry_after
+from batchsync.bland.http import BlandHttp, RateLimiter, RetryPolicy, _retry_after
+from batchsync.bland.source import Parts
+from batchsync.bland.v1 import V1Source
 from batchsync.config import load_api
 from batchsync.emulator import Emulator, Fault
 from batchsync.errors import (
@@ -27,23 +29,23 @@ from batchsync.errors import (
     PayloadError,
     TransientApiError,
 )
-from tests.conftest import EMULATOR_URL
+from tests.conftest import EMULATOR_URL, v1_source
 
 
-def make_client(
+def make_source(
     handler: httpx.MockTransport | httpx.BaseTransport,
     sleeps: list[float],
     *,
     attempts: int = 4,
     key: str = "emulator-key",
     **kwargs: object,
-) -> BlandClient:
-    return BlandClient(
+) -> V1Source:
+    return v1_source(
         load_api(EMULATOR_URL, key),
         transport=handler,
         retry=RetryPolicy(attempts=attempts, initial_wait=1.0, max_wait=8.0),
         sleep=sleeps.append,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 
@@ -53,15 +55,15 @@ def test_rate_limit_with_retry_after_is_retried_after_that_wait(
     """A 429 with Retry-After waits exactly that long, logs the retry, then succeeds."""
     batch_id = emulator.batch_ids()[0]
     emulator.inject(batch_id, Fault("rate_limit", times=2, retry_after="2"))
-    client = make_client(emulator.transport(), sleeps)
+    source = make_source(emulator.transport(), sleeps)
 
     with caplog.at_level(logging.WARNING, logger="batchsync"):
-        fetched = client.fetch_batch(batch_id, Parts())
+        fetched = source.fetch_batch(batch_id, Parts())
 
     assert fetched.parsed.batch.batch_id == batch_id
     assert emulator.request_count(f"/v1/batches/{batch_id}") == 3
     assert sleeps == [2.0, 2.0]
-    assert client.stats.retries == 2
+    assert source.http.stats.retries == 2
     assert "rate limited" in caplog.text
     assert "retrying in 2.0s" in caplog.text
 
@@ -70,7 +72,7 @@ def test_retry_after_is_capped_by_max_wait(emulator: Emulator, sleeps: list[floa
     """A Retry-After longer than the cap waits only the cap."""
     batch_id = emulator.batch_ids()[0]
     emulator.inject(batch_id, Fault("rate_limit", times=1, retry_after="3600"))
-    make_client(emulator.transport(), sleeps).fetch_batch(batch_id, Parts())
+    make_source(emulator.transport(), sleeps).fetch_batch(batch_id, Parts())
     assert sleeps == [8.0]
 
 
@@ -81,7 +83,7 @@ def test_server_errors_back_off_exponentially_with_jitter(
     """5xx answers are retried with growing, capped, jittered waits."""
     batch_id = emulator.batch_ids()[0]
     emulator.inject(batch_id, Fault("server_error", times=3, status=status))
-    make_client(emulator.transport(), sleeps).fetch_batch(batch_id, Parts())
+    make_source(emulator.transport(), sleeps).fetch_batch(batch_id, Parts())
     assert len(sleeps) == 3
     assert 1.0 <= sleeps[0] <= 2.0
     assert 2.0 <= sleeps[1] <= 3.0
@@ -92,9 +94,9 @@ def test_retries_running_out_say_so(emulator: Emulator, sleeps: list[float]) -> 
     """When every attempt is rate limited, the error says how many attempts were made."""
     batch_id = emulator.batch_ids()[0]
     emulator.inject(batch_id, Fault("rate_limit", times=-1))
-    client = make_client(emulator.transport(), sleeps, attempts=5)
+    source = make_source(emulator.transport(), sleeps, attempts=5)
     with pytest.raises(TransientApiError, match=r"rate limited.*after 5 attempts"):
-        client.fetch_batch(batch_id, Parts())
+        source.fetch_batch(batch_id, Parts())
     assert emulator.request_count(f"/v1/batches/{batch_id}") == 5
 
 
@@ -108,8 +110,8 @@ def test_connection_errors_and_timeouts_are_retried(sleeps: list[float]) -> None
             raise failures.pop(0)
         return emulator.handle(request)
 
-    client = make_client(httpx.MockTransport(handler), sleeps)
-    fetched = client.fetch_batch(emulator.batch_ids()[0], Parts())
+    source = make_source(httpx.MockTransport(handler), sleeps)
+    fetched = source.fetch_batch(emulator.batch_ids()[0], Parts())
     assert fetched.parsed.calls is not None
     assert len(sleeps) == 2
 
@@ -120,9 +122,9 @@ def test_unreachable_api_fails_with_the_url_and_attempts(sleeps: list[float]) ->
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused")
 
-    client = make_client(httpx.MockTransport(handler), sleeps, attempts=3)
+    source = make_source(httpx.MockTransport(handler), sleeps, attempts=3)
     with pytest.raises(TransientApiError, match=r"cannot reach .*after 3 attempts"):
-        client.fetch_batch("b1", Parts())
+        source.fetch_batch("b1", Parts())
 
 
 @pytest.mark.parametrize("status", [401, 403])
@@ -136,9 +138,9 @@ def test_auth_failures_are_not_retried_and_never_show_the_key(
         calls.append(request)
         return httpx.Response(status, json={"data": None, "errors": [{"message": "Unauthorized"}]})
 
-    client = make_client(httpx.MockTransport(handler), sleeps, key="sk-live-abcdef123456")
+    source = make_source(httpx.MockTransport(handler), sleeps, key="sk-live-abcdef123456")
     with pytest.raises(AuthError) as raised:
-        client.fetch_batch("b1", Parts())
+        source.fetch_batch("b1", Parts())
     assert len(calls) == 1
     assert "sk-live-abcdef123456" not in str(raised.value)
     assert "BLAND_API_KEY" in str(raised.value)
@@ -147,9 +149,9 @@ def test_auth_failures_are_not_retried_and_never_show_the_key(
 
 def test_not_found_is_not_retried(emulator: Emulator, sleeps: list[float]) -> None:
     """A 404 raises BatchNotFound naming the batch, without retrying."""
-    client = make_client(emulator.transport(), sleeps)
+    source = make_source(emulator.transport(), sleeps)
     with pytest.raises(BatchNotFound, match="batch nope: not found"):
-        client.fetch_batch("nope", Parts())
+        source.fetch_batch("nope", Parts())
     assert sleeps == []
 
 
@@ -159,7 +161,7 @@ def test_unexpected_status_is_reported(sleeps: list[float]) -> None:
         lambda request: httpx.Response(418, json={"status": "error", "message": "teapot"})
     )
     with pytest.raises(HttpStatusError, match="HTTP 418 \\(teapot\\)"):
-        make_client(transport, sleeps).fetch_batch("b1", Parts())
+        make_source(transport, sleeps).fetch_batch("b1", Parts())
 
 
 @pytest.mark.parametrize("kind", ["truncated", "invalid_json", "wrong_shape"])
@@ -170,13 +172,13 @@ def test_unreadable_bodies_raise_payload_errors_naming_the_batch(
     batch_id = emulator.batch_ids()[0]
     emulator.inject(batch_id, Fault(kind))  # type: ignore[arg-type]
     with pytest.raises(PayloadError, match=f"batch {batch_id}"):
-        make_client(emulator.transport(), sleeps).fetch_batch(batch_id, Parts())
+        make_source(emulator.transport(), sleeps).fetch_batch(batch_id, Parts())
 
 
 def test_include_flags_reach_the_api(emulator: Emulator, sleeps: list[float]) -> None:
     """--no-transcripts and --no-analysis become include_* query parameters."""
     batch_id = emulator.batch_ids()[0]
-    fetched = make_client(emulator.transport(), sleeps).fetch_batch(
+    fetched = make_source(emulator.transport(), sleeps).fetch_batch(
         batch_id, Parts(transcripts=False, analysis=False)
     )
     params = emulator.requests[-1].url.params
@@ -190,8 +192,8 @@ def test_include_flags_reach_the_api(emulator: Emulator, sleeps: list[float]) ->
 def test_batch_list_pages_past_a_short_page_until_an_empty_one(sleeps: list[float]) -> None:
     """Discovery pages with from/to/limit ascending until an empty page, not a short one."""
     emulator = Emulator(seed=2, batches=7, calls_per_batch=1)
-    client = make_client(emulator.transport(), sleeps, page_size=3)
-    listed = [summary.batch_id for summary in client.iter_batches()]
+    source = make_source(emulator.transport(), sleeps, page_size=3)
+    listed = [summary.batch_id for summary in source.iter_batches()]
     assert listed == emulator.batch_ids()
     pages = [r.url.params for r in emulator.requests if r.url.path == "/v1/batches"]
     assert [(p["from"], p["to"], p["limit"]) for p in pages] == [
@@ -209,25 +211,25 @@ def test_batch_list_capped_below_the_page_size_still_lists_every_batch(
 ) -> None:
     """A server that serves fewer batches per page than asked loses none of them."""
     emulator = Emulator(seed=2, batches=7, calls_per_batch=1, page_cap=cap)
-    client = make_client(emulator.transport(), sleeps, page_size=6)
-    assert [summary.batch_id for summary in client.iter_batches()] == emulator.batch_ids()
+    source = make_source(emulator.transport(), sleeps, page_size=6)
+    assert [summary.batch_id for summary in source.iter_batches()] == emulator.batch_ids()
 
 
 def test_exact_multiple_of_page_size_ends_on_an_empty_page(sleeps: list[float]) -> None:
     """When the last page is full, one more (empty) page ends discovery."""
     emulator = Emulator(seed=2, batches=6, calls_per_batch=1)
-    client = make_client(emulator.transport(), sleeps, page_size=3)
-    assert len(list(client.iter_batches())) == 6
+    source = make_source(emulator.transport(), sleeps, page_size=3)
+    assert len(list(source.iter_batches())) == 6
     assert emulator.request_count("/v1/batches") == 3
 
 
 def test_content_hash_depends_on_body_and_parts(emulator: Emulator, sleeps: list[float]) -> None:
     """The same body with the same parts hashes the same; other parts hash differently."""
-    client = make_client(emulator.transport(), sleeps)
+    source = make_source(emulator.transport(), sleeps)
     batch_id = emulator.batch_ids()[0]
-    first = client.fetch_batch(batch_id, Parts())
-    again = client.fetch_batch(batch_id, Parts())
-    other = client.fetch_batch(batch_id, Parts(transcripts=False))
+    first = source.fetch_batch(batch_id, Parts())
+    again = source.fetch_batch(batch_id, Parts())
+    other = source.fetch_batch(batch_id, Parts(transcripts=False))
     assert first.content_sha256 == again.content_sha256
     assert first.content_sha256 != other.content_sha256
 
@@ -235,7 +237,7 @@ def test_content_hash_depends_on_body_and_parts(emulator: Emulator, sleeps: list
 def test_missing_key_is_a_config_error() -> None:
     """A client without a key refuses to start."""
     with pytest.raises(ConfigError, match="BLAND_API_KEY"):
-        BlandClient(load_api(EMULATOR_URL, None))
+        BlandHttp(load_api(EMULATOR_URL, None))
 
 
 def test_retry_after_accepts_seconds_and_http_dates() -> None:
@@ -271,21 +273,21 @@ def test_rate_limiter_spaces_requests_across_threads() -> None:
 
 def test_stats_count_requests_from_many_threads(emulator: Emulator, sleeps: list[float]) -> None:
     """Concurrent fetches are all counted."""
-    client = make_client(emulator.transport(), sleeps)
+    source = make_source(emulator.transport(), sleeps)
     ids = emulator.batch_ids()
-    threads = [threading.Thread(target=client.fetch_batch, args=(b, Parts())) for b in ids * 5]
+    threads = [threading.Thread(target=source.fetch_batch, args=(b, Parts())) for b in ids * 5]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert client.stats.requests == len(ids) * 5
+    assert source.http.stats.requests == len(ids) * 5
 
 
 def test_large_bodies_are_parsed_as_they_stream(emulator: Emulator, sleeps: list[float]) -> None:
     """Above the stream threshold the batch is parsed call by call, to the same result."""
     batch_id = emulator.batch_ids()[0]
-    whole = make_client(emulator.transport(), sleeps).fetch_batch(batch_id, Parts())
-    streamed = make_client(emulator.transport(), sleeps, stream_threshold=0).fetch_batch(
+    whole = make_source(emulator.transport(), sleeps).fetch_batch(batch_id, Parts())
+    streamed = make_source(emulator.transport(), sleeps, stream_threshold=0).fetch_batch(
         batch_id, Parts()
     )
     assert streamed == whole
@@ -297,8 +299,8 @@ def test_large_body_is_saved_unparsed_when_spooling_and_parses_to_the_same_batch
     """With spool_large_bodies, a body above the threshold comes back unparsed, with the same
     hash and size, and parses to the batch the whole body gives."""
     batch_id = emulator.batch_ids()[0]
-    whole = make_client(emulator.transport(), sleeps).fetch_batch(batch_id, Parts())
-    spooling = make_client(
+    whole = make_source(emulator.transport(), sleeps).fetch_batch(batch_id, Parts())
+    spooling = make_source(
         emulator.transport(), sleeps, stream_threshold=0, spool_large_bodies=True
     )
     saved = spooling.fetch_batch(batch_id, Parts())
@@ -313,8 +315,8 @@ def test_spooled_body_with_unchanged_content_is_dropped(
     emulator: Emulator, sleeps: list[float]
 ) -> None:
     """A spooled body whose hash the caller finds unchanged is neither kept nor parsed."""
-    client = make_client(emulator.transport(), sleeps, stream_threshold=0, spool_large_bodies=True)
-    fetched = client.fetch_batch(emulator.batch_ids()[0], Parts(), unchanged=lambda _: True)
+    source = make_source(emulator.transport(), sleeps, stream_threshold=0, spool_large_bodies=True)
+    fetched = source.fetch_batch(emulator.batch_ids()[0], Parts(), unchanged=lambda _: True)
     assert (fetched.parsed, fetched.body) == (None, None)
 
 
@@ -324,9 +326,9 @@ def test_streamed_truncated_body_is_a_payload_error(
     """A truncated body fails the batch when streamed too."""
     batch_id = emulator.batch_ids()[0]
     emulator.inject(batch_id, Fault("truncated"))
-    client = make_client(emulator.transport(), sleeps, stream_threshold=0)
+    source = make_source(emulator.transport(), sleeps, stream_threshold=0)
     with pytest.raises(PayloadError, match="not valid JSON"):
-        client.fetch_batch(batch_id, Parts())
+        source.fetch_batch(batch_id, Parts())
 
 
 def test_connection_lost_while_the_body_streams_is_retried(sleeps: list[float]) -> None:
@@ -351,11 +353,11 @@ def test_connection_lost_while_the_body_streams_is_retried(sleeps: list[float]) 
 
     for threshold in (0, 1 << 30):
         drops[:] = [1]
-        client = make_client(httpx.MockTransport(handler), sleeps, stream_threshold=threshold)
-        fetched = client.fetch_batch(emulator.batch_ids()[0], Parts())
+        source = make_source(httpx.MockTransport(handler), sleeps, stream_threshold=threshold)
+        fetched = source.fetch_batch(emulator.batch_ids()[0], Parts())
         assert fetched.parsed.calls is not None
         assert len(fetched.parsed.calls) == 30
-        assert client.stats.retries == 1
+        assert source.http.stats.retries == 1
 
 
 def test_listing_stops_when_the_api_ignores_the_offset(sleeps: list[float]) -> None:
@@ -371,8 +373,8 @@ def test_listing_stops_when_the_api_ignores_the_offset(sleeps: list[float]) -> N
             )
         return emulator.handle(request)
 
-    client = make_client(httpx.MockTransport(handler), sleeps, page_size=3)
-    assert [s.batch_id for s in client.iter_batches()] == emulator.batch_ids()
+    source = make_source(httpx.MockTransport(handler), sleeps, page_size=3)
+    assert [s.batch_id for s in source.iter_batches()] == emulator.batch_ids()
 
 
 def _put_batch_with_id(emulator: Emulator, batch_id: str) -> None:
@@ -401,7 +403,7 @@ def test_ids_with_url_special_characters_reach_the_api_whole(
 ) -> None:
     """An id with '/', '?', '#', '%', spaces, control or non-ASCII characters is fetched whole."""
     _put_batch_with_id(emulator, batch_id)
-    fetched = make_client(emulator.transport(), sleeps).fetch_batch(batch_id, Parts())
+    fetched = make_source(emulator.transport(), sleeps).fetch_batch(batch_id, Parts())
     assert fetched.parsed is not None
     assert fetched.parsed.batch.batch_id == batch_id
     assert emulator.requests[-1].url.raw_path.startswith(b"/v1/batches/")
@@ -414,7 +416,7 @@ def test_ids_that_cannot_be_sent_raise_invalid_batch_id_without_a_request(
 ) -> None:
     """An empty, blank, NUL-holding, dot-segment or non-Unicode id fails with a reason, unsent."""
     with pytest.raises(InvalidBatchId, match=r"cannot|not valid Unicode"):
-        make_client(emulator.transport(), sleeps).fetch_batch(batch_id, Parts())
+        make_source(emulator.transport(), sleeps).fetch_batch(batch_id, Parts())
     assert emulator.requests == []
 
 
@@ -425,7 +427,7 @@ def test_wrong_content_encoding_is_a_payload_error_naming_the_batch(
     batch_id = emulator.batch_ids()[0]
     emulator.inject(batch_id, Fault("wrong_encoding"))
     with pytest.raises(PayloadError, match=f"batch {batch_id}, field \\(body\\).*gzip") as caught:
-        make_client(emulator.transport(), sleeps).fetch_batch(batch_id, Parts())
+        make_source(emulator.transport(), sleeps).fetch_batch(batch_id, Parts())
     assert "status" not in str(caught.value)  # no byte of the body is quoted
 
 
@@ -436,7 +438,7 @@ def test_detail_without_its_own_id_is_taken_as_the_batch_requested(
     raw = emulator.raw_batch(emulator.batch_ids()[0])
     del raw["batch_params"]["id"]
     emulator.put_batch(raw, batch_id="no-id-inside")
-    fetched = make_client(emulator.transport(), sleeps).fetch_batch("no-id-inside", Parts())
+    fetched = make_source(emulator.transport(), sleeps).fetch_batch("no-id-inside", Parts())
     assert fetched.parsed is not None
     assert fetched.parsed.batch.batch_id == "no-id-inside"
 
@@ -449,7 +451,7 @@ def test_detail_for_another_batch_is_a_payload_error(
     raw["batch_params"]["id"] = "someone-else"
     emulator.put_batch(raw, batch_id="asked-for")
     with pytest.raises(PayloadError, match=r"batch asked-for, field batch_params\.id"):
-        make_client(emulator.transport(), sleeps).fetch_batch("asked-for", Parts())
+        make_source(emulator.transport(), sleeps).fetch_batch("asked-for", Parts())
 
 
 def test_api_refusing_connections_raises_api_unreachable_after_retries(
@@ -458,7 +460,7 @@ def test_api_refusing_connections_raises_api_unreachable_after_retries(
     """Connections refused for a batch are retried, then raised as ApiUnreachable."""
     emulator.inject("*", Fault("api_down"))
     with pytest.raises(ApiUnreachable, match="gave up after 4 attempts"):
-        make_client(emulator.transport(), sleeps).fetch_batch(emulator.batch_ids()[0], Parts())
+        make_source(emulator.transport(), sleeps).fetch_batch(emulator.batch_ids()[0], Parts())
     assert len(sleeps) == 3
 
 
@@ -470,7 +472,7 @@ def test_error_answer_in_the_wrong_encoding_keeps_its_status(sleeps: list[float]
         return httpx.Response(404, stream=httpx.ByteStream(b'{"message": "gone"}'), headers=headers)
 
     with pytest.raises(BatchNotFound, match=r"batch b1: not found \(HTTP 404: Not Found\)"):
-        make_client(httpx.MockTransport(handle), sleeps).fetch_batch("b1", Parts())
+        make_source(httpx.MockTransport(handle), sleeps).fetch_batch("b1", Parts())
 
 
 def test_request_log_names_a_request_that_got_no_answer() -> None:
@@ -483,12 +485,12 @@ def test_request_log_names_a_request_that_got_no_answer() -> None:
 
     api = load_api(EMULATOR_URL, "sk-request-log-1234")
     with (
-        BlandClient(
+        BlandHttp(
             api, transport=httpx.MockTransport(refuse), retry=RetryPolicy(attempts=1)
-        ) as client,
+        ) as http,
         pytest.raises(TransientApiError),
     ):
-        list(client.iter_batches())
+        list(V1Source(http).iter_batches())
     assert "HTTP GET /v1/batches -> ConnectError" in stream.getvalue()
     assert "sk-request-log-1234" not in stream.getvalue()
 
@@ -525,9 +527,9 @@ def test_body_with_and_without_content_length_gives_the_same_outcome(
                 )
             return httpx.Response(200, content=body)
 
-        client = make_client(httpx.MockTransport(handler), sleeps)
+        source = make_source(httpx.MockTransport(handler), sleeps)
         try:
-            return client.fetch_batch("b1", Parts()).parsed
+            return source.fetch_batch("b1", Parts()).parsed
         except PayloadError as exc:
             return str(exc)
 
@@ -567,9 +569,9 @@ def test_a_compressed_body_is_measured_by_its_decoded_size(
     emulator = Emulator(seed=4, batches=1, calls_per_batch=30)
     batch_id = emulator.batch_ids()[0]
     sizes: list[tuple[int, int]] = []
-    client = make_client(_gzipped(emulator, sizes), sleeps, stream_threshold=threshold)
+    source = make_source(_gzipped(emulator, sizes), sleeps, stream_threshold=threshold)
 
-    fetched = client.fetch_batch(batch_id, Parts(), unchanged=lambda digest: True)
+    fetched = source.fetch_batch(batch_id, Parts(), unchanged=lambda digest: True)
 
     [(compressed, decoded)] = sizes
     assert compressed < 16384 < decoded

@@ -19,7 +19,8 @@ import pytest
 from sqlalchemy import Engine, text
 
 from batchsync import runs
-from batchsync.client import BlandClient, RetryPolicy
+from batchsync.bland.http import BlandHttp, RetryPolicy
+from batchsync.bland.v1 import V1Source
 from batchsync.config import load_api
 from batchsync.emulator import Emulator, Fault
 from batchsync.errors import ApiUnavailable
@@ -28,15 +29,16 @@ from batchsync.sync import UNREACHABLE_BATCHES_LIMIT, RunResult, SyncOptions, ru
 from tests.conftest import EMULATOR_URL
 
 
-def make_client(
+def make_source(
     transport: httpx.BaseTransport, sleeps: list[float], *, attempts: int = 3
-) -> BlandClient:
-    return BlandClient(
+) -> V1Source:
+    http = BlandHttp(
         load_api(EMULATOR_URL, "emulator-key"),
         transport=transport,
         retry=RetryPolicy(attempts=attempts),
         sleep=sleeps.append,
     )
+    return V1Source(http)
 
 
 def recorded(engine: Engine, run_id: int | None) -> dict[str, tuple[str, str | None]]:
@@ -115,7 +117,7 @@ def assert_failed_alone(
 )
 def test_a_body_fault_fails_its_batch_and_the_run_goes_on(
     engine: Engine,
-    client: BlandClient,
+    source: V1Source,
     emulator: Emulator,
     fault: Fault,
     reason: tuple[str, ...],
@@ -124,20 +126,20 @@ def test_a_body_fault_fails_its_batch_and_the_run_goes_on(
     victim = emulator.batch_ids()[1]
     emulator.inject(victim, fault)
 
-    result = run_sync(engine, client, SyncOptions(discover=True))
+    result = run_sync(engine, source, SyncOptions(discover=True))
 
     assert_failed_alone(engine, emulator, result, victim, *reason)
     assert result.count(runs.SYNCED) == len(emulator.batch_ids()) - 1
 
 
 def test_a_lone_surrogate_escape_never_ends_the_run(
-    engine: Engine, client: BlandClient, emulator: Emulator
+    engine: Engine, source: V1Source, emulator: Emulator
 ) -> None:
     """A \\ud800 escape in a label either fails that batch alone or is stored as U+FFFD."""
     victim = emulator.batch_ids()[2]
     emulator.inject(victim, Fault("lone_surrogate"))
 
-    result = run_sync(engine, client, SyncOptions(discover=True))
+    result = run_sync(engine, source, SyncOptions(discover=True))
 
     if result.failed:
         assert_failed_alone(engine, emulator, result, victim)
@@ -182,13 +184,13 @@ def _put_batches(emulator: Emulator, ids: list[str]) -> None:
 
 
 def test_ids_with_url_special_or_unprintable_characters_are_synced_whole(
-    engine: Engine, client: BlandClient, emulator: Emulator
+    engine: Engine, source: V1Source, emulator: Emulator
 ) -> None:
     """Ids holding '/', '?', '#', '%', spaces, control characters or any script sync as data."""
     special = [i for i in SPECIAL_IDS if i != ".."]  # ".." cannot be a URL path segment
     _put_batches(emulator, special)
 
-    result = run_sync(engine, client, SyncOptions(discover=True))
+    result = run_sync(engine, source, SyncOptions(discover=True))
 
     assert result.status == runs.SUCCEEDED, [o.error for o in result.failed]
     with engine.connect() as connection:
@@ -203,12 +205,12 @@ def test_ids_with_url_special_or_unprintable_characters_are_synced_whole(
     [("", "''"), ("   ", "'   '"), ("a\x00b", "'a\\x00b'"), ("..", "'..'"), ("\ud800x", "x")],
 )
 def test_ids_that_cannot_be_sent_fail_their_batch_with_a_clear_reason(
-    engine: Engine, client: BlandClient, emulator: Emulator, bad_id: str, shown: str
+    engine: Engine, source: V1Source, emulator: Emulator, bad_id: str, shown: str
 ) -> None:
     """A blank, NUL-holding, dot-segment or non-Unicode id fails alone, recorded; others sync."""
     good = emulator.batch_ids()[:2]
 
-    result = run_sync(engine, client, SyncOptions(batch_ids=(good[0], bad_id, good[1])))
+    result = run_sync(engine, source, SyncOptions(batch_ids=(good[0], bad_id, good[1])))
 
     assert result.status == runs.PARTIAL
     [failure] = result.failed
@@ -223,13 +225,13 @@ def test_ids_that_cannot_be_sent_fail_their_batch_with_a_clear_reason(
 
 
 def test_a_listed_id_with_nul_fails_alone_during_discovery(
-    engine: Engine, client: BlandClient, emulator: Emulator
+    engine: Engine, source: V1Source, emulator: Emulator
 ) -> None:
     """A listed id holding NUL is decoded like a detail body (NUL -> U+FFFD), so that id is
     asked for and fails alone (recorded); the other batches sync."""
     _put_batches(emulator, ["nul\x00id"])
 
-    result = run_sync(engine, client, SyncOptions(discover=True))
+    result = run_sync(engine, source, SyncOptions(discover=True))
 
     assert [o.batch_id for o in result.failed] == ["nul\ufffdid"]
     assert "not found" in (result.failed[0].error or "")
@@ -238,7 +240,7 @@ def test_a_listed_id_with_nul_fails_alone_during_discovery(
 
 
 def test_a_database_refusal_fails_its_batch_and_the_run_goes_on(
-    engine: Engine, client: BlandClient, emulator: Emulator
+    engine: Engine, source: V1Source, emulator: Emulator
 ) -> None:
     """Data the database refuses (a trigger here) fails that batch alone, recorded with why."""
     victim = emulator.batch_ids()[0]
@@ -247,13 +249,13 @@ def test_a_database_refusal_fails_its_batch_and_the_run_goes_on(
     emulator.put_batch(raw)
     _refuse_label(engine, "REFUSE-ME")
 
-    result = run_sync(engine, client, SyncOptions(discover=True))
+    result = run_sync(engine, source, SyncOptions(discover=True))
 
     assert_failed_alone(engine, emulator, result, victim, "the database rejected it")
 
 
 def test_a_value_refused_as_too_large_fails_its_batch_not_the_run(
-    engine: Engine, client: BlandClient, emulator: Emulator
+    engine: Engine, source: V1Source, emulator: Emulator
 ) -> None:
     """A refusal PostgreSQL raises as an OperationalError (54000, index row too large) or
     SQLite as a plain abort fails that batch alone; the run goes on and ends partial."""
@@ -263,7 +265,7 @@ def test_a_value_refused_as_too_large_fails_its_batch_not_the_run(
     emulator.put_batch(raw)
     _refuse_label(engine, "TOO-LARGE", errcode="program_limit_exceeded")
 
-    result = run_sync(engine, client, SyncOptions(discover=True))
+    result = run_sync(engine, source, SyncOptions(discover=True))
 
     assert_failed_alone(engine, emulator, result, victim, "the database rejected it")
 
@@ -314,10 +316,10 @@ def test_an_unexpected_exception_fails_its_batch_as_an_internal_error(
 ) -> None:
     """An exception batchsync has no rule for fails that batch only, its traceback logged."""
     victim = emulator.batch_ids()[1]
-    client = make_client(_raising_for(emulator, victim, error), sleeps)
+    source = make_source(_raising_for(emulator, victim, error), sleeps)
 
     with caplog.at_level(logging.INFO, logger="batchsync"):
-        result = run_sync(engine, client, SyncOptions(discover=True))
+        result = run_sync(engine, source, SyncOptions(discover=True))
 
     name = type(error).__name__
     assert_failed_alone(
@@ -345,11 +347,11 @@ def test_api_dying_after_the_first_batch_stops_the_run_with_api_unavailable(
     """After N batches in a row find the API down, the run stops; the rest are not tried."""
     emulator = Emulator(seed=5, batches=7, calls_per_batch=3)
     emulator.inject("*", Fault("api_down", after=1))
-    client = make_client(emulator.transport(), sleeps, attempts=3)
+    source = make_source(emulator.transport(), sleeps, attempts=3)
     ids = emulator.batch_ids()
 
     with pytest.raises(ApiUnavailable, match=f"did not answer for {UNREACHABLE_BATCHES_LIMIT}"):
-        run_sync(engine, client, SyncOptions(batch_ids=tuple(ids)))
+        run_sync(engine, source, SyncOptions(batch_ids=tuple(ids)))
 
     details = [r.url.path for r in emulator.requests if r.url.path != "/v1/batches"]
     tried = 1 + UNREACHABLE_BATCHES_LIMIT
@@ -376,9 +378,9 @@ def test_unreachable_batches_separated_by_answers_do_not_stop_the_run(
     emulator = Emulator(seed=5, batches=7, calls_per_batch=3)
     ids = emulator.batch_ids()
     down = {ids[i] for i in range(len(ids)) if i % 3 != 0}  # two down, one up, ...
-    client = make_client(_down_for(emulator, down.__contains__), sleeps, attempts=2)
+    source = make_source(_down_for(emulator, down.__contains__), sleeps, attempts=2)
 
-    result = run_sync(engine, client, SyncOptions(batch_ids=tuple(ids)))
+    result = run_sync(engine, source, SyncOptions(batch_ids=tuple(ids)))
 
     assert result.status == runs.PARTIAL
     assert {o.batch_id for o in result.failed} == down
@@ -394,9 +396,9 @@ def test_a_not_found_batch_between_unreachable_ones_resets_the_count(
     ids = emulator.batch_ids()
     down = set(ids[:2]) | set(ids[3:5])
     emulator.remove_batch(ids[2])
-    client = make_client(_down_for(emulator, down.__contains__), sleeps, attempts=1)
+    source = make_source(_down_for(emulator, down.__contains__), sleeps, attempts=1)
 
-    result = run_sync(engine, client, SyncOptions(batch_ids=tuple(ids)))
+    result = run_sync(engine, source, SyncOptions(batch_ids=tuple(ids)))
 
     assert {o.batch_id for o in result.failed} == down | {ids[2]}
     assert result.count(runs.SYNCED) == 1
@@ -408,12 +410,12 @@ def test_concurrent_fetching_also_stops_when_the_api_dies(
     """With several fetches in flight, an API that dies still stops the run with exit 5."""
     emulator = Emulator(seed=5, batches=12, calls_per_batch=2)
     emulator.inject("*", Fault("api_down", after=2))
-    client = make_client(emulator.transport(), sleeps, attempts=2)
+    source = make_source(emulator.transport(), sleeps, attempts=2)
 
     with pytest.raises(ApiUnavailable):
         run_sync(
             engine,
-            client,
+            source,
             SyncOptions(discover=False, batch_ids=tuple(emulator.batch_ids()), concurrency=3),
         )
 
@@ -423,7 +425,7 @@ def test_concurrent_fetching_also_stops_when_the_api_dies(
 
 @pytest.mark.parametrize("where", ["label", "transcript", "request_data"])
 def test_a_nul_character_never_ends_the_run(
-    engine: Engine, client: BlandClient, emulator: Emulator, where: str
+    engine: Engine, source: V1Source, emulator: Emulator, where: str
 ) -> None:
     """NUL in text or JSON (PostgreSQL refuses it as is) fails that batch alone or is replaced."""
     victim = emulator.batch_ids()[1]
@@ -437,7 +439,7 @@ def test_a_nul_character_never_ends_the_run(
         raw["call_data"][0]["request_data"] = {"note": "nul\x00here"}
     emulator.put_batch(raw)
 
-    result = run_sync(engine, client, SyncOptions(discover=True))
+    result = run_sync(engine, source, SyncOptions(discover=True))
 
     if result.failed:
         assert_failed_alone(engine, emulator, result, victim)
@@ -449,7 +451,7 @@ def test_a_nul_character_never_ends_the_run(
 
 
 def test_detail_without_id_is_stored_as_requested_and_one_for_another_batch_fails(
-    engine: Engine, client: BlandClient, emulator: Emulator
+    engine: Engine, source: V1Source, emulator: Emulator
 ) -> None:
     """No id in the detail: the batch requested. Another batch's id: that batch fails alone."""
     template = emulator.raw_batch(emulator.batch_ids()[0])
@@ -459,7 +461,7 @@ def test_detail_without_id_is_stored_as_requested_and_one_for_another_batch_fail
     other = {**template, "batch_params": {**template["batch_params"], "id": "someone-else"}}
     emulator.put_batch(other, batch_id="mismatched")
 
-    result = run_sync(engine, client, SyncOptions(batch_ids=("no-id-in-detail", "mismatched")))
+    result = run_sync(engine, source, SyncOptions(batch_ids=("no-id-in-detail", "mismatched")))
 
     assert [o.batch_id for o in result.failed] == ["mismatched"]
     assert "batch mismatched, field batch_params.id" in (result.failed[0].error or "")
@@ -492,7 +494,7 @@ def _with_indexed_values(raw: dict[str, Any], size: int, where: str) -> None:
 
 @pytest.mark.parametrize("where", ["call_id", "answered_by", "queue_statuses"])
 def test_an_indexed_value_over_the_key_limit_fails_its_batch_naming_the_field(
-    engine: Engine, client: BlandClient, emulator: Emulator, where: str
+    engine: Engine, source: V1Source, emulator: Emulator, where: str
 ) -> None:
     """A 3,000-byte call id, answered_by or queue status fails that batch with a PayloadError
     naming the field, alike on both databases (PostgreSQL could not index it); the run goes on."""
@@ -501,7 +503,7 @@ def test_an_indexed_value_over_the_key_limit_fails_its_batch_naming_the_field(
     _with_indexed_values(raw, 3000, where)
     emulator.put_batch(raw)
 
-    result = run_sync(engine, client, SyncOptions(discover=True))
+    result = run_sync(engine, source, SyncOptions(discover=True))
 
     field = "analysis.queue_statuses" if where == "queue_statuses" else f"call_data[0].{where}"
     assert_failed_alone(engine, emulator, result, victim, f"field {field}", "3,000 bytes")
@@ -510,7 +512,7 @@ def test_an_indexed_value_over_the_key_limit_fails_its_batch_naming_the_field(
 
 @pytest.mark.parametrize("where", ["call_id", "answered_by", "queue_statuses"])
 def test_an_indexed_value_at_the_key_limit_is_stored_on_both_databases(
-    engine: Engine, client: BlandClient, emulator: Emulator, where: str
+    engine: Engine, source: V1Source, emulator: Emulator, where: str
 ) -> None:
     """A value of exactly MAX_KEY_BYTES that does not compress is stored, PostgreSQL included."""
     victim = emulator.batch_ids()[1]
@@ -518,14 +520,14 @@ def test_an_indexed_value_at_the_key_limit_is_stored_on_both_databases(
     _with_indexed_values(raw, MAX_KEY_BYTES, where)
     emulator.put_batch(raw)
 
-    result = run_sync(engine, client, SyncOptions(discover=True))
+    result = run_sync(engine, source, SyncOptions(discover=True))
 
     assert result.status == runs.SUCCEEDED
     assert_stored_whole(engine, emulator, victim)
 
 
 def test_a_listed_id_too_long_to_record_fails_alone_and_is_recorded_shortened(
-    engine: Engine, client: BlandClient, emulator: Emulator
+    engine: Engine, source: V1Source, emulator: Emulator
 ) -> None:
     """A 3,000-character listed id is not requested; its failure is recorded under its first
     200 characters and a hash, and every other batch syncs."""
@@ -533,7 +535,7 @@ def test_a_listed_id_too_long_to_record_fails_alone_and_is_recorded_shortened(
     other_long_id = long_id[:-1] + "x"  # same beginning: must still be recorded apart
     _put_batches(emulator, [long_id, other_long_id])
 
-    result = run_sync(engine, client, SyncOptions(discover=True))
+    result = run_sync(engine, source, SyncOptions(discover=True))
 
     assert result.status == runs.PARTIAL
     assert len(result.failed) == 2
@@ -582,8 +584,8 @@ def test_a_list_entry_with_odd_values_is_decoded_like_a_detail_body(
 ) -> None:
     """A lone surrogate, NUL or huge number in the list never ends discovery: the entry is
     decoded like a batch body (U+FFFD, unused fields unchecked) and its batch is requested."""
-    with make_client(_listing(emulator, bad_entry), sleeps) as client:
-        result = run_sync(engine, client, SyncOptions(discover=True))
+    source = make_source(_listing(emulator, bad_entry), sleeps)
+    result = run_sync(engine, source, SyncOptions(discover=True))
 
     assert result.count(runs.SYNCED) == len(emulator.batch_ids())
     assert [o.batch_id for o in result.failed] == ["odd"]  # a 404 from the emulator
@@ -609,11 +611,9 @@ def test_a_list_entry_without_a_usable_id_is_left_out_with_a_warning(
     field: str,
 ) -> None:
     """An entry with no usable id is left out with a warning naming it; the rest sync, exit 0."""
-    with (
-        caplog.at_level(logging.WARNING, logger="batchsync"),
-        make_client(_listing(emulator, bad_entry), sleeps) as client,
-    ):
-        result = run_sync(engine, client, SyncOptions(discover=True))
+    source = make_source(_listing(emulator, bad_entry), sleeps)
+    with caplog.at_level(logging.WARNING, logger="batchsync"):
+        result = run_sync(engine, source, SyncOptions(discover=True))
 
     assert result.status == runs.SUCCEEDED
     assert result.count(runs.SYNCED) == len(emulator.batch_ids())
@@ -627,8 +627,8 @@ def test_a_list_entry_with_an_unreadable_created_at_fails_its_batch_naming_the_f
     """An entry whose created_at is not a timestamp is recorded failed, the field named;
     the other batches sync and the run ends partial (exit 1)."""
     bad_entry = b'{"batch_id": "undated", "created_at": "yesterday"}'
-    with make_client(_listing(emulator, bad_entry), sleeps) as client:
-        result = run_sync(engine, client, SyncOptions(discover=True))
+    source = make_source(_listing(emulator, bad_entry), sleeps)
+    result = run_sync(engine, source, SyncOptions(discover=True))
 
     assert result.status == runs.PARTIAL
     [failure] = result.failed
@@ -658,11 +658,9 @@ def test_entries_a_filter_cannot_judge_are_counted_in_one_warning(
     """Entries without created_at (under --since) or label (under --label) are left out, and
     one warning says how many."""
     bad_entry = b'{"batch_id": "bare-1"}, {"batch_id": "bare-2"}'
-    with (
-        caplog.at_level(logging.WARNING, logger="batchsync"),
-        make_client(_listing(emulator, bad_entry), sleeps) as client,
-    ):
-        result = run_sync(engine, client, options)
+    source = make_source(_listing(emulator, bad_entry), sleeps)
+    with caplog.at_level(logging.WARNING, logger="batchsync"):
+        result = run_sync(engine, source, options)
 
     assert "bare-1" not in {o.batch_id for o in result.outcomes}
     warnings = [r.getMessage() for r in caplog.records if word in r.getMessage()]
@@ -693,10 +691,10 @@ def test_a_gateway_answering_for_a_dead_api_stops_the_run(
     the run stops with ApiUnavailable instead of trying every batch."""
     emulator = Emulator(seed=5, batches=9, calls_per_batch=2)
     ids = emulator.batch_ids()
-    client = make_client(_gateway(emulator, status, lambda target: True), sleeps, attempts=2)
+    source = make_source(_gateway(emulator, status, lambda target: True), sleeps, attempts=2)
 
     with pytest.raises(ApiUnavailable, match="did not answer"):
-        run_sync(engine, client, SyncOptions(batch_ids=tuple(ids), concurrency=concurrency))
+        run_sync(engine, source, SyncOptions(batch_ids=tuple(ids), concurrency=concurrency))
 
     with engine.connect() as connection:
         tried = connection.execute(text("select count(*) from sync_run_batches")).scalar_one()
@@ -718,9 +716,9 @@ def test_slow_batches_while_the_api_answers_do_not_stop_the_run(
             raise httpx.ReadTimeout("timed out", request=request)
         return emulator.handle(request)
 
-    client = make_client(httpx.MockTransport(handle), sleeps, attempts=2)
+    source = make_source(httpx.MockTransport(handle), sleeps, attempts=2)
 
-    result = run_sync(engine, client, SyncOptions(batch_ids=tuple(ids), concurrency=concurrency))
+    result = run_sync(engine, source, SyncOptions(batch_ids=tuple(ids), concurrency=concurrency))
 
     assert result.status == runs.PARTIAL
     assert {o.batch_id for o in result.failed} == slow

@@ -13,7 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
 
-from batchsync.client import BlandClient
+from batchsync.bland.v1 import V1Source
 from batchsync.config import load_database
 from batchsync.db import (
     VERSION_TABLE,
@@ -110,9 +110,9 @@ def test_views_have_exactly_the_documented_columns(engine: Engine) -> None:
                 assert column["comment"] == view.columns[column["name"]].comment
 
 
-def test_views_answer_on_synced_data(engine: Engine, client: BlandClient) -> None:
+def test_views_answer_on_synced_data(engine: Engine, source: V1Source) -> None:
     """The views agree with the tables on a synced database."""
-    run_sync(engine, client, SyncOptions(discover=True))
+    run_sync(engine, source, SyncOptions(discover=True))
     with engine.connect() as connection:
         calls = connection.execute(text("select count(*) from calls")).scalar_one()
         per_batch = connection.execute(text("select sum(calls) from batch_outcomes")).scalar_one()

@@ -17,8 +17,9 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, inspect, text
 
 from batchsync import runs
+from batchsync.bland.http import BlandHttp, RetryPolicy
+from batchsync.bland.v1 import V1Source
 from batchsync.cli import cli
-from batchsync.client import BlandClient, RetryPolicy
 from batchsync.config import Secret, load_api, load_database
 from batchsync.db import create_db_engine, upgrade
 from batchsync.emulator import Emulator
@@ -104,11 +105,11 @@ def test_tag_names_the_key_without_revealing_it() -> None:
 
 
 def test_switching_to_hash_rewrites_completed_batches(
-    engine: Engine, client: BlandClient, emulator: Emulator
+    engine: Engine, source: V1Source, emulator: Emulator
 ) -> None:
     """Changing the policy re-fetches stored batches and leaves no clear number behind."""
-    run_sync(engine, client, SyncOptions(discover=True))
-    result = run_sync(engine, client, SyncOptions(discover=True, phones=HASH))
+    run_sync(engine, source, SyncOptions(discover=True))
+    result = run_sync(engine, source, SyncOptions(discover=True, phones=HASH))
 
     assert result.count(runs.SKIPPED) == 0
     with engine.connect() as connection:
@@ -120,7 +121,7 @@ def test_switching_to_hash_rewrites_completed_batches(
         ).scalar_one()
     assert clear == 0
     assert "hash:" in str(recorded)
-    again = run_sync(engine, client, SyncOptions(discover=True, phones=HASH))
+    again = run_sync(engine, source, SyncOptions(discover=True, phones=HASH))
     assert again.count(runs.SYNCED) == 0
 
 
@@ -306,7 +307,7 @@ def test_tag_changes_with_what_is_stored() -> None:
 
 
 def test_switching_on_redaction_rewrites_stored_transcripts(
-    engine: Engine, client: BlandClient, emulator: Emulator
+    engine: Engine, source: V1Source, emulator: Emulator
 ) -> None:
     """A run with transcript redaction rewrites batches stored without it."""
     batch_id = emulator.batch_ids()[0]
@@ -314,9 +315,9 @@ def test_switching_on_redaction_rewrites_stored_transcripts(
     line = next(c for c in raw["call_data"] if c.get("transcripts"))["transcripts"][0]
     line["text"] = f"write to {EMAIL}"
     emulator.put_batch(raw)
-    run_sync(engine, client, SyncOptions(discover=True))
+    run_sync(engine, source, SyncOptions(discover=True))
     run_sync(
-        engine, client, SyncOptions(discover=True, phones=PhonePolicy(redact_transcripts=True))
+        engine, source, SyncOptions(discover=True, phones=PhonePolicy(redact_transcripts=True))
     )
     with engine.connect() as connection:
         stored = connection.execute(
@@ -377,12 +378,13 @@ def test_api_error_quoting_a_number_is_recorded_masked_under_hash(
     engine = create_db_engine(load_database(database_url))
     upgrade(engine)
     policy = PhonePolicy(PhoneMode.HASH, KEY)
-    with BlandClient(
+    with BlandHttp(
         load_api("http://bland-emulator.local", emulator.api_key),
         transport=httpx.MockTransport(refuse),
         retry=RetryPolicy(attempts=1),
-    ) as client:
-        result = run_sync(engine, client, SyncOptions(batch_ids=(batch_id,), phones=policy))
+    ) as http:
+        source = V1Source(http)
+        result = run_sync(engine, source, SyncOptions(batch_ids=(batch_id,), phones=policy))
     engine.dispose()
     assert [o.status for o in result.outcomes] == ["failed"]
     assert "cannot dial [phone:" in (result.outcomes[0].error or "")
@@ -422,13 +424,14 @@ def test_numbers_in_any_text_json_or_numeric_column_are_masked(
     batch_id = plant_numbers_in_ordinary_fields(emulator)
     engine = create_db_engine(load_database(database_url))
     upgrade(engine)
-    with BlandClient(
+    with BlandHttp(
         load_api("http://bland-emulator.local", emulator.api_key),
         transport=httpx.MockTransport(emulator.handle),
-    ) as client:
+    ) as http:
+        source = V1Source(http)
         result = run_sync(
             engine,
-            client,
+            source,
             SyncOptions(batch_ids=(batch_id,), phones=PhonePolicy(PhoneMode(mode), KEY)),
         )
         with engine.connect() as connection:
@@ -492,12 +495,13 @@ def test_api_key_echoed_in_a_batch_body_is_stored_masked(database_url: str, stre
     emulator.put_batch(raw)
     engine = create_db_engine(load_database(database_url))
     upgrade(engine)
-    with BlandClient(
+    with BlandHttp(
         load_api("http://bland-emulator.local", key), transport=httpx.MockTransport(emulator.handle)
-    ) as client:
+    ) as http:
+        source = V1Source(http)
         if streamed:
-            client.stream_threshold = 0
-        result = run_sync(engine, client, SyncOptions(batch_ids=(batch_id,)))
+            source.http.stream_threshold = 0
+        result = run_sync(engine, source, SyncOptions(batch_ids=(batch_id,)))
     engine.dispose()
     assert [o.status for o in result.outcomes] == ["synced"], result.outcomes
     texts = table_texts(database_url)

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, text
 
 from batchsync.bland.auto import build_source
+from batchsync.bland.http import BlandHttp
 from batchsync.cli import cli
-from batchsync.client import BlandClient
 from batchsync.config import load_api
 from batchsync.emulator import Emulator
 from batchsync.sync import SyncOptions, run_sync
@@ -43,7 +43,7 @@ def test_readme_query_runs_on_the_demo_database(query: str, tmp_path: Path) -> N
 def test_readme_query_runs_on_postgres(query: str, engine: Engine) -> None:
     """Each README query runs on the same data in PostgreSQL (and SQLite through SQLAlchemy)."""
     emulator = Emulator(v2_batches=2)
-    with BlandClient(load_api(EMULATOR_URL, emulator.api_key), transport=emulator.transport()) as c:
+    with BlandHttp(load_api(EMULATOR_URL, emulator.api_key), transport=emulator.transport()) as c:
         run_sync(engine, build_source(c), SyncOptions(discover=True))
     with engine.connect() as connection:
         assert connection.execute(text(query)).all()

@@ -21,7 +21,8 @@ import pytest
 from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.engine import make_url
 
-from batchsync.client import BlandClient
+from batchsync.bland.http import BlandHttp
+from batchsync.bland.v1 import V1Source
 from batchsync.config import load_api, load_database
 from batchsync.db import create_db_engine, upgrade
 from batchsync.emulator import Emulator, EmulatorServer, Fault
@@ -97,8 +98,9 @@ def reference(emulator: Emulator, tmp_path: Path, name: str) -> dict[str, Any]:
     engine = create_db_engine(load_database(f"sqlite:///{tmp_path / name}"))
     upgrade(engine)
     api = load_api(EMULATOR_URL, emulator.api_key)
-    with BlandClient(api, transport=emulator.transport()) as client:
-        run_sync(engine, client, SyncOptions(discover=True, refresh=True))
+    with BlandHttp(api, transport=emulator.transport()) as http:
+        source = V1Source(http)
+        run_sync(engine, source, SyncOptions(discover=True, refresh=True))
     rows = batch_rows(engine)
     engine.dispose()
     return rows

@@ -9,7 +9,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine, select, text
 
-from batchsync.client import BlandClient
+from batchsync.bland.http import BlandHttp
+from batchsync.bland.v1 import V1Source
 from batchsync.config import load_api, load_database
 from batchsync.db import create_db_engine, upgrade
 from batchsync.payload import ParsedBatch, parse_batch, parse_batch_body
@@ -372,8 +373,9 @@ def sync_odd(database_url: str, emulator: Any, *, streamed: bool) -> dict[str, l
     try:
         upgrade(engine)
         api = load_api(EMULATOR_URL, emulator.api_key)
-        with BlandClient(api, transport=odd_transport(emulator, streamed=streamed)) as client:
-            result = run_sync(engine, client, SyncOptions(batch_ids=("odd",)))
+        with BlandHttp(api, transport=odd_transport(emulator, streamed=streamed)) as http:
+            source = V1Source(http)
+            result = run_sync(engine, source, SyncOptions(batch_ids=("odd",)))
         assert result.status == "succeeded", result.outcomes
         rows: dict[str, list[Any]] = {}
         with engine.connect() as connection:

@@ -13,6 +13,9 @@ import orjson
 import pytest
 
 from batchsync.bland.auto import AutoSource, build_source
+from batchsync.bland.http import BlandHttp, RetryPolicy
+from batchsync.bland.source import Parts
+from batchsync.bland.v1 import V1Source
 from batchsync.bland.v2 import (
     V2Source,
     batch_status,
@@ -24,7 +27,6 @@ from batchsync.bland.v2 import (
     parse_v2_batch,
     parse_v2_list,
 )
-from batchsync.client import BlandClient, Parts, RetryPolicy
 from batchsync.config import load_api
 from batchsync.emulator import Emulator, parse_fault
 from batchsync.errors import BatchNotFound, HttpStatusError, PayloadError
@@ -267,12 +269,12 @@ def account() -> Emulator:
 
 
 @pytest.fixture
-def shared_client(account: Emulator, sleeps: list[float]) -> Iterator[BlandClient]:
+def shared_http(account: Emulator, sleeps: list[float]) -> Iterator[BlandHttp]:
     api = load_api(EMULATOR_URL, account.api_key)
-    with BlandClient(
+    with BlandHttp(
         api, transport=account.transport(), retry=RetryPolicy(attempts=3), sleep=sleeps.append
-    ) as client:
-        yield client
+    ) as http:
+        yield http
 
 
 def v2_ids(account: Emulator) -> list[str]:
@@ -284,11 +286,11 @@ def paths(account: Emulator) -> list[str]:
 
 
 def test_fetch_reads_batch_logs_one_calls_page_and_each_detail(
-    account: Emulator, shared_client: BlandClient
+    account: Emulator, shared_http: BlandHttp
 ) -> None:
     """One batch of 5 calls: batch, logs (a page and the empty one), one calls page, 5 details."""
     batch_id = v2_ids(account)[0]
-    fetched = V2Source(shared_client).fetch_batch(batch_id, Parts())
+    fetched = V2Source(shared_http).fetch_batch(batch_id, Parts())
     assert fetched.parsed is not None
     assert len(fetched.parsed.calls) == 5
     assert len(fetched.parsed.transcripts) > 0
@@ -301,9 +303,9 @@ def test_no_call_details_makes_one_calls_request_per_thousand_calls(sleeps: list
     """Without details, 1,001 calls cost two calls-list requests and no detail request."""
     account = Emulator(seed=1, batches=0, v2_batches=1, v2_calls_per_batch=1001)
     api = load_api(EMULATOR_URL, account.api_key)
-    with BlandClient(api, transport=account.transport(), sleep=sleeps.append) as client:
+    with BlandHttp(api, transport=account.transport(), sleep=sleeps.append) as http:
         (batch_id,) = v2_ids(account)
-        fetched = V2Source(client, call_details=False).fetch_batch(batch_id, Parts())
+        fetched = V2Source(http, call_details=False).fetch_batch(batch_id, Parts())
     assert fetched.parsed is not None
     assert len(fetched.parsed.calls) == 1001
     assert paths(account).count("/v1/calls") == 2
@@ -311,11 +313,11 @@ def test_no_call_details_makes_one_calls_request_per_thousand_calls(sleeps: list
 
 
 def test_calls_list_over_several_pages_is_read_whole_and_deduplicated(
-    account: Emulator, shared_client: BlandClient
+    account: Emulator, shared_http: BlandHttp
 ) -> None:
     """Pages of 2 calls: 5 calls in 3 pages, each call once."""
     batch_id = v2_ids(account)[0]
-    source = V2Source(shared_client, call_details=False, calls_page_size=2)
+    source = V2Source(shared_http, call_details=False, calls_page_size=2)
     fetched = source.fetch_batch(batch_id, Parts())
     assert fetched.parsed is not None
     assert len({call.call_id for call in fetched.parsed.calls}) == 5
@@ -323,28 +325,28 @@ def test_calls_list_over_several_pages_is_read_whole_and_deduplicated(
 
 
 def test_calls_list_shorter_than_total_count_fails_the_batch(
-    account: Emulator, shared_client: BlandClient
+    account: Emulator, shared_http: BlandHttp
 ) -> None:
     """A calls list that gives fewer calls than its total_count must not pass for the whole."""
     batch_id = v2_ids(account)[0]
     account.v2.batches[batch_id].hidden_calls = 1
     with pytest.raises(PayloadError, match="gave 4 calls where its total_count says 5"):
-        V2Source(shared_client).fetch_batch(batch_id, Parts())
+        V2Source(shared_http).fetch_batch(batch_id, Parts())
 
 
-def test_unknown_v2_batch_is_not_found(shared_client: BlandClient) -> None:
+def test_unknown_v2_batch_is_not_found(shared_http: BlandHttp) -> None:
     """A v2 id the API does not know raises BatchNotFound."""
     with pytest.raises(BatchNotFound):
-        V2Source(shared_client).fetch_batch("00000000-0000-4000-8000-000000000000", Parts())
+        V2Source(shared_http).fetch_batch("00000000-0000-4000-8000-000000000000", Parts())
 
 
 @pytest.mark.parametrize("target", ["*v2list*", "*v2*", "*logs*", "*calls*", "*call*"])
 def test_a_server_error_on_each_v2_endpoint_is_retried(
-    account: Emulator, shared_client: BlandClient, sleeps: list[float], target: str
+    account: Emulator, shared_http: BlandHttp, sleeps: list[float], target: str
 ) -> None:
     """Every new endpoint gets the v1 retry policy: a 503 then the answer."""
     account.inject(*parse_fault(f"{target}:server_error"))
-    source = V2Source(shared_client)
+    source = V2Source(shared_http)
     listed = [s.batch_id for s in source.iter_batches()]
     assert listed == v2_ids(account)
     assert source.fetch_batch(listed[0], Parts()).parsed is not None
@@ -353,31 +355,31 @@ def test_a_server_error_on_each_v2_endpoint_is_retried(
 
 @pytest.mark.parametrize("target", ["*v2*", "*logs*", "*calls*", "*call*"])
 def test_a_body_that_is_not_json_on_each_v2_endpoint_fails_the_batch(
-    account: Emulator, shared_client: BlandClient, target: str
+    account: Emulator, shared_http: BlandHttp, target: str
 ) -> None:
     """A 200 answer that is not JSON fails the batch naming it, quoting no body bytes."""
     account.inject(*parse_fault(f"{target}:invalid_json"))
     batch_id = v2_ids(account)[0]
     with pytest.raises(PayloadError, match="not valid JSON") as caught:
-        V2Source(shared_client).fetch_batch(batch_id, Parts())
+        V2Source(shared_http).fetch_batch(batch_id, Parts())
     assert batch_id in str(caught.value)
     assert "<html>" not in str(caught.value)
 
 
 def test_a_call_detail_that_is_not_found_fails_the_batch_not_as_batch_not_found(
-    account: Emulator, shared_client: BlandClient
+    account: Emulator, shared_http: BlandHttp
 ) -> None:
     """A 404 for one call's detail fails the batch; it is no reason to try the v1 API."""
     account.inject(*parse_fault("*call*:not_found"))
     with pytest.raises(HttpStatusError, match=r"call .* of batch"):
-        V2Source(shared_client).fetch_batch(v2_ids(account)[0], Parts())
+        V2Source(shared_http).fetch_batch(v2_ids(account)[0], Parts())
 
 
 def test_auto_lists_both_apis_oldest_first_each_id_once(
-    account: Emulator, shared_client: BlandClient
+    account: Emulator, shared_http: BlandHttp
 ) -> None:
     """auto reads the v2 and the v1 list and yields every batch once, oldest first."""
-    listed = list(build_source(shared_client).iter_batches())
+    listed = list(build_source(shared_http).iter_batches())
     ids = [s.batch_id for s in listed]
     assert sorted(ids) == sorted(v2_ids(account) + account.batch_ids())
     assert [s.created_at for s in listed] == sorted(s.created_at for s in listed)  # type: ignore[type-var]
@@ -385,68 +387,66 @@ def test_auto_lists_both_apis_oldest_first_each_id_once(
 
 @pytest.mark.parametrize("api", ["v1", "v2"])
 def test_api_choice_lists_only_that_api(
-    account: Emulator, shared_client: BlandClient, api: str
+    account: Emulator, shared_http: BlandHttp, api: str
 ) -> None:
     """--api v1 reads only the v1 list, --api v2 only the v2 list."""
-    listed = {s.batch_id for s in build_source(shared_client, api).iter_batches()}  # type: ignore[arg-type]
+    listed = {s.batch_id for s in build_source(shared_http, api).iter_batches()}  # type: ignore[arg-type]
     assert listed == set(v2_ids(account) if api == "v2" else account.batch_ids())
     other = "/v1/batches" if api == "v2" else "/v2/batches/list"
     assert other not in paths(account)
 
 
 def test_auto_skips_a_list_that_answers_404_and_uses_the_other(
-    account: Emulator, shared_client: BlandClient, caplog: pytest.LogCaptureFixture
+    account: Emulator, shared_http: BlandHttp, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A v1 list that answers 404 is noted once (info) and the v2 batches are still listed."""
     account.inject(*parse_fault("*list*:not_found x-1"))
     with caplog.at_level("INFO", logger="batchsync"):
-        listed = {s.batch_id for s in build_source(shared_client).iter_batches()}
+        listed = {s.batch_id for s in build_source(shared_http).iter_batches()}
     assert listed == set(v2_ids(account))
     assert sum("v1 batch list answered HTTP 404" in r.getMessage() for r in caplog.records) == 1
 
 
-def test_v2_list_404_under_api_v2_is_an_error(
-    account: Emulator, shared_client: BlandClient
-) -> None:
+def test_v2_list_404_under_api_v2_is_an_error(account: Emulator, shared_http: BlandHttp) -> None:
     """Asked for v2 only, a v2 list that answers 404 is not skipped."""
     account.inject(*parse_fault("*v2list*:not_found"))
     with pytest.raises(BatchNotFound):
-        list(build_source(shared_client, "v2").iter_batches())
+        list(build_source(shared_http, "v2").iter_batches())
 
 
 def test_named_uuid_that_v2_does_not_know_is_fetched_from_v1(
-    account: Emulator, shared_client: BlandClient
+    account: Emulator, shared_http: BlandHttp
 ) -> None:
     """A v1 batch with a UUID-shaped id: v2 answers 404, so v1 is tried and serves it."""
     v1_id = account.batch_ids()[0]
     assert is_v2_id(v1_id)
-    fetched = build_source(shared_client).fetch_batch(v1_id, Parts())
+    fetched = build_source(shared_http).fetch_batch(v1_id, Parts())
     assert fetched.parsed is not None
     assert fetched.parsed.batch.api_version == "v1"
     assert paths(account)[-1].startswith("/v1/batches/")
 
 
-def test_named_id_unknown_to_both_apis_is_not_found(shared_client: BlandClient) -> None:
+def test_named_id_unknown_to_both_apis_is_not_found(shared_http: BlandHttp) -> None:
     """An id neither API knows raises BatchNotFound after trying both."""
     with pytest.raises(BatchNotFound):
-        build_source(shared_client).fetch_batch("nope-gen-batch", Parts())
+        build_source(shared_http).fetch_batch("nope-gen-batch", Parts())
 
 
 def test_named_v2_id_under_api_v1_is_not_tried_on_v2(
-    account: Emulator, shared_client: BlandClient
+    account: Emulator, shared_http: BlandHttp
 ) -> None:
     """--api v1 never asks the v2 API, even for a UUID that v1 does not know."""
     with pytest.raises(BatchNotFound):
-        build_source(shared_client, "v1").fetch_batch(v2_ids(account)[0], Parts())
+        build_source(shared_http, "v1").fetch_batch(v2_ids(account)[0], Parts())
     assert not any(p.startswith("/v2/") for p in paths(account))
 
 
 def test_same_content_is_reported_unchanged_without_parsing(
-    account: Emulator, shared_client: BlandClient
+    account: Emulator, shared_http: BlandHttp
 ) -> None:
     """The content hash covers every body of the batch: the same answers give the same hash."""
     batch_id = v2_ids(account)[-1]
-    source = V2Source(shared_client)
+    source = V2Source(shared_http)
     first = source.fetch_batch(batch_id, Parts())
     again = source.fetch_batch(batch_id, Parts(), unchanged=lambda sha: sha == first.content_sha256)
     assert again.parsed is None
@@ -458,11 +458,13 @@ def test_same_content_is_reported_unchanged_without_parsing(
     assert changed.parsed is not None
 
 
-def test_auto_source_is_a_batch_source(shared_client: BlandClient) -> None:
-    """AutoSource keeps the v1 client as its v1 source."""
-    source = build_source(shared_client)
+def test_auto_source_is_a_batch_source(shared_http: BlandHttp) -> None:
+    """Both of AutoSource's sources read through the one client it was built with."""
+    source = build_source(shared_http)
     assert isinstance(source, AutoSource)
-    assert source.v1 is shared_client
+    assert isinstance(source.v1, V1Source)
+    assert source.v1.http is shared_http
+    assert source.v2.http is shared_http
 
 
 def test_example_fixture_files_are_left_unchanged_by_parsing() -> None:
@@ -499,11 +501,11 @@ def test_v1_call_detail_fills_only_the_detail_columns() -> None:
 
 
 def test_a_full_page_holding_every_call_of_total_count_ends_the_calls_list(
-    account: Emulator, shared_client: BlandClient
+    account: Emulator, shared_http: BlandHttp
 ) -> None:
     """Pages of 5 for 5 calls with total_count 5: one calls request, not a second empty one."""
     batch_id = v2_ids(account)[0]
-    source = V2Source(shared_client, call_details=False, calls_page_size=5)
+    source = V2Source(shared_http, call_details=False, calls_page_size=5)
     fetched = source.fetch_batch(batch_id, Parts())
     assert fetched.parsed is not None
     assert len(fetched.parsed.calls) == 5
@@ -511,10 +513,10 @@ def test_a_full_page_holding_every_call_of_total_count_ends_the_calls_list(
 
 
 def test_without_total_count_a_full_page_asks_for_the_next(
-    account: Emulator, shared_client: BlandClient
+    account: Emulator, shared_http: BlandHttp
 ) -> None:
     """Batch 1 sends no total_count: a full page of 5 is followed by an empty one."""
     batch_id = v2_ids(account)[1]
-    source = V2Source(shared_client, call_details=False, calls_page_size=5)
+    source = V2Source(shared_http, call_details=False, calls_page_size=5)
     source.fetch_batch(batch_id, Parts())
     assert paths(account).count("/v1/calls") == 2

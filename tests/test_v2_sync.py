@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, select, text
 
 from batchsync.bland.auto import build_source
+from batchsync.bland.http import BlandHttp, RetryPolicy
 from batchsync.cli import cli
-from batchsync.client import BlandClient, RetryPolicy
 from batchsync.config import load_api
 from batchsync.emulator import Emulator, parse_fault
 from batchsync.models import Base
@@ -33,20 +33,20 @@ def account() -> Emulator:
 
 
 @pytest.fixture
-def client(account: Emulator, sleeps: list[float]) -> Iterator[BlandClient]:
+def http(account: Emulator, sleeps: list[float]) -> Iterator[BlandHttp]:
     api = load_api(EMULATOR_URL, account.api_key)
-    with BlandClient(
+    with BlandHttp(
         api, transport=account.transport(), retry=RetryPolicy(attempts=3), sleep=sleeps.append
-    ) as client:
-        yield client
+    ) as http:
+        yield http
 
 
-def sync(engine: Engine, client: BlandClient, **options: Any) -> RunResult:
+def sync(engine: Engine, http: BlandHttp, **options: Any) -> RunResult:
     api = options.pop("api", "auto")
     details = options.pop("call_details", None)
     # As the CLI builds it under --phone-numbers keep.
     source = build_source(
-        client,
+        http,
         api,
         details,
         stored_calls=partial(stored_calls, engine),
@@ -74,10 +74,10 @@ def paths(account: Emulator) -> list[str]:
 
 
 def test_mixed_account_in_auto_stores_both_kinds_in_the_same_tables(
-    engine: Engine, client: BlandClient, account: Emulator
+    engine: Engine, http: BlandHttp, account: Emulator
 ) -> None:
     """auto syncs every v1 and v2 batch; v2 rows carry their logs, calls, details, counts."""
-    result = sync(engine, client)
+    result = sync(engine, http)
     assert result.count("synced") == 6
     assert not result.failed
     with engine.connect() as connection:
@@ -132,14 +132,14 @@ def test_mixed_account_in_auto_stores_both_kinds_in_the_same_tables(
 
 
 def test_resync_of_an_unchanged_account_changes_no_row_and_asks_nothing_of_final_v2_batches(
-    engine: Engine, client: BlandClient, account: Emulator
+    engine: Engine, http: BlandHttp, account: Emulator
 ) -> None:
     """A second run leaves every row as it was (stamps included) and makes no request for a
     stored final v2 batch; only the unfinished one is fetched again, and found unchanged."""
-    sync(engine, client)
+    sync(engine, http)
     before = dump(engine)
     account.requests.clear()
-    result = sync(engine, client)
+    result = sync(engine, http)
     assert dump(engine) == before
     final = list(account.v2.batches)[:-1]
     asked = paths(account)
@@ -150,16 +150,16 @@ def test_resync_of_an_unchanged_account_changes_no_row_and_asks_nothing_of_final
 
 
 def test_changed_api_converges_to_what_a_fresh_sync_stores(
-    engine: Engine, client: BlandClient, account: Emulator
+    engine: Engine, http: BlandHttp, account: Emulator
 ) -> None:
     """A call vanishes, the batch moves from in_progress to completed and a call's detail
     changes: the re-sync stores exactly what a sync from scratch stores."""
-    sync(engine, client)
+    sync(engine, http)
     newest = list(account.v2.batches.values())[-1]
     vanished = newest.calls.pop(0)
     newest.calls[-1]["summary"] = "The user asked to be called back."  # was queued
     newest.complete()
-    sync(engine, client)
+    sync(engine, http)
     converged = dump(engine, bookkeeping=False)
     with engine.connect() as connection:
         status = connection.execute(
@@ -172,26 +172,26 @@ def test_changed_api_converges_to_what_a_fresh_sync_stores(
     assert gone == 0
 
     purge(engine, before=datetime(2100, 1, 1, tzinfo=UTC))
-    sync(engine, client)
+    sync(engine, http)
     assert dump(engine, bookkeeping=False) == converged
 
 
-def test_refresh_rewrites_nothing_when_nothing_changed(engine: Engine, client: BlandClient) -> None:
+def test_refresh_rewrites_nothing_when_nothing_changed(engine: Engine, http: BlandHttp) -> None:
     """--refresh fetches every batch again and leaves the values as they were."""
-    sync(engine, client)
+    sync(engine, http)
     before = dump(engine, bookkeeping=False)
-    result = sync(engine, client, refresh=True)
+    result = sync(engine, http, refresh=True)
     assert result.count("synced") == 6
     assert dump(engine, bookkeeping=False) == before
 
 
 def test_call_detail_not_found_fails_only_its_batch_and_writes_none_of_it(
-    engine: Engine, client: BlandClient, account: Emulator
+    engine: Engine, http: BlandHttp, account: Emulator
 ) -> None:
     """A failed call-detail request fails the batch whole; the others are synced."""
     target = list(account.v2.batches.values())[1]
     account.inject(*parse_fault(f"{target.calls[2]['call_id']}:not_found"))
-    result = sync(engine, client)
+    result = sync(engine, http)
     assert [o.batch_id for o in result.failed] == [target.batch_id]
     assert target.calls[2]["call_id"] in (result.failed[0].error or "")
     assert result.count("synced") == 5
@@ -206,37 +206,37 @@ def test_call_detail_not_found_fails_only_its_batch_and_writes_none_of_it(
 
 @pytest.mark.parametrize("target", ["*v2*", "*logs*", "*calls*", "*call*"])
 def test_a_fault_on_each_new_endpoint_after_retries_fails_only_that_batch(
-    engine: Engine, client: BlandClient, account: Emulator, target: str
+    engine: Engine, http: BlandHttp, account: Emulator, target: str
 ) -> None:
     """A 503 that outlasts the retries on any v2 endpoint fails one batch; the run goes on."""
     if target == "*call*":  # details are fetched concurrently: aim at one call
         target = next(iter(account.v2.batches.values())).calls[0]["call_id"]
     account.inject(*parse_fault(f"{target}:server_error x3"))
-    result = sync(engine, client, concurrency=1)
+    result = sync(engine, http, concurrency=1)
     assert len(result.failed) == 1
     assert "gave up after 3 attempts" in (result.failed[0].error or "")
     assert result.count("synced") == 5
 
 
 def test_calls_list_shorter_than_total_count_fails_the_batch_and_keeps_stored_rows(
-    engine: Engine, client: BlandClient, account: Emulator
+    engine: Engine, http: BlandHttp, account: Emulator
 ) -> None:
     """A short calls list on re-sync fails the batch; its stored calls stay as they were."""
-    sync(engine, client)
+    sync(engine, http)
     before = dump(engine)
     newest = list(account.v2.batches.values())[-1]
     newest.hidden_calls = 2
-    result = sync(engine, client)
+    result = sync(engine, http)
     assert [o.batch_id for o in result.failed] == [newest.batch_id]
     assert "total_count" in (result.failed[0].error or "")
     assert dump(engine) == before
 
 
 def test_no_call_details_stores_list_fields_only_with_one_request_per_page(
-    engine: Engine, client: BlandClient, account: Emulator
+    engine: Engine, http: BlandHttp, account: Emulator
 ) -> None:
     """--no-call-details: no detail request; v2 calls have no price and no transcript."""
-    sync(engine, client, call_details=False)
+    sync(engine, http, call_details=False)
     assert not [url for url in paths(account) if "/v1/calls/" in url]
     with engine.connect() as connection:
         priced = connection.execute(
@@ -250,23 +250,21 @@ def test_no_call_details_stores_list_fields_only_with_one_request_per_page(
 
 
 @pytest.mark.parametrize("api", ["v1", "v2"])
-def test_api_choice_syncs_only_that_apis_batches(
-    engine: Engine, client: BlandClient, api: str
-) -> None:
+def test_api_choice_syncs_only_that_apis_batches(engine: Engine, http: BlandHttp, api: str) -> None:
     """--api v1 / v2 syncs only that API's batches."""
-    sync(engine, client, api=api)
+    sync(engine, http, api=api)
     with engine.connect() as connection:
         versions = connection.execute(text("select distinct api_version from batches")).all()
     assert versions == [(api,)]
 
 
 def test_v2_batch_named_on_the_command_line_is_synced(
-    engine: Engine, client: BlandClient, account: Emulator
+    engine: Engine, http: BlandHttp, account: Emulator
 ) -> None:
     """A named UUID is fetched from v2; a named v1 id (UUID-shaped here) falls back to v1."""
     v2_id = next(iter(account.v2.batches))
     v1_id = account.batch_ids()[0]
-    source = build_source(client)
+    source = build_source(http)
     result = run_sync(engine, source, SyncOptions(batch_ids=(v2_id, v1_id)))
     assert result.count("synced") == 2
     with engine.connect() as connection:
@@ -274,11 +272,11 @@ def test_v2_batch_named_on_the_command_line_is_synced(
     assert rows == {v2_id: "v2", v1_id: "v1"}
 
 
-def test_phone_policy_drop_covers_v2_calls_and_errors(engine: Engine, client: BlandClient) -> None:
+def test_phone_policy_drop_covers_v2_calls_and_errors(engine: Engine, http: BlandHttp) -> None:
     """--phone-numbers drop leaves no v2 number in the call columns or error messages."""
     from batchsync.privacy import PhoneMode, PhonePolicy
 
-    sync(engine, client, phones=PhonePolicy(PhoneMode.DROP))
+    sync(engine, http, phones=PhonePolicy(PhoneMode.DROP))
     with engine.connect() as connection:
         numbers = connection.execute(
             text(
@@ -328,18 +326,18 @@ def test_sync_help_shows_api_and_call_details_with_their_variables() -> None:
 
 
 def test_resync_fetches_details_only_of_unfinished_and_changed_calls(
-    engine: Engine, client: BlandClient, account: Emulator
+    engine: Engine, http: BlandHttp, account: Emulator
 ) -> None:
     """Incremental details: a final call listed as before keeps its stored detail; a queued
     call and a call whose list entry changed are fetched again."""
-    sync(engine, client)
+    sync(engine, http)
     newest = list(account.v2.batches.values())[-1]
     queued = [c["call_id"] for c in newest.calls if c["queue_status"] == "queued"]
     changed = newest.calls[0]
     changed["answered_by"] = "voicemail"
     changed["summary"] = "Left a voicemail."
     account.requests.clear()
-    sync(engine, client)
+    sync(engine, http)
     fetched = {url.rsplit("/", 1)[-1] for url in paths(account) if "/v1/calls/" in url}
     assert fetched == {*queued, changed["call_id"]}
     with engine.connect() as connection:
@@ -355,25 +353,25 @@ def test_resync_fetches_details_only_of_unfinished_and_changed_calls(
 
 
 def test_refresh_fetches_every_detail_again(
-    engine: Engine, client: BlandClient, account: Emulator
+    engine: Engine, http: BlandHttp, account: Emulator
 ) -> None:
     """--refresh fetches the detail of every call of every batch."""
-    sync(engine, client)
+    sync(engine, http)
     account.requests.clear()
-    sync(engine, client, refresh=True)
+    sync(engine, http, refresh=True)
     fetched = [url for url in paths(account) if "/v1/calls/" in url]
     assert len(fetched) == 18
 
 
 def test_call_details_for_v1_batches_fill_the_detail_columns_and_keep_transcripts(
-    engine: Engine, client: BlandClient, account: Emulator
+    engine: Engine, http: BlandHttp, account: Emulator
 ) -> None:
     """--call-details: v1 calls get price, summary and the other detail columns from
     GET /v1/calls/{id}; their transcript lines are those of the batch response."""
-    sync(engine, client, api="v1")
+    sync(engine, http, api="v1")
     lines_before = dump(engine)["call_transcripts"]
     account.requests.clear()
-    result = sync(engine, client, api="v1", call_details=True, refresh=True)
+    result = sync(engine, http, api="v1", call_details=True, refresh=True)
     assert not result.failed
     assert len([url for url in paths(account) if "/v1/calls/" in url]) == 12
     with engine.connect() as connection:
@@ -388,24 +386,24 @@ def test_call_details_for_v1_batches_fill_the_detail_columns_and_keep_transcript
 
 
 def test_call_details_for_v1_resync_of_unchanged_batches_changes_no_row(
-    engine: Engine, client: BlandClient
+    engine: Engine, http: BlandHttp
 ) -> None:
     """With --call-details a second run over unchanged v1 batches rewrites nothing."""
-    sync(engine, client, api="v1", call_details=True)
+    sync(engine, http, api="v1", call_details=True)
     before = dump(engine)
-    result = sync(engine, client, api="v1", call_details=True)
+    result = sync(engine, http, api="v1", call_details=True)
     assert result.count("synced") == 0
     assert dump(engine) == before
 
 
 def test_v1_call_detail_failing_fails_its_batch_only(
-    engine: Engine, client: BlandClient, account: Emulator
+    engine: Engine, http: BlandHttp, account: Emulator
 ) -> None:
     """With --call-details, a v1 call's detail that stays a 503 fails its batch only."""
     batch_id = account.batch_ids()[0]
     call = account.raw_batch(batch_id)["call_data"][0]
     account.inject(*parse_fault(f"{call.get('call_id') or call['c_id']}:server_error x3"))
-    result = sync(engine, client, api="v1", call_details=True)
+    result = sync(engine, http, api="v1", call_details=True)
     assert [o.batch_id for o in result.failed] == [batch_id]
     assert result.count("synced") == 2
 
@@ -413,7 +411,7 @@ def test_v1_call_detail_failing_fails_its_batch_only(
 @pytest.mark.parametrize("redact", [False, True], ids=["as-said", "redact-transcripts"])
 @pytest.mark.parametrize("mode", ["hash", "drop"])
 def test_no_number_of_a_v2_batch_is_stored_in_clear_under_hash_or_drop(
-    database_url: str, engine: Engine, client: BlandClient, account: Emulator, mode: str,
+    database_url: str, engine: Engine, http: BlandHttp, account: Emulator, mode: str,
     redact: bool,
 ) -> None:  # fmt: skip
     """The phone policy covers the v2 columns and tables: detail columns, JSON at any
@@ -436,7 +434,7 @@ def test_no_number_of_a_v2_batch_is_stored_in_clear_under_hash_or_drop(
     call["transcripts"][0]["text"] = f"Call me on 555-123-0001 or mail {EMAIL}."
     v2.logs[0]["payload"]["message"] = "Transfer line +1 555 999 0000 validated."
     policy = PhonePolicy(PhoneMode(mode), Secret("k3y"), redact_transcripts=redact)
-    result = sync(engine, client, phones=policy, api="v2")
+    result = sync(engine, http, phones=policy, api="v2")
     assert not result.failed
     numbers = sorted({*PLANTED, *(str(c["to"]) for c in v2.calls), str(call["from"])})
     texts = table_texts(database_url)
@@ -446,12 +444,12 @@ def test_no_number_of_a_v2_batch_is_stored_in_clear_under_hash_or_drop(
 
 
 def test_no_call_details_after_a_detailed_sync_keeps_the_stored_details(
-    engine: Engine, client: BlandClient, account: Emulator
+    engine: Engine, http: BlandHttp, account: Emulator
 ) -> None:
     """A run with --no-call-details does not erase the details an earlier run stored."""
-    sync(engine, client)
+    sync(engine, http)
     before = dump(engine)
-    result = sync(engine, client, call_details=False, refresh=True)
+    result = sync(engine, http, call_details=False, refresh=True)
     assert not result.failed
     after = dump(engine)
     assert after["calls"] == before["calls"]
@@ -459,13 +457,14 @@ def test_no_call_details_after_a_detailed_sync_keeps_the_stored_details(
 
 
 def test_calls_list_over_several_pages_stores_every_call_once(
-    engine: Engine, client: BlandClient, account: Emulator
+    engine: Engine, http: BlandHttp, account: Emulator
 ) -> None:
     """Calls listed 4 a page (6 per batch: two pages each) are all stored, each once."""
     from batchsync.bland.auto import AutoSource
+    from batchsync.bland.v1 import V1Source
     from batchsync.bland.v2 import V2Source
 
-    source = AutoSource(client, V2Source(client, calls_page_size=4), "v2")
+    source = AutoSource(V1Source(http), V2Source(http, calls_page_size=4), "v2")
     result = run_sync(engine, source, SyncOptions(discover=True))
     assert result.count("synced") == 3
     assert len([url for url in paths(account) if "/v1/calls?" in url]) == 6

@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
+from batchsync.bland.http import BlandHttp
+from batchsync.bland.source import BatchSource, FetchedBatch, Parts, Unchanged
+from batchsync.bland.v1 import V1Source
 from batchsync.bland.v2 import V2Source, is_v2_id
-from batchsync.client import BatchSource, BlandClient, FetchedBatch, Parts, Unchanged
 from batchsync.errors import ApiError, BatchNotFound
 from batchsync.records import BatchSummary, StoredCalls
 
@@ -126,23 +128,27 @@ class AutoSource:
 
 
 def build_source(
-    client: BlandClient,
+    http: BlandHttp,
     api: ApiChoice = "auto",
     call_details: bool | None = None,
     *,
     stored_calls: Callable[[str], StoredCalls] | None = None,
     refresh: bool = False,
+    spool_large_bodies: bool = False,
 ) -> AutoSource:
-    """The source for ``--api`` and ``--call-details`` (None: the default of each API).
+    """The source for ``--api`` and ``--call-details`` (None: the default of each API), both
+    APIs read through the one client ``http``.
 
     ``stored_calls``: a batch's stored calls, so that final calls keep their stored detail
     (None: every detail is fetched, and --no-call-details leaves detail columns NULL);
-    ``refresh``: fetch every detail again all the same.
+    ``refresh``: fetch every detail again all the same; ``spool_large_bodies``: see
+    :class:`~batchsync.bland.v1.V1Source`.
     """
+    v1 = V1Source(http, spool_large_bodies=spool_large_bodies)
     v2 = V2Source(
-        client,
+        http,
         call_details=True if call_details is None else call_details,
         stored_calls=stored_calls,
         refresh_details=refresh,
     )
-    return AutoSource(client, v2, api, v1_call_details=call_details is True)
+    return AutoSource(v1, v2, api, v1_call_details=call_details is True)

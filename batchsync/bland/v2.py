@@ -4,7 +4,7 @@ A v2 batch is read from four endpoints: ``GET /v2/batches/{id}`` (metadata, no s
 ``GET /v2/batches/{id}/logs`` (its status, from lifecycle and complete events),
 ``GET /v1/calls?batch_id=`` (the calls, 1,000 a page) and ``GET /v1/calls/{call_id}`` (one
 call's detail: transcript, price, summary, recording). Everything goes through the one
-:class:`~batchsync.client.BlandClient`, so retries, the rate cap, fault handling and the
+:class:`~batchsync.bland.http.BlandHttp`, so retries, the rate cap, fault handling and the
 redaction of API text are those of v1.
 
 The ``parse_*`` functions are pure: raw JSON in, records out, PayloadError naming the batch
@@ -23,14 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from batchsync.client import (
-    BatchSource,
-    BlandClient,
-    FetchedBatch,
-    Parts,
-    Unchanged,
-    batch_path_segment,
-)
+from batchsync.bland.http import BlandHttp, batch_path_segment
+from batchsync.bland.source import BatchSource, FetchedBatch, Parts, Unchanged
 from batchsync.config import redact
 from batchsync.errors import BatchNotFound, HttpStatusError, PayloadError
 
@@ -521,7 +515,7 @@ class V2Source:
     summary, ...), up to ``detail_concurrency`` at once within a batch.
     """
 
-    client: BlandClient
+    http: BlandHttp
     call_details: bool = True
     # The batch's calls as stored (None: fetch every detail). A call whose stored detail is
     # final and whose list entry is unchanged keeps its stored detail instead of a request.
@@ -543,7 +537,7 @@ class V2Source:
         skip = 0
         seen: set[str] = set()
         while True:
-            body = self.client.get_body(
+            body = self.http.get_body(
                 "/v2/batches/list",
                 {"take": self.list_page_size, "skip": skip},
                 what="the v2 batch list",
@@ -573,7 +567,7 @@ class V2Source:
 
         def fetch(path: str, params: dict[str, Any], what: str, *, batch: bool = False) -> bytes:
             try:
-                return self.client.get_body(path, params, what=what, batch_id=batch_id)
+                return self.http.get_body(path, params, what=what, batch_id=batch_id)
             except BatchNotFound as exc:
                 if batch:
                     raise
@@ -712,7 +706,7 @@ class V2Source:
 
         def fetch(path: str, params: dict[str, Any], what: str) -> bytes:
             try:
-                return self.client.get_body(path, params, what=what, batch_id=batch_id)
+                return self.http.get_body(path, params, what=what, batch_id=batch_id)
             except BatchNotFound as exc:
                 raise HttpStatusError(str(exc), status_code=404) from None
 

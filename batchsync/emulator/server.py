@@ -17,7 +17,7 @@ import httpx
 from batchsync.emulator.faults import _Refused
 
 if TYPE_CHECKING:
-    from batchsync.emulator import Emulator
+    from batchsync.emulator.routes import Emulator
 
 
 # -- the HTTP server ------------------------------------------------------------------------

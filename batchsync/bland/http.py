@@ -1,22 +1,22 @@
-"""The Bland API over httpx: authentication, timeouts, retries, paging, typed errors.
+"""The one HTTP client every source of batches uses: auth, timeouts, retries, rate, errors.
 
-:class:`BlandClient` knows HTTP and nothing of SQL. Each request is retried on what is
-transient (429, 500/502/503/504, connection errors, timeouts) with capped exponential
-backoff and jitter, honouring ``Retry-After``; 401/403 raise :class:`AuthError` at once,
-404 raises :class:`BatchNotFound`. Batch bodies are decoded and parsed by
-:mod:`batchsync.payload`, whole or as they stream in, with the same outcome; with
-``spool_large_bodies`` a large body is saved to a temporary file instead, for its writer to
-parse a chunk of calls at a time (:class:`SpooledBody`).
+:class:`BlandHttp` knows HTTP and nothing of SQL, nor of what a body holds. Each request is
+retried on what is transient (429, 500/502/503/504, connection errors, timeouts) with capped
+exponential backoff and jitter, honouring ``Retry-After``; 401/403 raise :class:`AuthError`
+at once, 404 raises :class:`BatchNotFound`, any other status :class:`HttpStatusError`, with
+the API's own message (from either of its error envelopes) redacted of secrets. Requests are
+counted in :class:`ClientStats`, spaced by :class:`RateLimiter`, and logged at DEBUG without
+their headers (the API key travels in one).
 
-A source of batches is anything with ``iter_batches`` and ``fetch_batch``
-(:class:`BatchSource`): the v1 API here; a v2 source, which lists batches and their
-calls separately, would produce the same :class:`~batchsync.payload.ParsedBatch`.
+A body is read whole, or up to a decoded-size threshold and then handed on as a stream of
+chunks (:meth:`BlandHttp.read_bounded`), or saved to a temporary file
+(:func:`spool_to_file`): what the body means is its source's business
+(:mod:`batchsync.bland.v1`, :mod:`batchsync.bland.v2`).
 """
 
 from __future__ import annotations
 
 import email.utils
-import hashlib
 import logging
 import tempfile
 import threading
@@ -25,7 +25,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, BinaryIO, NamedTuple, NoReturn, Protocol, TypeVar, cast
+from typing import Any, BinaryIO, NoReturn, TypeVar, cast
 
 import httpx
 import orjson
@@ -34,7 +34,6 @@ import tenacity
 from batchsync import __version__
 from batchsync.config import ApiSettings, echoes_secret, redact
 from batchsync.errors import (
-    ApiError,
     ApiUnreachable,
     AuthError,
     BatchNotFound,
@@ -44,108 +43,12 @@ from batchsync.errors import (
     PayloadError,
     TransientApiError,
 )
-from batchsync.payload import (
-    CHUNK_CALLS,
-    MAX_KEY_BYTES,
-    BatchSummary,
-    CallsSink,
-    ParsedBatch,
-    key_too_long,
-    parse_batch_body,
-    parse_batch_list_body,
-    parse_batch_stream,
-    recordable_id,
-)
+from batchsync.payload import MAX_KEY_BYTES, key_too_long, recordable_id
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Parts:
-    """Which parts of a batch to request (the API's include_* flags)."""
-
-    calls: bool = True
-    transcripts: bool = True
-    analysis: bool = True
-
-    @property
-    def tag(self) -> str:
-        """A short, stable name of the combination, stored with the batch."""
-        names = [n for n, on in (("calls", self.calls), ("transcripts", self.transcripts),
-                                 ("analysis", self.analysis)) if on]  # fmt: skip
-        return ",".join(names) or "none"
-
-    def covers(self, tag: str | None) -> bool:
-        """Whether a batch stored with ``tag`` holds at least these parts."""
-        return tag is not None and set(self.tag.split(",")) <= set(tag.split(","))
-
-
-class SpooledBody:
-    """A batch body saved to a temporary file as it arrived, to be parsed by its writer.
-
-    Lets a batch of any size be parsed a chunk of calls at a time while those calls are
-    written (``parse`` with ``on_calls``), instead of holding all its records at once.
-    """
-
-    def __init__(
-        self,
-        file: BinaryIO,
-        *,
-        batch_id: str,
-        transcripts_requested: bool,
-        chunk_calls: int = CHUNK_CALLS,
-    ) -> None:
-        self._file = file
-        self.batch_id = batch_id
-        self.transcripts_requested = transcripts_requested
-        self.chunk_calls = chunk_calls
-
-    def chunks(self, size: int = 1 << 16) -> Iterator[bytes]:
-        self._file.seek(0)
-        while chunk := self._file.read(size):
-            yield chunk
-
-    def parse(self, on_calls: CallsSink | None = None) -> ParsedBatch:
-        """The body's records, as :func:`~batchsync.payload.parse_batch_stream` gives them;
-        with ``on_calls``, the calls go to it in chunks and are not returned."""
-        return parse_batch_stream(
-            self.chunks(),
-            batch_id=self.batch_id,
-            transcripts_requested=self.transcripts_requested,
-            on_calls=on_calls,
-            chunk_size=self.chunk_calls,
-        )
-
-    def close(self) -> None:
-        self._file.close()
-
-
-class FetchedBatch(NamedTuple):
-    # None: the caller judged the content unchanged, so not parsed; or the body is in
-    # ``body``, to be parsed by the caller.
-    parsed: ParsedBatch | None
-    content_sha256: str
-    size: int
-    body: SpooledBody | None = None
-    echoes_secret: bool = False  # the body may quote the API key: its strings need redacting
-
-
-# Given a fetched body's content hash, whether it is the one already stored, so that the
-# body need not even be parsed. The caller (the sync) owns that decision.
-Unchanged = Callable[[str], bool]
-
-
-class BatchSource(Protocol):
-    """Where batches come from; the storage layer sees only what this yields."""
-
-    def iter_batches(self, *, campaign_id: str | None = None) -> Iterator[BatchSummary]: ...
-
-    def fetch_batch(
-        self, batch_id: str, parts: Parts, *, unchanged: Unchanged | None = None
-    ) -> FetchedBatch: ...
 
 
 @dataclass(frozen=True)
@@ -200,31 +103,29 @@ class RateLimiter:
 
 
 @dataclass
-class BlandClient:
-    """The Bland v1 batches API."""
+class BlandHttp:
+    """GET requests to the Bland API, shared by every source: one connection pool, one
+    rate cap, one retry policy and one set of counters for the run.
+
+    Raises ConfigError when there is no API key. Every request method raises the ApiError
+    subclasses of :mod:`batchsync.errors` (see the module docstring), or PayloadError for a
+    body that does not decode as its Content-Encoding says.
+    """
 
     settings: ApiSettings
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    page_size: int = 1000
     transport: httpx.BaseTransport | None = None
     sleep: Callable[[float], None] = time.sleep
     max_requests_per_second: float | None = None
     max_connections: int = 10
-    # Bodies up to this size are decoded whole (fastest); larger ones, or of unknown length,
-    # are parsed as they stream in (bounded memory). Both give the same records and errors.
+    # Bodies up to this size, decoded, are read whole (fastest); larger ones, or of unknown
+    # length, are handed on as they stream in (bounded memory): see read_bounded.
     stream_threshold: int = 32 * 1024 * 1024
-    # With this set, a body above the stream threshold is saved to a temporary file and
-    # returned unparsed (FetchedBatch.body): its writer parses it a chunk of calls at a
-    # time, so memory is bounded whatever the batch's size.
-    spool_large_bodies: bool = False
-    chunk_calls: int = CHUNK_CALLS  # calls per chunk when a spooled body is parsed
     stats: ClientStats = field(default_factory=ClientStats)
 
     def __post_init__(self) -> None:
         if self.settings.api_key is None:
             raise ConfigError("no API key: set BLAND_API_KEY or pass --api-key")
-        if self.page_size < 1:
-            raise ConfigError("the page size must be at least 1")
         self._http = httpx.Client(
             base_url=self.settings.base_url,
             headers={
@@ -255,168 +156,58 @@ class BlandClient:
         exc = state.outcome.exception() if state.outcome else None
         return isinstance(exc, TransientApiError) and not self._closed
 
-    def __enter__(self) -> BlandClient:
+    def __enter__(self) -> BlandHttp:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def iter_batches(self, *, campaign_id: str | None = None) -> Iterator[BatchSummary]:
-        """Every batch, asked for oldest first: offset pages, until a page brings nothing new.
-
-        A page shorter than ``page_size`` does not end the listing (a server may cap its
-        pages below what was asked), and the next offset follows what the page held. An
-        empty page, or one that brings no batch not seen before, ends it, so an API that
-        ignores the offset cannot keep the run paging forever.
-        """
-        start = 0
-        seen: set[str] = set()
-        last_problems: list[str] = []
-        while True:
-            params: dict[str, Any] = {
-                "from": start,
-                "to": start + self.page_size,
-                "limit": self.page_size,
-                "ascending": "true",
-            }
-            if campaign_id:
-                params["campaign_id"] = campaign_id
-            page, problems = self._get(
-                "/v1/batches",
-                params,
-                what="the batch list",
-                consume=lambda response: parse_batch_list_body(self._read(response)),
-            )
-            # An entry without a usable id is left out with a warning: one bad entry must
-            # not end discovery.
-            for problem in problems:
-                if problem.batch_id is None:  # one with an id fails its batch in the run
-                    log.warning("the batch list: %s; that entry is left out", problem)
-            new = [summary for summary in page if summary.batch_id not in seen]
-            seen.update(summary.batch_id for summary in new)
-            yield from new
-            if not page:
-                # A page of bad entries only goes on to the next page, unless it is the
-                # same as the last one (an API that ignores the offset).
-                described = [str(problem) for problem in problems]
-                if not problems or described == last_problems:
-                    return
-                last_problems = described
-                start += len(problems)
-                continue
-            if not new:
-                log.warning(
-                    "the batch list repeated itself at offset %d; stopping the listing", start
-                )
-                return
-            start += len(page) + len(problems)
-
-    def fetch_batch(
-        self, batch_id: str, parts: Parts, *, unchanged: Unchanged | None = None
-    ) -> FetchedBatch:
-        """One batch with the requested parts, parsed; raises ApiError, PayloadError or
-        InvalidBatchId (an id that cannot be put in a URL).
-
-        The id goes into the URL path percent-encoded, whatever it holds. A body larger
-        than ``stream_threshold`` bytes once decoded (a compressed or chunked body is read
-        up to the threshold to know) is parsed as it arrives, call by call, so memory
-        follows the records, not the body. A body for which
-        ``unchanged(content hash)`` is true is not parsed at all (``parsed`` is None).
-        """
-        path = f"/v1/batches/{batch_path_segment(batch_id)}"
-        transcripts = parts.calls and parts.transcripts
-
-        def consume(response: httpx.Response) -> FetchedBatch:
-            digest = hashlib.sha256(parts.tag.encode())
-            length = response.headers.get("content-length")
-            encoded = response.headers.get("content-encoding", "identity").strip().lower()
-            small = length is not None and length.isdigit() and int(length) <= self.stream_threshold
-            chunks = self._chunks(response, digest)
-            head: list[bytes] = []
-            if small and encoded in ("", "identity"):
-                head.append(b"".join(chunks))
-                whole = True
-            else:
-                # A compressed body's Content-Length is its compressed size (gzip can shrink
-                # JSON a hundredfold), and a chunked body has none: the threshold applies to
-                # the decoded bytes, read until it is passed, then parsed as they stream in.
-                whole, seen = True, 0
-                for chunk in chunks:
-                    head.append(chunk)
-                    seen += len(chunk)
-                    if seen > self.stream_threshold:
-                        whole = False
-                        break
-            if whole:
-                body = b"".join(head)
-                del head[:]
-                if unchanged is not None and unchanged(digest.hexdigest()):
-                    return FetchedBatch(None, digest.hexdigest(), len(body))
-                size = len(body)
-                parsed = parse_batch_body(
-                    body, batch_id=batch_id, transcripts_requested=transcripts
-                )
-                echoed = echoes_secret(body)
-            elif self.spool_large_bodies:
-                # Closed by the SpooledBody's owner, not here: SIM115 does not apply.
-                spooled = tempfile.TemporaryFile(prefix="batchsync-")  # noqa: SIM115
-                counted = _Counted(_drained(head, chunks))
-                try:
-                    for chunk in counted:
-                        spooled.write(chunk)
-                except BaseException:
-                    spooled.close()
-                    raise
-                if unchanged is not None and unchanged(digest.hexdigest()):
-                    spooled.close()
-                    return FetchedBatch(None, digest.hexdigest(), counted.size)
-                saved = SpooledBody(
-                    spooled,
-                    batch_id=batch_id,
-                    transcripts_requested=transcripts,
-                    chunk_calls=self.chunk_calls,
-                )
-                return FetchedBatch(
-                    None, digest.hexdigest(), counted.size, saved, counted.echoes_secret
-                )
-            else:
-                counted = _Counted(_drained(head, chunks))
-                parsed = parse_batch_stream(
-                    counted, batch_id=batch_id, transcripts_requested=transcripts
-                )
-                size, echoed = counted.size, counted.echoes_secret
-            return FetchedBatch(parsed, digest.hexdigest(), size, echoes_secret=echoed)
-
-        return self._get(
-            path,
-            {
-                "include_calls": _flag(parts.calls),
-                "include_transcripts": _flag(parts.transcripts),
-                "include_analysis": _flag(parts.analysis),
-            },
-            what=f"batch {batch_id}",
-            consume=consume,
-            batch_id=batch_id,
-        )
-
     def get_body(
         self, path: str, params: dict[str, Any], *, what: str, batch_id: str | None = None
     ) -> bytes:
         """GET ``path`` and return the whole body, with this client's auth, retries, rate
-        cap and error rules (for the endpoints other sources read: v2, the calls API)."""
-        return self._get(path, params, what=what, consume=self._read, batch_id=batch_id)
+        cap and error rules; ``what`` names the resource in error messages."""
+        return self.get(path, params, what=what, consume=self.read, batch_id=batch_id)
 
-    def _chunks(self, response: httpx.Response, digest: Any = None) -> Iterator[bytes]:
+    def chunks(self, response: httpx.Response, digest: Any = None) -> Iterator[bytes]:
+        """The response body's decoded chunks, counted in ``stats`` and fed to ``digest``."""
         for chunk in response.iter_bytes():
             self.stats.add(bytes_received=len(chunk))
             if digest is not None:
                 digest.update(chunk)
             yield chunk
 
-    def _read(self, response: httpx.Response, digest: Any = None) -> bytes:
-        return b"".join(self._chunks(response, digest))
+    def read(self, response: httpx.Response, digest: Any = None) -> bytes:
+        """The whole decoded response body, as :meth:`chunks` reads it."""
+        return b"".join(self.chunks(response, digest))
 
-    def _get(
+    def read_bounded(
+        self, response: httpx.Response, digest: Any = None
+    ) -> tuple[bytes | None, Iterator[bytes]]:
+        """The body whole (and no chunks left) when its decoded size is at most
+        ``stream_threshold`` bytes; else None and its chunks, those read so far first.
+
+        A compressed body's Content-Length is its compressed size (gzip can shrink JSON a
+        hundredfold), and a chunked body has none: the threshold applies to the decoded
+        bytes, read until it is passed. Only an uncompressed body whose Content-Length is
+        within the threshold is taken whole on its word.
+        """
+        length = response.headers.get("content-length")
+        encoded = response.headers.get("content-encoding", "identity").strip().lower()
+        small = length is not None and length.isdigit() and int(length) <= self.stream_threshold
+        chunks = self.chunks(response, digest)
+        if small and encoded in ("", "identity"):
+            return b"".join(chunks), iter(())
+        head: list[bytes] = []
+        seen = 0
+        for chunk in chunks:
+            head.append(chunk)
+            seen += len(chunk)
+            if seen > self.stream_threshold:
+                return None, _drained(head, chunks)
+        return b"".join(head), iter(())
+
+    def get(
         self,
         path: str,
         params: dict[str, Any],
@@ -426,7 +217,11 @@ class BlandClient:
         batch_id: str | None = None,
     ) -> T:
         """GET ``path`` and hand the streamed response to ``consume``, retrying what is
-        transient (a connection lost while the body streams in too)."""
+        transient (a connection lost while the body streams in too).
+
+        ``consume`` runs once per attempt, only for a status below 300; the error statuses
+        raise as the module docstring says, after the retries of a transient one.
+        """
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.retry.attempts),
             wait=self._wait,
@@ -580,10 +375,6 @@ def _log_request(response: httpx.Response, seconds: float) -> None:
     )
 
 
-def _flag(value: bool) -> str:
-    return "true" if value else "false"
-
-
 def _drained(head: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
     """The chunks of ``head`` (each let go once handed on), then those of ``rest``."""
     head.reverse()
@@ -592,7 +383,22 @@ def _drained(head: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
     yield from rest
 
 
-class _Counted:
+def spool_to_file(chunks: Iterator[bytes]) -> tuple[BinaryIO, CountedChunks]:
+    """Write ``chunks`` to a new temporary file, to be closed by the caller; with the chunks'
+    count of bytes and whether any quotes a secret. The file is closed if writing fails."""
+    # Closed by its owner, not here: SIM115 does not apply.
+    spooled = tempfile.TemporaryFile(prefix="batchsync-")  # noqa: SIM115
+    counted = CountedChunks(chunks)
+    try:
+        for chunk in counted:
+            spooled.write(chunk)
+    except BaseException:
+        spooled.close()
+        raise
+    return spooled, counted
+
+
+class CountedChunks:
     """Chunks passed through, their total size counted, and whether any quotes a secret
     (tested with the end of the previous chunk, so an echo split across two is seen)."""
 
@@ -652,11 +458,11 @@ def _retry_after(value: str | None, now: datetime | None = None) -> float | None
 
 
 __all__ = [
-    "ApiError",
-    "BatchSource",
-    "BlandClient",
+    "BlandHttp",
     "ClientStats",
-    "FetchedBatch",
-    "Parts",
+    "CountedChunks",
+    "RateLimiter",
     "RetryPolicy",
+    "batch_path_segment",
+    "spool_to_file",
 ]
