@@ -80,7 +80,7 @@ from batchsync.privacy import (
     refuse_clear_numbers_over_protected,
     refuse_partial_switch,
 )
-from batchsync.sync import RunResult, Shard, SyncEvents, SyncOptions, run_sync
+from batchsync.sync import RunResult, Shard, SyncEvents, SyncOptions, run_sync, utcnow
 
 EXIT_OK = 0
 EXIT_PARTIAL = 1
@@ -128,14 +128,29 @@ def _fail(ctx: click.Context, message: str, code: int) -> NoReturn:
     else:
         _echo(f"batchsync: error: {message}", err=True)
     if ctx.meta.get("json_summary"):
-        _echo_json(_failure_json(message, code, ctx.meta.get("run_id")))
+        _echo_json(_failure_json(message, code, ctx.meta.get("run_id"), ctx.meta.get("outcomes")))
     sys.exit(code)
 
 
-def _failure_json(message: str, code: int, run_id: int | None = None) -> dict[str, Any]:
-    """The one JSON object a --json command prints when it ends in an error."""
+def _failure_json(
+    message: str,
+    code: int,
+    run_id: int | None = None,
+    outcomes: list[runs.BatchOutcome] | None = None,
+) -> dict[str, Any]:
+    """The one JSON object a --json command prints when it ends in an error. A sync that
+    stopped part-way (exit 4, 5, 130) also says what it did before: the same ``batches``,
+    ``failed`` and ``tables`` keys as a finished run's summary (``outcomes``: the batches
+    whose outcome was recorded before it stopped)."""
     status = "interrupted" if code == EXIT_INTERRUPTED else "failed"
-    return {"status": status, "run_id": run_id, "error": message, "exit_code": code}
+    summary: dict[str, Any] = {"status": status, "run_id": run_id}
+    if outcomes is not None:
+        done = RunResult(run_id=run_id, status=status, started_at=utcnow(), outcomes=outcomes)
+        partial = done.as_json()
+        summary.update(
+            batches=partial["batches"], failed=partial["failed"], tables=partial["tables"]
+        )
+    return {**summary, "error": message, "exit_code": code}
 
 
 def _json_option(help_text: str) -> Callable[[F], F]:
@@ -842,6 +857,7 @@ class _RunEvents(SyncEvents):
 
     def started(self, run_id: int | None) -> None:
         self._ctx.meta["run_id"] = run_id
+        self._ctx.meta["outcomes"] = []
 
     def planned(self, to_fetch: int, skipped: int) -> None:
         if skipped:
@@ -854,6 +870,7 @@ class _RunEvents(SyncEvents):
             self.bar = self._factory(to_fetch)
 
     def batch_done(self, outcome: runs.BatchOutcome) -> None:
+        self._ctx.meta.setdefault("outcomes", []).append(outcome)
         calls = "" if outcome.calls is None else f" ({_plural(outcome.calls, 'call')})"
         log.info(
             "batch %s: %s%s",

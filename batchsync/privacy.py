@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ from batchsync.payload import (
     QueueStatusCountRecord,
     TranscriptLineRecord,
 )
+
+log = logging.getLogger(__name__)
 
 # Phone-number-looking runs inside free text ("Cannot transfer to +1 (222) 333-4444 - ...").
 # An opening parenthesis ("(212)555-0199") and an extension ("x123", "ext. 12") belong to it.
@@ -177,7 +180,28 @@ def load_phone_policy(mode: str, *, redact_transcripts: bool = False) -> PhonePo
     """The policy for ``mode``, with its key from BATCHSYNC_PHONE_HASH_KEY when hashing."""
     key = env(ENV_PHONE_HASH_KEY)
     register_secret(key)
+    if key and mode == PhoneMode.HASH.value:
+        _warn_about_key_shape(key)
     return PhonePolicy(PhoneMode(mode), Secret(key) if key else None, redact_transcripts)
+
+
+def _warn_about_key_shape(key: str) -> None:
+    """Warn when the hash key looks like a value copied with its quotes or surrounding
+    spaces (an env file, a YAML manifest): they are part of the key as given, and a key
+    that differs by them hashes every number differently. The key is used as given."""
+    if len(key) >= 2 and key[0] == key[-1] and key[0] in "\"'":
+        log.warning(
+            "%s begins and ends with %s: the quotes are part of the key as given, and "
+            "hashes made with it will not match hashes made without them",
+            ENV_PHONE_HASH_KEY,
+            "a double quote" if key[0] == '"' else "a single quote",
+        )
+    elif key != key.strip():
+        log.warning(
+            "%s begins or ends with white space: it is part of the key as given, and "
+            "hashes made with it will not match hashes made without it",
+            ENV_PHONE_HASH_KEY,
+        )
 
 
 def refuse_clear_numbers_over_protected(policy: PhonePolicy, stored_policies: set[str]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit
 
 import click
+import orjson
 import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import MetaData, create_engine, inspect, select, text
@@ -381,6 +382,15 @@ def test_api_dying_mid_run_exits_5_and_says_so(database_url: str) -> None:
         engine.dispose()
     assert status == "failed"
     assert recorded == 4  # one synced, three failed; the last two never tried
+    # The JSON summary of a run that stopped says what it did before, in the keys of a
+    # finished run's summary.
+    summary = orjson.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "failed"
+    assert summary["exit_code"] == EXIT_API
+    assert summary["batches"] == {"synced": 1, "unchanged": 0, "skipped": 0, "failed": 3}
+    assert len(summary["failed"]) == 3
+    assert all("cannot reach" in failure["error"] for failure in summary["failed"])
+    assert summary["tables"]["calls"]["inserted"] == 2
 
 
 def test_retried_faults_succeed_with_exit_0(

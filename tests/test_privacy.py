@@ -97,6 +97,30 @@ def test_hash_without_a_key_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         load_phone_policy("hash")
 
 
+@pytest.mark.parametrize("key", ['"s3cret-key"', "'s3cret-key'", " s3cret-key", "s3cret-key\n"])
+def test_a_hash_key_with_quotes_or_spaces_is_used_as_given_with_a_warning(
+    key: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key copied with its quotes or spaces is kept as given (changing it would change
+    every hash), but the operator is told, without the key itself."""
+    monkeypatch.setenv("BATCHSYNC_PHONE_HASH_KEY", key)
+    with caplog.at_level("WARNING", logger="batchsync.privacy"):
+        policy = load_phone_policy("hash")
+    assert policy.key is not None
+    assert policy.key.reveal() == key
+    assert "BATCHSYNC_PHONE_HASH_KEY" in caplog.text
+    assert "s3cret-key" not in caplog.text
+
+
+def test_a_plain_hash_key_gets_no_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("BATCHSYNC_PHONE_HASH_KEY", "s3cret-key")
+    with caplog.at_level("WARNING", logger="batchsync.privacy"):
+        load_phone_policy("hash")
+    assert caplog.text == ""
+
+
 def test_tag_names_the_key_without_revealing_it() -> None:
     """The recorded policy identifies the key by a fingerprint, never the key itself."""
     assert HASH.tag.startswith("hash:")
