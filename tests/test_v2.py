@@ -240,16 +240,70 @@ def test_envelope_with_errors_fails_with_the_apis_message() -> None:
 
 def test_list_page_reads_id_created_at_and_description() -> None:
     """The v2 list entries become summaries with description as the label."""
-    (summary,) = parse_v2_list(fixture("list-batches.json"))
+    (summary,), problems = parse_v2_list(fixture("list-batches.json"))
     assert summary.batch_id == BATCH_ID
     assert summary.label == "My first batch"
     assert summary.campaign_id is None
+    assert summary.error is None
+    assert problems == []
 
 
-def test_list_entry_without_id_fails_naming_the_position() -> None:
-    """A list entry without its id is refused, naming where it sits."""
-    with pytest.raises(PayloadError, match=r"data\[0\]\.id"):
-        parse_v2_list({"data": [{"description": "x"}], "errors": None})
+@pytest.mark.parametrize(
+    ("entry", "field"),
+    [
+        ({"description": "x"}, "data[1].id"),
+        ({"id": None}, "data[1].id"),
+        ({"id": ""}, "data[1].id"),
+        ({"id": 42}, "data[1].id"),
+        ({"id": {"uuid": BATCH_ID}}, "data[1].id"),
+        ("652ad643-5b6c-4a3f-9f1e-3c2d7b8e9a11", "data[1]"),
+        (None, "data[1]"),
+    ],
+    ids=["missing", "null", "empty", "number", "object", "string_entry", "null_entry"],
+)
+def test_list_entry_without_a_usable_id_is_left_out_naming_the_position(
+    entry: Any, field: str
+) -> None:
+    """An entry with no usable id is left out; its error names where it sits; the entries
+    around it are read."""
+    good = fixture("list-batches.json")["data"][0]
+    later = {**good, "id": "11111111-2222-4333-8444-555555555555"}
+    summaries, problems = parse_v2_list({"data": [good, entry, later], "errors": None})
+    assert [s.batch_id for s in summaries] == [BATCH_ID, later["id"]]
+    [problem] = problems
+    assert problem.batch_id is None
+    assert problem.field == field
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"created_at": "yesterday"}, "data[0].created_at"),
+        ({"created_at": ["2025-05-08"]}, "data[0].created_at"),
+        ({"description": {"text": "x"}}, "data[0].description"),
+    ],
+    ids=["created_at_text", "created_at_list", "description_object"],
+)
+def test_list_entry_with_an_id_and_an_unreadable_field_carries_its_error(
+    change: dict[str, Any], field: str
+) -> None:
+    """An entry with an id but a bad created_at or description is listed with its error
+    (its batch fails in the run), and the error names the batch and the field."""
+    entry = {**fixture("list-batches.json")["data"][0], **change}
+    [summary], [problem] = parse_v2_list({"data": [entry], "errors": None})
+    assert summary.batch_id == BATCH_ID
+    assert summary.error == str(problem)
+    assert problem.batch_id == BATCH_ID
+    assert problem.field == field
+
+
+@pytest.mark.parametrize(
+    "raw", [{"data": "batches", "errors": None}, {"data": {"id": BATCH_ID}}, ["x"], "text"]
+)
+def test_list_page_that_is_not_a_list_of_entries_fails(raw: Any) -> None:
+    """A page whose data is not a list (or that is no envelope at all) is a PayloadError."""
+    with pytest.raises(PayloadError):
+        parse_v2_list(raw)
 
 
 def test_uuid_ids_are_v2_and_gen_batch_ids_are_not() -> None:

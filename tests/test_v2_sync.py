@@ -4,11 +4,13 @@ what lands, idempotence, convergence, incremental skips, faults and request coun
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, select, text
@@ -18,6 +20,7 @@ from batchsync.cli import cli
 from batchsync.client import BlandClient, RetryPolicy
 from batchsync.config import load_api
 from batchsync.emulator import Emulator, parse_fault
+from batchsync.errors import PayloadError
 from batchsync.models import Base
 from batchsync.store import purge, stored_calls
 from batchsync.sync import RunResult, SyncOptions, run_sync
@@ -472,3 +475,133 @@ def test_calls_list_over_several_pages_stores_every_call_once(
     with engine.connect() as connection:
         stored = connection.execute(text("select count(distinct call_id) from calls")).scalar_one()
     assert stored == 18
+
+
+# -- the v2 batch list, read leniently --------------------------------------------------------
+
+
+def _v2_listing(
+    account: Emulator, change: Callable[[list[Any]], list[Any]], skips: list[int]
+) -> httpx.MockTransport:
+    """The emulator, with its v2 batch list rewritten by ``change`` (paged by take/skip as
+    asked); the skips asked for are appended to ``skips``."""
+    handle_rest = account.transport().handler
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path != "/v2/batches/list":
+            return handle_rest(request)  # type: ignore[no-any-return]
+        ordered = sorted(account.v2.batches.values(), key=lambda b: str(b.batch["created_at"]))
+        entries = change([dict(b.batch) for b in ordered])
+        take, skip = int(request.url.params["take"]), int(request.url.params["skip"])
+        skips.append(skip)
+        page = {"data": entries[skip : skip + take], "errors": None}
+        return httpx.Response(200, json=page)
+
+    return httpx.MockTransport(handle)
+
+
+def _v2_client(transport: httpx.BaseTransport, account: Emulator) -> BlandClient:
+    api = load_api(EMULATOR_URL, account.api_key)
+    return BlandClient(
+        api, transport=transport, retry=RetryPolicy(attempts=2), sleep=lambda _: None
+    )
+
+
+@pytest.mark.parametrize(
+    ("bad_entry", "field"),
+    [
+        ({"description": "no id"}, "data[1].id"),
+        ({"id": None}, "data[1].id"),
+        ({"id": ""}, "data[1].id"),
+        ({"id": 7}, "data[1].id"),
+        ({"id": ["x"]}, "data[1].id"),
+        ("652ad643-5b6c-4a3f-9f1e-3c2d7b8e9a10", "data[1]"),
+    ],
+    ids=["missing", "null", "empty", "number", "list", "not_an_object"],
+)
+def test_v2_list_entry_without_a_usable_id_is_left_out_and_the_rest_sync(
+    engine: Engine,
+    account: Emulator,
+    caplog: pytest.LogCaptureFixture,
+    bad_entry: Any,
+    field: str,
+) -> None:
+    """An entry of the v2 list with no usable id is left out with a warning naming it;
+    every other v1 and v2 batch syncs, with pages of two whose offsets count the bad entry."""
+    skips: list[int] = []
+    transport = _v2_listing(account, lambda e: [e[0], bad_entry, *e[1:]], skips)
+    with (
+        caplog.at_level(logging.WARNING, logger="batchsync"),
+        _v2_client(transport, account) as client,
+    ):
+        source = build_source(client)
+        source.v2.list_page_size = 2
+        result = run_sync(engine, source, SyncOptions(discover=True))
+    assert result.status == "succeeded"
+    assert result.count("synced") == 6
+    assert skips == [0, 2, 4]  # 4 entries: two full pages, then an empty one
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"field {field}" in w and "left out" in w for w in warnings)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"created_at": "last tuesday"}, "created_at"),
+        ({"created_at": 1746732492}, None),  # read as seconds since the epoch, as in v1
+        ({"description": {"text": "x"}}, "description"),
+        ({"description": ["a", "b"]}, "description"),
+    ],
+    ids=["created_at_text", "created_at_number", "description_object", "description_list"],
+)
+def test_v2_list_entry_with_an_unreadable_field_fails_only_its_batch(
+    engine: Engine, account: Emulator, change: dict[str, Any], field: str | None
+) -> None:
+    """An entry with an id but a created_at or description that cannot be read fails that
+    batch, unfetched, naming the field; the other batches sync and the run ends partial."""
+    target = list(account.v2.batches)[1]
+
+    def spoil(entries: list[Any]) -> list[Any]:
+        return [{**e, **change} if e["id"] == target else e for e in entries]
+
+    with _v2_client(_v2_listing(account, spoil, []), account) as client:
+        result = run_sync(engine, build_source(client), SyncOptions(discover=True))
+    if field is None:
+        assert result.count("synced") == 6
+        return
+    assert result.status == "partial"
+    [failure] = result.failed
+    assert failure.batch_id == target
+    assert f"data[1].{field}" in (failure.error or "")
+    assert result.count("synced") == 5
+    assert not [r for r in account.requests if f"/v2/batches/{target}" in str(r.url)]
+    with engine.connect() as connection:
+        recorded = connection.execute(
+            text("select status from sync_run_batches where batch_id = :b"), {"b": target}
+        ).scalar_one()
+    assert recorded == "failed"
+
+
+@pytest.mark.parametrize(
+    "body", [b'"no list here"', b'{"data": {"id": "x"}, "errors": null}', b"<html>502</html>"]
+)
+def test_v2_list_page_that_is_not_a_list_still_fails_discovery(
+    engine: Engine, account: Emulator, body: bytes
+) -> None:
+    """A v2 list page that is no list of entries at all fails discovery with a clear message
+    (exit 5 from the CLI); nothing is synced."""
+    handle_rest = account.transport().handler
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/batches/list":
+            return httpx.Response(200, content=body, headers={"content-type": "application/json"})
+        return handle_rest(request)  # type: ignore[no-any-return]
+
+    with (
+        _v2_client(httpx.MockTransport(handle), account) as client,
+        pytest.raises(PayloadError, match=r"v2 batch list|field data"),
+    ):
+        run_sync(engine, build_source(client), SyncOptions(discover=True))
+    with engine.connect() as connection:
+        stored = connection.execute(text("select count(*) from batches")).scalar_one()
+    assert stored == 0

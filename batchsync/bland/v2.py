@@ -114,30 +114,53 @@ def parse_envelope(raw: Any, *, batch_id: str | None, what: str) -> Any:
     return raw["data"]
 
 
-def parse_v2_list(raw: Any) -> list[BatchSummary]:
-    """One page of ``GET /v2/batches/list``: the batches, ``description`` as their label."""
+def parse_v2_list(raw: Any) -> tuple[list[BatchSummary], list[PayloadError]]:
+    """One page of ``GET /v2/batches/list``: its batches (``description`` as the label), and
+    the errors of its bad entries in order, as :func:`~batchsync.payload.parse_batch_list_entries`
+    gives them for v1.
+
+    One bad entry never spoils the page. An entry whose ``created_at`` or ``description``
+    cannot be read keeps its id and carries the reason in ``error`` (its error, with
+    ``batch_id`` set, is in the second list too); an entry with no usable id (not an object,
+    ``id`` missing, empty or not a string: v2 ids are UUID strings) is left out, its error
+    (``batch_id`` None) naming ``data[i]`` and the field in the second list. PayloadError
+    only when the page itself is not a v2 envelope whose ``data`` is a list.
+    """
     items = parse_envelope(raw, batch_id=None, what="(v2 batch list)")
     if not isinstance(items, list):
         raise PayloadError(f"expected a list, got {_type_name(items)}", field="data")
-    summaries = []
+    summaries: list[BatchSummary] = []
+    problems: list[PayloadError] = []
     for index, item in enumerate(items):
+        where = f"data[{index}]"
+        if not isinstance(item, Mapping):
+            problems.append(
+                PayloadError(f"expected an object, got {_type_name(item)}", field=where)
+            )
+            continue
+        raw_id = item.get("id")
+        if raw_id is None or raw_id == "":
+            problems.append(PayloadError("missing or empty", field=f"{where}.id"))
+            continue
+        if not isinstance(raw_id, str):
+            problems.append(
+                PayloadError(f"expected a string, got {_type_name(raw_id)}", field=f"{where}.id")
+            )
+            continue
         try:
-            if not isinstance(item, Mapping):
-                raise _Invalid("", f"expected an object, got {_type_name(item)}")
-            raw_id = item.get("id")
-            if raw_id is None or raw_id == "":
-                raise _Invalid("id", "missing")
             summaries.append(
                 BatchSummary(
-                    batch_id=_text(raw_id, "id") or "",
+                    batch_id=raw_id,
                     created_at=_timestamp(item.get("created_at"), "created_at"),
                     campaign_id=None,
                     label=_text(item.get("description"), "description"),
                 )
             )
         except _Invalid as exc:
-            raise _payload_error(exc, None, f"data[{index}]") from None
-    return summaries
+            error = _payload_error(exc, raw_id, where)
+            problems.append(error)
+            summaries.append(BatchSummary(raw_id, None, None, None, error=str(error)))
+    return summaries, problems
 
 
 def parse_calls_page(raw: Any, *, batch_id: str) -> tuple[list[Mapping[str, Any]], int | None]:
@@ -536,25 +559,44 @@ class V2Source:
     def iter_batches(self, *, campaign_id: str | None = None) -> Iterator[BatchSummary]:
         """Every v2 batch: offset pages until an empty page or one with no new id.
 
+        Entries are read as :func:`parse_v2_list` reads them: one without a usable id is
+        left out with a warning, one with an id but another field unreadable is listed with
+        its ``error`` (that batch fails in the run, the others sync). Raises ApiError, or
+        PayloadError when a page is not a v2 envelope holding a list (discovery fails).
         v2 batches have no campaign: with ``campaign_id`` there is none to list.
         """
         if campaign_id is not None:
             return
         skip = 0
         seen: set[str] = set()
+        last_problems: list[str] = []
         while True:
             body = self.client.get_body(
                 "/v2/batches/list",
                 {"take": self.list_page_size, "skip": skip},
                 what="the v2 batch list",
             )
-            page = parse_v2_list(decode_json_body(body, batch_id=None, what="(v2 batch list)"))
+            page, problems = parse_v2_list(
+                decode_json_body(body, batch_id=None, what="(v2 batch list)")
+            )
+            # An entry without a usable id is left out with a warning: one bad entry must
+            # not end discovery (one with an id fails its batch in the run).
+            left_out = [problem for problem in problems if problem.batch_id is None]
+            for problem in left_out:
+                log.warning("the v2 batch list: %s; that entry is left out", problem)
             new = [summary for summary in page if summary.batch_id not in seen]
             seen.update(summary.batch_id for summary in new)
             yield from new
-            if not page or not new:
+            if not page:
+                # A page of bad entries only goes on to the next page, unless it is the
+                # same as the last one (an API that ignores the offset).
+                described = [str(problem) for problem in problems]
+                if not problems or described == last_problems:
+                    return
+                last_problems = described
+            elif not new:
                 return
-            skip += len(page)
+            skip += len(page) + len(left_out)
 
     def fetch_batch(
         self, batch_id: str, parts: Parts, *, unchanged: Unchanged | None = None
