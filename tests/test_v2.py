@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -340,7 +341,7 @@ def paths(account: Emulator) -> list[str]:
 def test_fetch_reads_batch_logs_one_calls_page_and_each_detail(
     account: Emulator, shared_client: BlandClient
 ) -> None:
-    """One batch of 5 calls: batch, logs (a page and the empty one), one calls page, 5 details."""
+    """One batch of 5 calls: batch, logs (one short page), one calls page, 5 details."""
     batch_id = v2_ids(account)[0]
     fetched = V2Source(shared_client).fetch_batch(batch_id, Parts())
     assert fetched.parsed is not None
@@ -348,7 +349,49 @@ def test_fetch_reads_batch_logs_one_calls_page_and_each_detail(
     assert len(fetched.parsed.transcripts) > 0
     assert sorted(paths(account)).count("/v1/calls") == 1
     assert sum(p.startswith("/v1/calls/") for p in paths(account)) == 5
-    assert len(account.requests) == 1 + 2 + 1 + 5
+    assert len(account.requests) == 1 + 1 + 1 + 5
+
+
+@pytest.mark.parametrize(
+    ("page_size", "pages"),
+    [(100, 1), (4, 1), (3, 2), (2, 2), (1, 4)],
+    ids=["100", "4", "3", "2", "1"],
+)
+def test_logs_are_paged_until_a_short_page(
+    account: Emulator, shared_client: BlandClient, page_size: int, pages: int
+) -> None:
+    """A batch of three log entries: one request when a page holds more than three; only a
+    full page asks for the next; every entry is read once."""
+    batch_id = v2_ids(account)[0]
+    source = V2Source(shared_client, logs_page_size=page_size)
+    fetched = source.fetch_batch(batch_id, Parts(calls=False))
+    assert fetched.parsed is not None
+    assert len(fetched.parsed.logs or []) == len(account.v2.batches[batch_id].logs) == 3
+    asked = [r.url.params for r in account.requests if r.url.path.endswith("/logs")]
+    assert len(asked) == pages
+    assert [int(params["take"]) for params in asked] == [page_size] * pages
+
+
+def test_logs_of_an_api_that_ignores_skip_stop_at_the_repeated_page(
+    account: Emulator, sleeps: list[float]
+) -> None:
+    """A logs endpoint that answers the same full page whatever the skip ends the paging at
+    the first page that brings no new entry."""
+    batch_id = v2_ids(account)[0]
+    handle_rest = account.transport().handler
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/logs"):
+            url = request.url.copy_set_param("skip", "0")
+            request = httpx.Request(request.method, url, headers=request.headers)
+        return handle_rest(request)  # type: ignore[no-any-return]
+
+    api = load_api(EMULATOR_URL, account.api_key)
+    with BlandClient(api, transport=httpx.MockTransport(handle), sleep=sleeps.append) as client:
+        fetched = V2Source(client, logs_page_size=2).fetch_batch(batch_id, Parts(calls=False))
+    assert fetched.parsed is not None
+    assert len(fetched.parsed.logs or []) == 2  # the first page, served again and again
+    assert sum(r.url.path.endswith("/logs") for r in account.requests) == 2
 
 
 def test_no_call_details_makes_one_calls_request_per_thousand_calls(sleeps: list[float]) -> None:

@@ -311,9 +311,9 @@ def test_cli_sync_with_api_v2_and_no_call_details(database_url: str, account: Em
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["batches"]["synced"] == 3
-    # the v2 list (a page, then an empty one), and per batch: itself, two log pages, one
-    # calls page
-    assert summary["http"]["requests"] == 2 + 3 * 4
+    # the v2 list (a page, then an empty one), and per batch: itself, one (short) logs page,
+    # one calls page
+    assert summary["http"]["requests"] == 2 + 3 * 3
     shown = CliRunner().invoke(
         cli, ["runs", "show", "1", "--json"], env=env, catch_exceptions=False
     )

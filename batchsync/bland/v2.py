@@ -66,6 +66,8 @@ log = logging.getLogger(__name__)
 
 V2_ID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 CALLS_PAGE_MAX = 1000  # the calls list's maximum limit since July 2025
+# Log entries asked for a page (``take``); a page shorter than this is the last.
+LOGS_PAGE_SIZE = 100
 # Queue statuses after which a call changes no more (besides its detail being filled in).
 FINAL_QUEUE_STATUSES = frozenset(
     {"complete", "pre_queue_error", "queue_error", "call_error", "complete_error"}
@@ -552,6 +554,7 @@ class V2Source:
     # --refresh: fetch every detail again rather than keep stored ones.
     refresh_details: bool = False
     list_page_size: int = 100
+    logs_page_size: int = LOGS_PAGE_SIZE
     calls_page_size: int = CALLS_PAGE_MAX
     detail_concurrency: int = DETAIL_CONCURRENCY
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
@@ -671,14 +674,21 @@ class V2Source:
         return FetchedBatch(parsed, content_sha256, size)
 
     def _logs(self, batch_id: str, segment: str, get: _Get) -> list[Any]:
-        """Every log entry, oldest first, page by page until an empty or repeated page."""
+        """Every log entry, oldest first, page by page (``take``/``skip``).
+
+        The logs endpoint answers at most ``take`` entries a page, so a page shorter than
+        ``logs_page_size`` is the last: a batch with fewer log entries than a page costs one
+        request. A page that brings no entry not seen before also ends the paging, so an API
+        that ignores ``skip`` cannot keep the batch paging forever.
+        """
+        take = max(1, self.logs_page_size)
         entries: list[Any] = []
         seen: set[str] = set()
         skip = 0
         while True:
             raw = get(
                 f"/v2/batches/{segment}/logs",
-                {"take": 100, "skip": skip, "direction": "asc"},
+                {"take": take, "skip": skip, "direction": "asc"},
                 f"the logs of batch {batch_id}",
             )
             page = parse_envelope(raw, batch_id=batch_id, what="(logs)")
@@ -691,6 +701,8 @@ class V2Source:
                 return entries
             seen |= ids
             entries.extend(page)
+            if len(page) < take:
+                return entries
             skip += len(page)
 
     def _calls(self, batch_id: str, get: _Get) -> list[Mapping[str, Any]]:
