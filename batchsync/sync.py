@@ -35,6 +35,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from batchsync import runs
+from batchsync.bland.v2 import carry_stored_details
 from batchsync.client import BatchSource, FetchedBatch, Parts, Unchanged
 from batchsync.db import DRIVER_ERRORS, describe, is_unavailable, reading, unavailable
 from batchsync.errors import (
@@ -70,6 +71,7 @@ from batchsync.store import (
     BatchWriter,
     Fingerprint,
     lock_batch,
+    read_stored_calls,
     stored_batches,
     stored_fingerprint,
 )
@@ -503,9 +505,18 @@ def _write(
                 )
                 parsed = _parsed(fetched, batch_id, sink if chunked else None)
                 calls = None if parsed.calls is None else len(parsed.calls) + sink.calls
+                as_parsed = parsed
                 parsed = apply_phone_policy(parsed, options.phones)
                 if fetched.echoes_secret:
                     parsed = redact_secrets(parsed)
+                if as_parsed.carried and parsed.calls and as_parsed.calls:
+                    # Stored values are under the policy already: merged after it.
+                    stored = read_stored_calls(connection, batch_id, lines=False)
+                    parsed = parsed._replace(
+                        calls=carry_stored_details(
+                            parsed.calls, as_parsed.calls, as_parsed.carried, stored
+                        )
+                    )
                 changes = sink.writer.finish(parsed, fingerprint)
                 outcome = BatchOutcome(batch_id, runs.SYNCED, calls=calls, changes=changes)
             ledger.outcome(connection, outcome)

@@ -605,3 +605,98 @@ def test_v2_list_page_that_is_not_a_list_still_fails_discovery(
     with engine.connect() as connection:
         stored = connection.execute(text("select count(*) from batches")).scalar_one()
     assert stored == 0
+
+
+# -- --no-call-details under every phone-number policy ----------------------------------------
+
+
+POLICIES = ["keep", "keep-redacted", "hash", "hash-redacted", "drop"]
+
+
+def _policy(name: str) -> Any:
+    from batchsync.config import Secret
+    from batchsync.privacy import PhoneMode, PhonePolicy
+
+    mode, _, redacted = name.partition("-")
+    key = Secret("k3y") if mode == "hash" else None
+    return PhonePolicy(PhoneMode(mode), key, redact_transcripts=bool(redacted))
+
+
+def _sync_as_the_cli(engine: Engine, client: BlandClient, policy: Any, **options: Any) -> RunResult:
+    """A run built as `batchsync sync --all` builds it under ``policy``: stored calls are
+    handed to the source only where their values are the API's own."""
+    from batchsync.privacy import PhoneMode
+
+    as_sent = policy.mode is PhoneMode.KEEP and not policy.redact_transcripts
+    source = build_source(
+        client,
+        "auto",
+        options.pop("call_details", None),
+        stored_calls=partial(stored_calls, engine) if as_sent else None,
+        refresh=bool(options.get("refresh")),
+    )
+    return run_sync(engine, source, SyncOptions(discover=True, phones=policy, **options))
+
+
+def _calls_and_lines(engine: Engine) -> tuple[list[Any], list[Any]]:
+    """The calls (without their write stamps) and transcript lines as stored."""
+    rows = dump(engine)
+    calls = Base.metadata.tables["calls"]
+    keep = [i for i, c in enumerate(calls.columns) if c.name not in ("synced_at", "sync_run_id")]
+    return [tuple(row[i] for i in keep) for row in rows["calls"]], rows["call_transcripts"]
+
+
+@pytest.mark.parametrize("policy_name", POLICIES)
+def test_no_call_details_keeps_stored_details_under_every_phone_policy(
+    engine: Engine, client: BlandClient, account: Emulator, policy_name: str
+) -> None:
+    """A --refresh run with --no-call-details rewrites every call from the calls list and
+    keeps each stored detail column (and transcript line) as the detailed run stored it,
+    under keep, hash and drop alike."""
+    policy = _policy(policy_name)
+    _sync_as_the_cli(engine, client, policy)
+    calls_before, lines_before = _calls_and_lines(engine)
+    with engine.connect() as connection:
+        detailed = connection.execute(
+            text("select count(*) from calls where details_synced_at is not null")
+        ).scalar_one()
+    assert detailed == 18  # the v2 calls; v1 calls get none by default
+
+    account.requests.clear()
+    result = _sync_as_the_cli(engine, client, policy, call_details=False, refresh=True)
+    assert not result.failed
+    assert result.count("synced") == 6
+    assert not [r for r in account.requests if r.url.path.startswith("/v1/calls/")]
+    calls_after, lines_after = _calls_and_lines(engine)
+    assert calls_after == calls_before
+    assert lines_after == lines_before
+
+
+@pytest.mark.parametrize("policy_name", POLICIES)
+def test_no_call_details_takes_changed_list_fields_and_keeps_the_detail_under_every_policy(
+    engine: Engine, client: BlandClient, account: Emulator, policy_name: str
+) -> None:
+    """A call whose list entry changed gets the new list values; its detail columns (a
+    summary, a price) stay as stored, under every phone-number policy."""
+    policy = _policy(policy_name)
+    _sync_as_the_cli(engine, client, policy)
+    call = list(account.v2.batches.values())[-1].calls[0]  # of the unfinished batch
+    query = text(
+        "select answered_by, summary, price, details_synced_at from calls where call_id = :c"
+    )
+    with engine.connect() as connection:
+        before = connection.execute(query, {"c": call["call_id"]}).one()
+    call["answered_by"] = "voicemail" if call.get("answered_by") != "voicemail" else "human"
+    call["summary"] = "Changed since: not fetched with --no-call-details."
+
+    result = _sync_as_the_cli(engine, client, policy, call_details=False)
+    assert not result.failed
+    with engine.connect() as connection:
+        after = connection.execute(query, {"c": call["call_id"]}).one()
+    assert after.answered_by == call["answered_by"]
+    assert (after.summary, after.price, after.details_synced_at) == (
+        before.summary,
+        before.price,
+        before.details_synced_at,
+    )
+    assert after.summary is not None

@@ -414,27 +414,46 @@ def with_detail(
     return call._replace(**{name: getattr(parsed, name) for name in _DETAIL_FIELDS})
 
 
-def carry_stored_details(
-    calls: Sequence[CallRecord], raw_calls: Sequence[Mapping[str, Any]], stored: StoredCalls
-) -> list[CallRecord]:
-    """Calls whose detail was not fetched keep what only their detail gave before: every
-    column the list entry does not carry (the detail columns, end_at, request_data, ...)."""
-    entries = {_call_id(entry): entry for entry in raw_calls}
-    carried = []
-    for call in calls:
-        old = stored.calls.get(call.call_id)
-        if call.details_synced_at is None and old is not None and old.details_synced_at is not None:
-            entry = entries.get(call.call_id) or {}
-            listed = {name for key, name in _LIST_FIELDS.items() if key in entry}
-            call = call._replace(
-                **{
-                    name: getattr(old, name)
-                    for name in CallRecord._fields
-                    if name not in ("call_id", "batch_id") and name not in listed
-                }
-            )
-        carried.append(call)
+def carried_columns(raw_calls: Sequence[Mapping[str, Any]]) -> dict[str, frozenset[str]]:
+    """For calls whose detail is not fetched (--no-call-details): the columns their stored
+    detail fills and their list entry does not (the detail columns, end_at, request_data,
+    ...), by call id. See ``ParsedBatch.carried``."""
+    carried = {}
+    for entry in raw_calls:
+        call_id = _call_id(entry)
+        if call_id is None:
+            continue
+        listed = {name for key, name in _LIST_FIELDS.items() if key in entry}
+        carried[call_id] = _CARRIED_COLUMNS - listed
     return carried
+
+
+# Every column a stored detail may have filled: all but the keys.
+_CARRIED_COLUMNS = frozenset(CallRecord._fields) - {"call_id", "batch_id"}
+
+
+def carry_stored_details(
+    written: Sequence[CallRecord],
+    parsed: Sequence[CallRecord],
+    carried: Mapping[str, frozenset[str]],
+    stored: StoredCalls,
+) -> list[CallRecord]:
+    """The calls to write, with the ``carried`` columns of each call whose detail was not
+    fetched taken from its stored row, when that row has a detail (``details_synced_at``).
+
+    ``written``: the calls as they are written (under the phone-number policy, secrets
+    redacted), in the order of ``parsed``, the same calls as parsed (``carried`` names
+    them by the id the API gave). ``stored``: the batch's calls as stored, already under
+    the policy: so a stored value is used as it is, never put under the policy again.
+    """
+    kept = []
+    for call, raw in zip(written, parsed, strict=True):
+        columns = carried.get(raw.call_id)
+        old = stored.calls.get(call.call_id) if columns else None
+        if columns and call.details_synced_at is None and old and old.details_synced_at:
+            call = call._replace(**{name: getattr(old, name) for name in columns})
+        kept.append(call)
+    return kept
 
 
 def _listed_final(entry: Mapping[str, Any]) -> bool:
@@ -667,10 +686,10 @@ class V2Source:
             details_synced_at=self.clock(),
             kept=kept,
         )
-        if details is None and raw_calls is not None and self.stored_calls is not None:
+        if details is None and raw_calls is not None:
             # --no-call-details: a call's stored detail stays; it is not fetched, not gone.
-            calls = carry_stored_details(parsed.calls or [], raw_calls, self.stored_calls(batch_id))
-            parsed = parsed._replace(calls=calls)
+            # Merged when written (see ParsedBatch.carried), after the phone-number policy.
+            parsed = parsed._replace(carried=carried_columns(raw_calls))
         return FetchedBatch(parsed, content_sha256, size)
 
     def _logs(self, batch_id: str, segment: str, get: _Get) -> list[Any]:
