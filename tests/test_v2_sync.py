@@ -700,3 +700,33 @@ def test_no_call_details_takes_changed_list_fields_and_keeps_the_detail_under_ev
         before.details_synced_at,
     )
     assert after.summary is not None
+
+
+def test_cli_exits_5_when_every_v1_and_v2_batch_gets_a_502_while_the_lists_answer(
+    database_url: str, account: Emulator
+) -> None:
+    """A gateway that answers both lists but 502 for every batch: `sync --all` stops after
+    the first three batches with exit 5, the rest not tried, the run recorded failed."""
+    from batchsync.emulator import Fault
+
+    account.inject("*", Fault("server_error", times=-1, status=502))
+    account.inject("*v2*", Fault("server_error", times=-1, status=502))
+    with account.serve() as server:
+        env = {
+            "BLAND_BASE_URL": server.url,
+            "BLAND_API_KEY": account.api_key,
+            "BATCHSYNC_DATABASE_URL": database_url,
+        }
+        result = CliRunner().invoke(
+            cli,
+            ["sync", "--all", "--migrate", "--concurrency", "1", "--retries", "2",
+             "--max-retry-wait", "0"],
+            env=env,
+        )  # fmt: skip
+        runs_shown = CliRunner().invoke(cli, ["runs", "show", "1", "--json"], env=env)
+    assert result.exit_code == 5, result.output
+    assert "the batch list answers" in result.output
+    assert "3 batches not tried" in result.output
+    shown = json.loads(runs_shown.stdout)
+    assert shown["status"] == "failed"
+    assert account.api_key not in result.output
