@@ -730,3 +730,95 @@ def test_cli_exits_5_when_every_v1_and_v2_batch_gets_a_502_while_the_lists_answe
     shown = json.loads(runs_shown.stdout)
     assert shown["status"] == "failed"
     assert account.api_key not in result.output
+
+
+# -- --call-details on v1 bodies large enough to be spooled -----------------------------------
+
+
+@pytest.fixture
+def spooling_client(account: Emulator, sleeps: list[float]) -> Iterator[BlandClient]:
+    """A client that saves every v1 batch body unparsed, for the writer to parse 3 calls at
+    a time (as it does bodies above the 32 MB threshold)."""
+    api = load_api(EMULATOR_URL, account.api_key)
+    with BlandClient(
+        api,
+        transport=account.transport(),
+        retry=RetryPolicy(attempts=3),
+        sleep=sleeps.append,
+        stream_threshold=0,
+        spool_large_bodies=True,
+        chunk_calls=3,
+    ) as spooling:
+        yield spooling
+
+
+def test_call_details_on_spooled_v1_bodies_store_every_calls_detail(
+    engine: Engine, spooling_client: BlandClient, account: Emulator, tmp_path: Any
+) -> None:
+    """--call-details on v1 bodies parsed in chunks: each call's detail is fetched once and
+    stored (price, summary, recording_url, ...), the same rows a body parsed whole gives."""
+    result = sync(engine, spooling_client, api="v1", call_details=True)
+    assert not result.failed
+    assert result.count("synced") == 3
+    detail_requests = [r for r in account.requests if r.url.path.startswith("/v1/calls/")]
+    assert len(detail_requests) == 12 == len({r.url.path for r in detail_requests})
+    with engine.connect() as connection:
+        filled = connection.execute(
+            text(
+                "select count(*) from calls where details_synced_at is not null "
+                "and summary is not null and call_ended_by is not null"
+            )
+        ).scalar_one()
+    assert filled == 12
+
+    from batchsync.config import load_database
+    from batchsync.db import create_db_engine, upgrade
+
+    whole = create_db_engine(load_database(f"sqlite:///{tmp_path / 'whole.db'}"))
+    try:
+        upgrade(whole)
+        api = load_api(EMULATOR_URL, account.api_key)
+        with BlandClient(api, transport=account.transport(), sleep=lambda _: None) as plain:
+            sync(whole, plain, api="v1", call_details=True)
+        spooled, parsed_whole = dump(engine, bookkeeping=False), dump(whole, bookkeeping=False)
+    finally:
+        whole.dispose()
+    # content_sha256 differs: a spooled body's hash cannot cover details fetched later.
+    sha = [c.name for c in Base.metadata.tables["batches"].columns].index("content_sha256")
+    for rows in (spooled, parsed_whole):
+        rows["batches"] = [row[:sha] + row[sha + 1 :] for row in rows["batches"]]
+    assert spooled == parsed_whole
+
+
+def test_call_details_on_a_spooled_v1_body_failing_fails_its_batch_whole(
+    engine: Engine, spooling_client: BlandClient, account: Emulator
+) -> None:
+    """A detail that stays a 503 for a call of the last chunk of a spooled v1 body fails
+    that batch with nothing of it written (earlier chunks undone); the others sync."""
+    batch_id = account.batch_ids()[0]
+    call = account.raw_batch(batch_id)["call_data"][-1]
+    account.inject(*parse_fault(f"{call.get('call_id') or call['c_id']}:server_error x3"))
+    result = sync(engine, spooling_client, api="v1", call_details=True, concurrency=1)
+    assert [o.batch_id for o in result.failed] == [batch_id]
+    assert "gave up after 3 attempts" in (result.failed[0].error or "")
+    assert result.count("synced") == 2
+    with engine.connect() as connection:
+        for table in ("batches", "calls", "call_transcripts"):
+            count = connection.execute(
+                text(f"select count(*) from {table} where batch_id = :b"), {"b": batch_id}
+            ).scalar_one()
+            assert count == 0, table
+
+
+def test_call_details_on_spooled_v1_bodies_resync_unchanged_fetches_no_detail(
+    engine: Engine, spooling_client: BlandClient, account: Emulator
+) -> None:
+    """A second --call-details run over unchanged spooled v1 bodies rewrites nothing and
+    asks for no call detail."""
+    sync(engine, spooling_client, api="v1", call_details=True)
+    before = dump(engine)
+    account.requests.clear()
+    result = sync(engine, spooling_client, api="v1", call_details=True, refresh=False)
+    assert result.count("synced") == 0
+    assert not [r for r in account.requests if r.url.path.startswith("/v1/calls/")]
+    assert dump(engine) == before

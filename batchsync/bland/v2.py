@@ -28,6 +28,7 @@ from batchsync.client import (
     BlandClient,
     FetchedBatch,
     Parts,
+    SpooledBody,
     Unchanged,
     batch_path_segment,
 )
@@ -37,6 +38,7 @@ from batchsync.errors import BatchNotFound, HttpStatusError, PayloadError
 # The v1 parser's value coercions, so that a value means the same from either API.
 from batchsync.payload import (
     _QUEUE_STATUS_ALIASES,
+    CallsSink,
     _boolean,
     _integer,
     _Invalid,
@@ -776,9 +778,13 @@ class V2Source:
         """A batch from another source (v1) with each call's detail added (--call-details).
 
         The batch's own transcripts stay; the detail fills price, summary, recording_url and
-        the other detail columns. The content hash covers the batch and every detail.
+        the other detail columns. The content hash covers the batch and every detail. A body
+        large enough to be spooled gets its details as the writer parses it, a chunk of
+        calls at a time (see :class:`DetailedBody`).
         """
         fetched = source.fetch_batch(batch_id, parts)
+        if fetched.body is not None:
+            return self._spooled_with_details(fetched, batch_id, unchanged)
         parsed = fetched.parsed
         if parsed is None or parsed.calls is None:
             return fetched
@@ -812,6 +818,48 @@ class V2Source:
         ]
         return FetchedBatch(parsed._replace(calls=calls), content_sha256, size)
 
+    def _spooled_with_details(
+        self, fetched: FetchedBatch, batch_id: str, unchanged: Unchanged | None
+    ) -> FetchedBatch:
+        """A large body saved unparsed, whose calls get their detail as the writer parses
+        them, a chunk at a time (each chunk's details fetched concurrently, bounded).
+
+        The details are fetched inside the batch's write, so a failed detail request fails
+        the batch whole, as for a small body. The content hash covers the body only (the
+        details are not fetched yet when it is judged): an unchanged body leaves the stored
+        details as they are, until --refresh.
+        """
+        assert fetched.body is not None
+        digest = hashlib.sha256(f"details spooled {fetched.content_sha256}".encode())
+        content_sha256 = digest.hexdigest()
+        if unchanged is not None and unchanged(content_sha256):
+            fetched.body.close()
+            return FetchedBatch(None, content_sha256, fetched.size)
+
+        def fetch(path: str, params: dict[str, Any], what: str) -> bytes:
+            try:
+                return self.client.get_body(path, params, what=what, batch_id=batch_id)
+            except BatchNotFound as exc:
+                raise HttpStatusError(str(exc), status_code=404) from None
+
+        def attach(calls: list[CallRecord]) -> list[CallRecord]:
+            bodies = self._details(batch_id, [{"call_id": c.call_id} for c in calls], fetch)
+            synced_at = self.clock()
+            return [
+                with_detail(
+                    call,
+                    decode_json_body(
+                        bodies[call.call_id], batch_id=batch_id, what=f"(call {call.call_id})"
+                    ),
+                    batch_id=batch_id,
+                    details_synced_at=synced_at,
+                )
+                for call in calls
+            ]
+
+        body = DetailedBody(fetched.body, attach)
+        return fetched._replace(content_sha256=content_sha256, body=body)
+
     def _details(
         self, batch_id: str, calls: Sequence[Mapping[str, Any]], fetch: _Get
     ) -> dict[str, bytes]:
@@ -843,3 +891,43 @@ class V2Source:
 
 
 _Get = Callable[..., Any]
+
+
+class DetailedBody(SpooledBody):
+    """A spooled v1 body whose calls get each call's detail (``attach``) as it is parsed:
+    chunk by chunk when parsed into a sink, all at once otherwise."""
+
+    def __init__(
+        self, body: SpooledBody, attach: Callable[[list[CallRecord]], list[CallRecord]]
+    ) -> None:
+        # Not SpooledBody.__init__: the file is the wrapped body's, read through it.
+        self._body = body
+        self._attach = attach
+        self.batch_id = body.batch_id
+        self.transcripts_requested = body.transcripts_requested
+        self.chunk_calls = body.chunk_calls
+
+    def chunks(self, size: int = 1 << 16) -> Iterator[bytes]:
+        return self._body.chunks(size)
+
+    def parse(self, on_calls: CallsSink | None = None) -> ParsedBatch:
+        """The body's records, each call with its detail; see :meth:`SpooledBody.parse`."""
+        if on_calls is None:
+            parsed = self._body.parse(None)
+        else:
+            sink = on_calls
+
+            def detailed(
+                calls: list[CallRecord],
+                lines: list[TranscriptLineRecord] | None,
+                again: frozenset[str],
+            ) -> None:
+                sink(self._attach(calls), lines, again)
+
+            parsed = self._body.parse(detailed)
+        if parsed.calls:
+            parsed = parsed._replace(calls=self._attach(parsed.calls))
+        return parsed
+
+    def close(self) -> None:
+        self._body.close()
