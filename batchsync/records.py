@@ -118,6 +118,11 @@ class ParsedBatch(NamedTuple):
     calls: list[CallRecord] | None
     transcripts: list[TranscriptLineRecord] | None
     logs: list[BatchLogRecord] | None = None  # v2 batches only
+    # Calls whose detail was not fetched this time (call id -> column names): those columns
+    # keep their stored values where the stored call has a detail (``details_synced_at``).
+    # Merged as the batch is written, after the phone-number policy, since the stored row
+    # is already under it.
+    carried: dict[str, frozenset[str]] | None = None
 
 
 class StoredCalls(NamedTuple):

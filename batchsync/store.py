@@ -211,24 +211,31 @@ def stored_batches(connection: Connection) -> dict[str, StoredBatch]:
 
 def stored_calls(engine: Engine, batch_id: str) -> StoredCalls:
     """The batch's calls and transcript lines as stored, read in a transaction of their own."""
+    with reading(engine) as connection:
+        return read_stored_calls(connection, batch_id)
+
+
+def read_stored_calls(connection: Connection, batch_id: str, *, lines: bool = True) -> StoredCalls:
+    """The batch's calls (and, with ``lines``, transcript lines) as stored, read in the
+    caller's transaction."""
     calls_table, lines_table = CALLS.table, TRANSCRIPTS.table
     call_columns = [calls_table.c[name] for name in CallRecord._fields]
     line_columns = [lines_table.c[name] for name in TranscriptLineRecord._fields]
-    with reading(engine) as connection:
-        calls = {
-            str(row[0]): CallRecord(*row)
-            for row in connection.execute(
-                select(*call_columns).where(calls_table.c.batch_id == batch_id)
-            )
-        }
-        lines: dict[str, list[TranscriptLineRecord]] = {}
+    calls = {
+        str(row[0]): CallRecord(*row)
+        for row in connection.execute(
+            select(*call_columns).where(calls_table.c.batch_id == batch_id)
+        )
+    }
+    by_call: dict[str, list[TranscriptLineRecord]] = {}
+    if lines:
         for row in connection.execute(
             select(*line_columns)
             .where(lines_table.c.batch_id == batch_id)
             .order_by(lines_table.c.call_id, lines_table.c.line_id)
         ):
-            lines.setdefault(str(row[0]), []).append(TranscriptLineRecord(*row))
-    return StoredCalls(calls, lines)
+            by_call.setdefault(str(row[0]), []).append(TranscriptLineRecord(*row))
+    return StoredCalls(calls, by_call)
 
 
 def write_batch(

@@ -9,9 +9,10 @@ be sent, a body that cannot be decoded or read, data the database refuses, even 
 unexpected exception) is recorded as that batch's failure and the run goes on. Only what
 concerns the whole run stops it: an authentication failure, a database that cannot be
 used, and an API that stopped answering (:data:`UNREACHABLE_BATCHES_LIMIT` batches in a
-row). Completed batches already stored with the requested parts are not fetched again
-unless ``refresh`` is set. A fetched batch is "unchanged" when its fingerprint (content
-hash, parts, phone-number policy and mapping version) is the stored one: it is then
+row, or the first batches of the run all answered with a 5xx). Completed batches already
+stored with the requested parts are not fetched again unless ``refresh`` is set. A
+fetched batch is "unchanged" when its fingerprint (content hash, parts, phone-number
+policy and mapping version) is the stored one: it is then
 neither parsed nor rewritten. :func:`_unchanged` is the one place that decides it, and
 under ``refresh`` nothing is unchanged: every fetched batch is rewritten, which repairs
 rows changed or deleted by hand. A dry run does all of it in transactions that are
@@ -36,6 +37,7 @@ from sqlalchemy import Connection, Engine
 
 from batchsync import runs
 from batchsync.bland.source import BatchSource, FetchedBatch, Parts, Unchanged
+from batchsync.bland.v2 import carry_stored_details
 from batchsync.db import DRIVER_ERRORS, describe, is_unavailable, reading, unavailable
 from batchsync.errors import (
     ApiError,
@@ -70,6 +72,7 @@ from batchsync.store import (
     BatchWriter,
     Fingerprint,
     lock_batch,
+    read_stored_calls,
     stored_batches,
     stored_fingerprint,
 )
@@ -82,6 +85,9 @@ log = logging.getLogger(__name__)
 # does, those batches were merely slow and the count starts again; if not, the run stops
 # with ApiUnavailable (exit 5) and the remaining batches are not tried. Any answer from the
 # API for a batch, even a 404 or a body that cannot be read, starts the count again.
+# Likewise, when the first batches of a run fail this many in a row with an HTTP 5xx after
+# their retries and none has succeeded, the API behind the gateway is taken as down (exit 5)
+# even though the batch list answers: trying every batch would only repeat it.
 UNREACHABLE_BATCHES_LIMIT = 3
 # Statuses, after the retries, that count as "not answering": a gateway or load balancer
 # answers them when the API behind it is down.
@@ -264,10 +270,22 @@ def run_sync(
                 result.outcomes.append(outcome)
                 events.batch_done(outcome)
             unreachable = 0
+            server_errors = 0  # batches in a row that got a 5xx after their retries
+            succeeded = False  # whether any batch of the run was fetched and stored
             for batch_id, fetched in _fetch_all(source, to_fetch, options, stored):
                 outcome = _store(engine, ledger, batch_id, fetched, options)
                 result.outcomes.append(outcome)
                 events.batch_done(outcome)
+                succeeded = succeeded or outcome.status in (runs.SYNCED, runs.UNCHANGED)
+                server_errors = server_errors + 1 if _server_error(fetched) else 0
+                if not succeeded and server_errors >= UNREACHABLE_BATCHES_LIMIT:
+                    # A gateway that answers the batch list but 5xx for every batch: the
+                    # API behind it is down, whatever the list says. Do not try every batch.
+                    left = len(to_fetch) - len(result.outcomes) + len(skipped) + len(refused)
+                    assert isinstance(fetched, _Failed)
+                    raise ApiUnavailable(
+                        _server_errors_reason(server_errors, _api_answers(source), left, fetched)
+                    )
                 unreachable = unreachable + 1 if isinstance(fetched, _Unreachable) else 0
                 if unreachable >= UNREACHABLE_BATCHES_LIMIT and _api_answers(source):
                     # The API answers a cheap request: the failures were those batches' own
@@ -367,6 +385,31 @@ class _Failed:
     """Why a batch could not be fetched (or parsed as it arrived)."""
 
     reason: str
+    status_code: int | None = None  # the HTTP status the API answered last, if any
+
+
+def _server_error(fetched: FetchedBatch | _Failed) -> bool:
+    """Whether the batch failed with an HTTP 5xx answer, after its retries.
+
+    A timeout or a refused connection is no answer: those are the unreachable count's.
+    """
+    return isinstance(fetched, _Failed) and 500 <= (fetched.status_code or 0) <= 599
+
+
+def _server_errors_reason(count: int, list_answers: bool, left: int, last: _Failed) -> str:
+    """Why the run stops when its first batches all got a 5xx and none succeeded."""
+    not_tried = f"{left} batch{'' if left == 1 else 'es'} not tried"
+    if not list_answers:
+        why = f"did not answer for {count} batches in a row (HTTP 5xx), nor for the batch list"
+    else:
+        why = (
+            f"looks down: the batch list answers, but the first {count} batches fetched all "
+            f"failed with HTTP {last.status_code} or another 5xx after their retries, and "
+            "none succeeded"
+        )
+    return (
+        f"the Bland API {why}; stopping the run with {not_tried} (last: {_one_line(last.reason)})"
+    )
 
 
 class _Unreachable(_Failed):
@@ -392,8 +435,10 @@ def _fetch(
         return _Unreachable(str(exc))
     except TransientApiError as exc:
         if exc.status_code in GATEWAY_STATUSES:  # a gateway whose API behind it is down
-            return _Unreachable(str(exc))
-        return _Failed(str(exc))
+            return _Unreachable(str(exc), exc.status_code)
+        return _Failed(str(exc), exc.status_code)
+    except ApiError as exc:
+        return _Failed(str(exc), exc.status_code)
     except BatchsyncError as exc:
         return _Failed(str(exc))
     except Exception as exc:  # a fault of one batch must not end the run: record it
@@ -503,9 +548,18 @@ def _write(
                 )
                 parsed = _parsed(fetched, batch_id, sink if chunked else None)
                 calls = None if parsed.calls is None else len(parsed.calls) + sink.calls
+                as_parsed = parsed
                 parsed = apply_phone_policy(parsed, options.phones)
                 if fetched.echoes_secret:
                     parsed = redact_secrets(parsed)
+                if as_parsed.carried and parsed.calls and as_parsed.calls:
+                    # Stored values are under the policy already: merged after it.
+                    stored = read_stored_calls(connection, batch_id, lines=False)
+                    parsed = parsed._replace(
+                        calls=carry_stored_details(
+                            parsed.calls, as_parsed.calls, as_parsed.carried, stored
+                        )
+                    )
                 changes = sink.writer.finish(parsed, fingerprint)
                 outcome = BatchOutcome(batch_id, runs.SYNCED, calls=calls, changes=changes)
             ledger.outcome(connection, outcome)

@@ -582,3 +582,24 @@ def test_a_compressed_body_is_measured_by_its_decoded_size(
         assert len(fetched.parsed.calls) == 30
     else:
         assert fetched.parsed is None  # read whole, and found unchanged before parsing
+
+
+@pytest.mark.parametrize("bad", [0, 1], ids=["first_of_page", "last_of_page"])
+def test_list_entry_with_an_id_and_a_bad_field_does_not_shift_the_next_page(bad: int) -> None:
+    """An entry listed with its error (a created_at that cannot be read) counts once toward
+    the next offset: no entry of the following page is skipped."""
+    entries = [{"batch_id": f"b{i}", "created_at": "2026-01-01T00:00:00Z"} for i in range(5)]
+    entries[bad]["created_at"] = "yesterday"
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        start, limit = int(request.url.params["from"]), int(request.url.params["limit"])
+        return httpx.Response(
+            200, json={"status": "success", "batches": entries[start : start + limit]}
+        )
+
+    api = load_api(EMULATOR_URL, "emulator-key")
+    source = v1_source(api, transport=httpx.MockTransport(handle), page_size=2)
+    with source.http:
+        listed = list(source.iter_batches())
+    assert [summary.batch_id for summary in listed] == [f"b{i}" for i in range(5)]
+    assert [summary.batch_id for summary in listed if summary.error] == [f"b{bad}"]

@@ -725,3 +725,68 @@ def test_slow_batches_while_the_api_answers_do_not_stop_the_run(
     assert result.count(runs.SYNCED) == len(ids) - len(slow)
     for batch_id in set(ids) - slow:
         assert_stored_whole(engine, emulator, batch_id)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_a_list_that_answers_while_every_batch_gets_a_5xx_stops_the_run(
+    engine: Engine, sleeps: list[float], status: int, concurrency: int
+) -> None:
+    """A gateway that answers the batch list but a 5xx (after retries) for every batch: once
+    the first N batches have all failed so and none succeeded, the run stops as the API
+    down (ApiUnavailable, exit 5) with the rest not tried, instead of trying every batch."""
+    emulator = Emulator(seed=5, batches=9, calls_per_batch=2)
+    emulator.inject("*", Fault("server_error", times=-1, status=status))
+    client = make_source(emulator.transport(), sleeps, attempts=2)
+
+    with pytest.raises(ApiUnavailable, match="the batch list answers") as raised:
+        run_sync(engine, client, SyncOptions(discover=True, concurrency=concurrency))
+
+    assert f"HTTP {status}" in str(raised.value)
+    with engine.connect() as connection:
+        run_id = connection.execute(text("select max(id) from sync_runs")).scalar_one()
+    status_, error = run_status(engine, run_id)
+    assert status_ == runs.FAILED
+    batches = recorded(engine, run_id)
+    assert UNREACHABLE_BATCHES_LIMIT <= len(batches) < UNREACHABLE_BATCHES_LIMIT + concurrency
+    assert all(state == runs.BATCH_FAILED for state, _ in batches.values())
+    left = 9 - len(batches)
+    assert f"{left} batches not tried" in (error or "")
+    details = {r.url.path for r in emulator.requests if r.url.path != "/v1/batches"}
+    assert len(details) < 9
+
+
+def test_5xx_batches_after_one_that_succeeded_do_not_stop_the_run(
+    engine: Engine, sleeps: list[float]
+) -> None:
+    """Once a batch of the run has been stored, later batches failing with a 5xx are those
+    batches' failures: every batch is tried and the run ends partial."""
+    emulator = Emulator(seed=5, batches=6, calls_per_batch=2)
+    ids = emulator.batch_ids()
+    for batch_id in ids[1:]:
+        emulator.inject(batch_id, Fault("server_error", times=-1, status=500))
+    client = make_source(emulator.transport(), sleeps, attempts=2)
+
+    result = run_sync(engine, client, SyncOptions(batch_ids=tuple(ids)))
+
+    assert result.status == runs.PARTIAL
+    assert result.count(runs.SYNCED) == 1
+    assert {o.batch_id for o in result.failed} == set(ids[1:])
+    assert_stored_whole(engine, emulator, ids[0])
+
+
+def test_5xx_batches_separated_by_a_not_found_one_do_not_stop_the_run(
+    engine: Engine, sleeps: list[float]
+) -> None:
+    """A batch the API answers for (a 404) between 5xx batches starts the count again."""
+    emulator = Emulator(seed=5, batches=6, calls_per_batch=2)
+    ids = emulator.batch_ids()
+    emulator.remove_batch(ids[2])
+    for batch_id in ids[:2] + ids[3:5]:
+        emulator.inject(batch_id, Fault("server_error", times=-1, status=500))
+    client = make_source(emulator.transport(), sleeps, attempts=1)
+
+    result = run_sync(engine, client, SyncOptions(batch_ids=tuple(ids)))
+
+    assert result.count(runs.SYNCED) == 1
+    assert len(result.failed) == 5

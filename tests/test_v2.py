@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -242,16 +243,70 @@ def test_envelope_with_errors_fails_with_the_apis_message() -> None:
 
 def test_list_page_reads_id_created_at_and_description() -> None:
     """The v2 list entries become summaries with description as the label."""
-    (summary,) = parse_v2_list(fixture("list-batches.json"))
+    (summary,), problems = parse_v2_list(fixture("list-batches.json"))
     assert summary.batch_id == BATCH_ID
     assert summary.label == "My first batch"
     assert summary.campaign_id is None
+    assert summary.error is None
+    assert problems == []
 
 
-def test_list_entry_without_id_fails_naming_the_position() -> None:
-    """A list entry without its id is refused, naming where it sits."""
-    with pytest.raises(PayloadError, match=r"data\[0\]\.id"):
-        parse_v2_list({"data": [{"description": "x"}], "errors": None})
+@pytest.mark.parametrize(
+    ("entry", "field"),
+    [
+        ({"description": "x"}, "data[1].id"),
+        ({"id": None}, "data[1].id"),
+        ({"id": ""}, "data[1].id"),
+        ({"id": 42}, "data[1].id"),
+        ({"id": {"uuid": BATCH_ID}}, "data[1].id"),
+        ("652ad643-5b6c-4a3f-9f1e-3c2d7b8e9a11", "data[1]"),
+        (None, "data[1]"),
+    ],
+    ids=["missing", "null", "empty", "number", "object", "string_entry", "null_entry"],
+)
+def test_list_entry_without_a_usable_id_is_left_out_naming_the_position(
+    entry: Any, field: str
+) -> None:
+    """An entry with no usable id is left out; its error names where it sits; the entries
+    around it are read."""
+    good = fixture("list-batches.json")["data"][0]
+    later = {**good, "id": "11111111-2222-4333-8444-555555555555"}
+    summaries, problems = parse_v2_list({"data": [good, entry, later], "errors": None})
+    assert [s.batch_id for s in summaries] == [BATCH_ID, later["id"]]
+    [problem] = problems
+    assert problem.batch_id is None
+    assert problem.field == field
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"created_at": "yesterday"}, "data[0].created_at"),
+        ({"created_at": ["2025-05-08"]}, "data[0].created_at"),
+        ({"description": {"text": "x"}}, "data[0].description"),
+    ],
+    ids=["created_at_text", "created_at_list", "description_object"],
+)
+def test_list_entry_with_an_id_and_an_unreadable_field_carries_its_error(
+    change: dict[str, Any], field: str
+) -> None:
+    """An entry with an id but a bad created_at or description is listed with its error
+    (its batch fails in the run), and the error names the batch and the field."""
+    entry = {**fixture("list-batches.json")["data"][0], **change}
+    [summary], [problem] = parse_v2_list({"data": [entry], "errors": None})
+    assert summary.batch_id == BATCH_ID
+    assert summary.error == str(problem)
+    assert problem.batch_id == BATCH_ID
+    assert problem.field == field
+
+
+@pytest.mark.parametrize(
+    "raw", [{"data": "batches", "errors": None}, {"data": {"id": BATCH_ID}}, ["x"], "text"]
+)
+def test_list_page_that_is_not_a_list_of_entries_fails(raw: Any) -> None:
+    """A page whose data is not a list (or that is no envelope at all) is a PayloadError."""
+    with pytest.raises(PayloadError):
+        parse_v2_list(raw)
 
 
 def test_uuid_ids_are_v2_and_gen_batch_ids_are_not() -> None:
@@ -288,7 +343,7 @@ def paths(account: Emulator) -> list[str]:
 def test_fetch_reads_batch_logs_one_calls_page_and_each_detail(
     account: Emulator, shared_http: BlandHttp
 ) -> None:
-    """One batch of 5 calls: batch, logs (a page and the empty one), one calls page, 5 details."""
+    """One batch of 5 calls: batch, logs (one short page), one calls page, 5 details."""
     batch_id = v2_ids(account)[0]
     fetched = V2Source(shared_http).fetch_batch(batch_id, Parts())
     assert fetched.parsed is not None
@@ -296,7 +351,49 @@ def test_fetch_reads_batch_logs_one_calls_page_and_each_detail(
     assert len(fetched.parsed.transcripts) > 0
     assert sorted(paths(account)).count("/v1/calls") == 1
     assert sum(p.startswith("/v1/calls/") for p in paths(account)) == 5
-    assert len(account.requests) == 1 + 2 + 1 + 5
+    assert len(account.requests) == 1 + 1 + 1 + 5
+
+
+@pytest.mark.parametrize(
+    ("page_size", "pages"),
+    [(100, 1), (4, 1), (3, 2), (2, 2), (1, 4)],
+    ids=["100", "4", "3", "2", "1"],
+)
+def test_logs_are_paged_until_a_short_page(
+    account: Emulator, shared_http: BlandHttp, page_size: int, pages: int
+) -> None:
+    """A batch of three log entries: one request when a page holds more than three; only a
+    full page asks for the next; every entry is read once."""
+    batch_id = v2_ids(account)[0]
+    source = V2Source(shared_http, logs_page_size=page_size)
+    fetched = source.fetch_batch(batch_id, Parts(calls=False))
+    assert fetched.parsed is not None
+    assert len(fetched.parsed.logs or []) == len(account.v2.batches[batch_id].logs) == 3
+    asked = [r.url.params for r in account.requests if r.url.path.endswith("/logs")]
+    assert len(asked) == pages
+    assert [int(params["take"]) for params in asked] == [page_size] * pages
+
+
+def test_logs_of_an_api_that_ignores_skip_stop_at_the_repeated_page(
+    account: Emulator, sleeps: list[float]
+) -> None:
+    """A logs endpoint that answers the same full page whatever the skip ends the paging at
+    the first page that brings no new entry."""
+    batch_id = v2_ids(account)[0]
+    handle_rest = account.transport().handler
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/logs"):
+            url = request.url.copy_set_param("skip", "0")
+            request = httpx.Request(request.method, url, headers=request.headers)
+        return handle_rest(request)  # type: ignore[no-any-return]
+
+    api = load_api(EMULATOR_URL, account.api_key)
+    with BlandHttp(api, transport=httpx.MockTransport(handle), sleep=sleeps.append) as http:
+        fetched = V2Source(http, logs_page_size=2).fetch_batch(batch_id, Parts(calls=False))
+    assert fetched.parsed is not None
+    assert len(fetched.parsed.logs or []) == 2  # the first page, served again and again
+    assert sum(r.url.path.endswith("/logs") for r in account.requests) == 2
 
 
 def test_no_call_details_makes_one_calls_request_per_thousand_calls(sleeps: list[float]) -> None:

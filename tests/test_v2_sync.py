@@ -4,11 +4,13 @@ what lands, idempotence, convergence, incremental skips, faults and request coun
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, select, text
@@ -18,6 +20,7 @@ from batchsync.bland.http import BlandHttp, RetryPolicy
 from batchsync.cli import cli
 from batchsync.config import load_api
 from batchsync.emulator import Emulator, parse_fault
+from batchsync.errors import PayloadError
 from batchsync.models import Base
 from batchsync.store import purge, stored_calls
 from batchsync.sync import RunResult, SyncOptions, run_sync
@@ -44,6 +47,7 @@ def http(account: Emulator, sleeps: list[float]) -> Iterator[BlandHttp]:
 def sync(engine: Engine, http: BlandHttp, **options: Any) -> RunResult:
     api = options.pop("api", "auto")
     details = options.pop("call_details", None)
+    spool_chunk_calls = options.pop("spool_chunk_calls", None)
     # As the CLI builds it under --phone-numbers keep.
     source = build_source(
         http,
@@ -51,7 +55,10 @@ def sync(engine: Engine, http: BlandHttp, **options: Any) -> RunResult:
         details,
         stored_calls=partial(stored_calls, engine),
         refresh=bool(options.get("refresh")),
+        spool_large_bodies=spool_chunk_calls is not None,
     )
+    if spool_chunk_calls is not None:
+        source.v1.chunk_calls = spool_chunk_calls
     options.setdefault("concurrency", 2)
     return run_sync(engine, source, SyncOptions(discover=True, **options))
 
@@ -306,9 +313,9 @@ def test_cli_sync_with_api_v2_and_no_call_details(database_url: str, account: Em
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["batches"]["synced"] == 3
-    # the v2 list (a page, then an empty one), and per batch: itself, two log pages, one
-    # calls page
-    assert summary["http"]["requests"] == 2 + 3 * 4
+    # the v2 list (a page, then an empty one), and per batch: itself, one (short) logs page,
+    # one calls page
+    assert summary["http"]["requests"] == 2 + 3 * 3
     shown = CliRunner().invoke(
         cli, ["runs", "show", "1", "--json"], env=env, catch_exceptions=False
     )
@@ -471,3 +478,353 @@ def test_calls_list_over_several_pages_stores_every_call_once(
     with engine.connect() as connection:
         stored = connection.execute(text("select count(distinct call_id) from calls")).scalar_one()
     assert stored == 18
+
+
+# -- the v2 batch list, read leniently --------------------------------------------------------
+
+
+def _v2_listing(
+    account: Emulator, change: Callable[[list[Any]], list[Any]], skips: list[int]
+) -> httpx.MockTransport:
+    """The emulator, with its v2 batch list rewritten by ``change`` (paged by take/skip as
+    asked); the skips asked for are appended to ``skips``."""
+    handle_rest = account.transport().handler
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path != "/v2/batches/list":
+            return handle_rest(request)  # type: ignore[no-any-return]
+        ordered = sorted(account.v2.batches.values(), key=lambda b: str(b.batch["created_at"]))
+        entries = change([dict(b.batch) for b in ordered])
+        take, skip = int(request.url.params["take"]), int(request.url.params["skip"])
+        skips.append(skip)
+        page = {"data": entries[skip : skip + take], "errors": None}
+        return httpx.Response(200, json=page)
+
+    return httpx.MockTransport(handle)
+
+
+def _v2_client(transport: httpx.BaseTransport, account: Emulator) -> BlandHttp:
+    api = load_api(EMULATOR_URL, account.api_key)
+    return BlandHttp(api, transport=transport, retry=RetryPolicy(attempts=2), sleep=lambda _: None)
+
+
+@pytest.mark.parametrize(
+    ("bad_entry", "field"),
+    [
+        ({"description": "no id"}, "data[1].id"),
+        ({"id": None}, "data[1].id"),
+        ({"id": ""}, "data[1].id"),
+        ({"id": 7}, "data[1].id"),
+        ({"id": ["x"]}, "data[1].id"),
+        ("652ad643-5b6c-4a3f-9f1e-3c2d7b8e9a10", "data[1]"),
+    ],
+    ids=["missing", "null", "empty", "number", "list", "not_an_object"],
+)
+def test_v2_list_entry_without_a_usable_id_is_left_out_and_the_rest_sync(
+    engine: Engine,
+    account: Emulator,
+    caplog: pytest.LogCaptureFixture,
+    bad_entry: Any,
+    field: str,
+) -> None:
+    """An entry of the v2 list with no usable id is left out with a warning naming it;
+    every other v1 and v2 batch syncs, with pages of two whose offsets count the bad entry."""
+    skips: list[int] = []
+    transport = _v2_listing(account, lambda e: [e[0], bad_entry, *e[1:]], skips)
+    with (
+        caplog.at_level(logging.WARNING, logger="batchsync"),
+        _v2_client(transport, account) as client,
+    ):
+        source = build_source(client)
+        source.v2.list_page_size = 2
+        result = run_sync(engine, source, SyncOptions(discover=True))
+    assert result.status == "succeeded"
+    assert result.count("synced") == 6
+    assert skips == [0, 2, 4]  # 4 entries: two full pages, then an empty one
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"field {field}" in w and "left out" in w for w in warnings)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"created_at": "last tuesday"}, "created_at"),
+        ({"created_at": 1746732492}, None),  # read as seconds since the epoch, as in v1
+        ({"description": {"text": "x"}}, "description"),
+        ({"description": ["a", "b"]}, "description"),
+    ],
+    ids=["created_at_text", "created_at_number", "description_object", "description_list"],
+)
+def test_v2_list_entry_with_an_unreadable_field_fails_only_its_batch(
+    engine: Engine, account: Emulator, change: dict[str, Any], field: str | None
+) -> None:
+    """An entry with an id but a created_at or description that cannot be read fails that
+    batch, unfetched, naming the field; the other batches sync and the run ends partial."""
+    target = list(account.v2.batches)[1]
+
+    def spoil(entries: list[Any]) -> list[Any]:
+        return [{**e, **change} if e["id"] == target else e for e in entries]
+
+    with _v2_client(_v2_listing(account, spoil, []), account) as client:
+        source = build_source(client)
+        source.v2.list_page_size = 2  # the entry ends a page: the next page starts after it
+        result = run_sync(engine, source, SyncOptions(discover=True))
+    if field is None:
+        assert result.count("synced") == 6
+        return
+    assert result.status == "partial"
+    [failure] = result.failed
+    assert failure.batch_id == target
+    assert f"data[1].{field}" in (failure.error or "")
+    assert result.count("synced") == 5
+    assert not [r for r in account.requests if f"/v2/batches/{target}" in str(r.url)]
+    with engine.connect() as connection:
+        recorded = connection.execute(
+            text("select status from sync_run_batches where batch_id = :b"), {"b": target}
+        ).scalar_one()
+    assert recorded == "failed"
+
+
+@pytest.mark.parametrize(
+    "body", [b'"no list here"', b'{"data": {"id": "x"}, "errors": null}', b"<html>502</html>"]
+)
+def test_v2_list_page_that_is_not_a_list_still_fails_discovery(
+    engine: Engine, account: Emulator, body: bytes
+) -> None:
+    """A v2 list page that is no list of entries at all fails discovery with a clear message
+    (exit 5 from the CLI); nothing is synced."""
+    handle_rest = account.transport().handler
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/batches/list":
+            return httpx.Response(200, content=body, headers={"content-type": "application/json"})
+        return handle_rest(request)  # type: ignore[no-any-return]
+
+    with (
+        _v2_client(httpx.MockTransport(handle), account) as client,
+        pytest.raises(PayloadError, match=r"v2 batch list|field data"),
+    ):
+        run_sync(engine, build_source(client), SyncOptions(discover=True))
+    with engine.connect() as connection:
+        stored = connection.execute(text("select count(*) from batches")).scalar_one()
+    assert stored == 0
+
+
+# -- --no-call-details under every phone-number policy ----------------------------------------
+
+
+POLICIES = ["keep", "keep-redacted", "hash", "hash-redacted", "drop"]
+
+
+def _policy(name: str) -> Any:
+    from batchsync.config import Secret
+    from batchsync.privacy import PhoneMode, PhonePolicy
+
+    mode, _, redacted = name.partition("-")
+    key = Secret("k3y") if mode == "hash" else None
+    return PhonePolicy(PhoneMode(mode), key, redact_transcripts=bool(redacted))
+
+
+def _sync_as_the_cli(engine: Engine, http: BlandHttp, policy: Any, **options: Any) -> RunResult:
+    """A run built as `batchsync sync --all` builds it under ``policy``: stored calls are
+    handed to the source only where their values are the API's own."""
+    from batchsync.privacy import PhoneMode
+
+    as_sent = policy.mode is PhoneMode.KEEP and not policy.redact_transcripts
+    source = build_source(
+        http,
+        "auto",
+        options.pop("call_details", None),
+        stored_calls=partial(stored_calls, engine) if as_sent else None,
+        refresh=bool(options.get("refresh")),
+    )
+    return run_sync(engine, source, SyncOptions(discover=True, phones=policy, **options))
+
+
+def _calls_and_lines(engine: Engine) -> tuple[list[Any], list[Any]]:
+    """The calls (without their write stamps) and transcript lines as stored."""
+    rows = dump(engine)
+    calls = Base.metadata.tables["calls"]
+    keep = [i for i, c in enumerate(calls.columns) if c.name not in ("synced_at", "sync_run_id")]
+    return [tuple(row[i] for i in keep) for row in rows["calls"]], rows["call_transcripts"]
+
+
+@pytest.mark.parametrize("policy_name", POLICIES)
+def test_no_call_details_keeps_stored_details_under_every_phone_policy(
+    engine: Engine, http: BlandHttp, account: Emulator, policy_name: str
+) -> None:
+    """A --refresh run with --no-call-details rewrites every call from the calls list and
+    keeps each stored detail column (and transcript line) as the detailed run stored it,
+    under keep, hash and drop alike."""
+    policy = _policy(policy_name)
+    _sync_as_the_cli(engine, http, policy)
+    calls_before, lines_before = _calls_and_lines(engine)
+    with engine.connect() as connection:
+        detailed = connection.execute(
+            text("select count(*) from calls where details_synced_at is not null")
+        ).scalar_one()
+    assert detailed == 18  # the v2 calls; v1 calls get none by default
+
+    account.requests.clear()
+    result = _sync_as_the_cli(engine, http, policy, call_details=False, refresh=True)
+    assert not result.failed
+    assert result.count("synced") == 6
+    assert not [r for r in account.requests if r.url.path.startswith("/v1/calls/")]
+    calls_after, lines_after = _calls_and_lines(engine)
+    assert calls_after == calls_before
+    assert lines_after == lines_before
+
+
+@pytest.mark.parametrize("policy_name", POLICIES)
+def test_no_call_details_takes_changed_list_fields_and_keeps_the_detail_under_every_policy(
+    engine: Engine, http: BlandHttp, account: Emulator, policy_name: str
+) -> None:
+    """A call whose list entry changed gets the new list values; its detail columns (a
+    summary, a price) stay as stored, under every phone-number policy."""
+    policy = _policy(policy_name)
+    _sync_as_the_cli(engine, http, policy)
+    call = list(account.v2.batches.values())[-1].calls[0]  # of the unfinished batch
+    query = text(
+        "select answered_by, summary, price, details_synced_at from calls where call_id = :c"
+    )
+    with engine.connect() as connection:
+        before = connection.execute(query, {"c": call["call_id"]}).one()
+    call["answered_by"] = "voicemail" if call.get("answered_by") != "voicemail" else "human"
+    call["summary"] = "Changed since: not fetched with --no-call-details."
+
+    result = _sync_as_the_cli(engine, http, policy, call_details=False)
+    assert not result.failed
+    with engine.connect() as connection:
+        after = connection.execute(query, {"c": call["call_id"]}).one()
+    assert after.answered_by == call["answered_by"]
+    assert (after.summary, after.price, after.details_synced_at) == (
+        before.summary,
+        before.price,
+        before.details_synced_at,
+    )
+    assert after.summary is not None
+
+
+def test_cli_exits_5_when_every_v1_and_v2_batch_gets_a_502_while_the_lists_answer(
+    database_url: str, account: Emulator
+) -> None:
+    """A gateway that answers both lists but 502 for every batch: `sync --all` stops after
+    the first three batches with exit 5, the rest not tried, the run recorded failed."""
+    from batchsync.emulator import Fault
+
+    account.inject("*", Fault("server_error", times=-1, status=502))
+    account.inject("*v2*", Fault("server_error", times=-1, status=502))
+    with account.serve() as server:
+        env = {
+            "BLAND_BASE_URL": server.url,
+            "BLAND_API_KEY": account.api_key,
+            "BATCHSYNC_DATABASE_URL": database_url,
+        }
+        result = CliRunner().invoke(
+            cli,
+            ["sync", "--all", "--migrate", "--concurrency", "1", "--retries", "2",
+             "--max-retry-wait", "0"],
+            env=env,
+        )  # fmt: skip
+        runs_shown = CliRunner().invoke(cli, ["runs", "show", "1", "--json"], env=env)
+    assert result.exit_code == 5, result.output
+    assert "the batch list answers" in result.output
+    assert "3 batches not tried" in result.output
+    shown = json.loads(runs_shown.stdout)
+    assert shown["status"] == "failed"
+    assert account.api_key not in result.output
+
+
+# -- --call-details on v1 bodies large enough to be spooled -----------------------------------
+
+
+@pytest.fixture
+def spooling_client(account: Emulator, sleeps: list[float]) -> Iterator[BlandHttp]:
+    """A client for which every v1 batch body is large: with ``spool_chunk_calls=3`` the v1
+    source saves it unparsed, for the writer to parse 3 calls at a time (as it does bodies
+    above the 32 MB threshold)."""
+    api = load_api(EMULATOR_URL, account.api_key)
+    with BlandHttp(
+        api,
+        transport=account.transport(),
+        retry=RetryPolicy(attempts=3),
+        sleep=sleeps.append,
+        stream_threshold=0,
+    ) as spooling:
+        yield spooling
+
+
+def test_call_details_on_spooled_v1_bodies_store_every_calls_detail(
+    engine: Engine, spooling_client: BlandHttp, account: Emulator, tmp_path: Any
+) -> None:
+    """--call-details on v1 bodies parsed in chunks: each call's detail is fetched once and
+    stored (price, summary, recording_url, ...), the same rows a body parsed whole gives."""
+    result = sync(engine, spooling_client, api="v1", call_details=True, spool_chunk_calls=3)
+    assert not result.failed
+    assert result.count("synced") == 3
+    detail_requests = [r for r in account.requests if r.url.path.startswith("/v1/calls/")]
+    assert len(detail_requests) == 12 == len({r.url.path for r in detail_requests})
+    with engine.connect() as connection:
+        filled = connection.execute(
+            text(
+                "select count(*) from calls where details_synced_at is not null "
+                "and summary is not null and call_ended_by is not null"
+            )
+        ).scalar_one()
+    assert filled == 12
+
+    from batchsync.config import load_database
+    from batchsync.db import create_db_engine, upgrade
+
+    whole = create_db_engine(load_database(f"sqlite:///{tmp_path / 'whole.db'}"))
+    try:
+        upgrade(whole)
+        api = load_api(EMULATOR_URL, account.api_key)
+        with BlandHttp(api, transport=account.transport(), sleep=lambda _: None) as plain:
+            sync(whole, plain, api="v1", call_details=True)
+        spooled, parsed_whole = dump(engine, bookkeeping=False), dump(whole, bookkeeping=False)
+    finally:
+        whole.dispose()
+    # content_sha256 differs: a spooled body's hash cannot cover details fetched later.
+    sha = [c.name for c in Base.metadata.tables["batches"].columns].index("content_sha256")
+    for rows in (spooled, parsed_whole):
+        rows["batches"] = [row[:sha] + row[sha + 1 :] for row in rows["batches"]]
+    assert spooled == parsed_whole
+
+
+def test_call_details_on_a_spooled_v1_body_failing_fails_its_batch_whole(
+    engine: Engine, spooling_client: BlandHttp, account: Emulator
+) -> None:
+    """A detail that stays a 503 for a call of the last chunk of a spooled v1 body fails
+    that batch with nothing of it written (earlier chunks undone); the others sync."""
+    batch_id = account.batch_ids()[0]
+    call = account.raw_batch(batch_id)["call_data"][-1]
+    account.inject(*parse_fault(f"{call.get('call_id') or call['c_id']}:server_error x3"))
+    result = sync(
+        engine, spooling_client, api="v1", call_details=True, spool_chunk_calls=3, concurrency=1
+    )
+    assert [o.batch_id for o in result.failed] == [batch_id]
+    assert "gave up after 3 attempts" in (result.failed[0].error or "")
+    assert result.count("synced") == 2
+    with engine.connect() as connection:
+        for table in ("batches", "calls", "call_transcripts"):
+            count = connection.execute(
+                text(f"select count(*) from {table} where batch_id = :b"), {"b": batch_id}
+            ).scalar_one()
+            assert count == 0, table
+
+
+def test_call_details_on_spooled_v1_bodies_resync_unchanged_fetches_no_detail(
+    engine: Engine, spooling_client: BlandHttp, account: Emulator
+) -> None:
+    """A second --call-details run over unchanged spooled v1 bodies rewrites nothing and
+    asks for no call detail."""
+    sync(engine, spooling_client, api="v1", call_details=True, spool_chunk_calls=3)
+    before = dump(engine)
+    account.requests.clear()
+    result = sync(
+        engine, spooling_client, api="v1", call_details=True, spool_chunk_calls=3, refresh=False
+    )
+    assert result.count("synced") == 0
+    assert not [r for r in account.requests if r.url.path.startswith("/v1/calls/")]
+    assert dump(engine) == before

@@ -140,7 +140,9 @@ def build_source(
     APIs read through the one client ``http``.
 
     ``stored_calls``: a batch's stored calls, so that final calls keep their stored detail
-    (None: every detail is fetched, and --no-call-details leaves detail columns NULL);
+    instead of a request (None: every detail is fetched; pass None when the stored values
+    are not the API's own, under --phone-numbers hash or drop). Under --no-call-details
+    stored details stay whatever is passed: they are merged when the batch is written;
     ``refresh``: fetch every detail again all the same; ``spool_large_bodies``: see
     :class:`~batchsync.bland.v1.V1Source`.
     """

@@ -102,7 +102,9 @@ class V1Source:
                     "the batch list repeated itself at offset %d; stopping the listing", start
                 )
                 return
-            start += len(page) + len(problems)
+            # Entries left out count toward the offset; an entry listed with its error is
+            # in ``page`` already.
+            start += len(page) + sum(1 for problem in problems if problem.batch_id is None)
 
     def fetch_batch(
         self, batch_id: str, parts: Parts, *, unchanged: Unchanged | None = None

@@ -24,13 +24,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from batchsync.bland.http import BlandHttp, batch_path_segment
-from batchsync.bland.source import BatchSource, FetchedBatch, Parts, Unchanged
+from batchsync.bland.source import BatchSource, FetchedBatch, Parts, SpooledBody, Unchanged
 from batchsync.config import redact
 from batchsync.errors import BatchNotFound, HttpStatusError, PayloadError
 
 # The v1 parser's value coercions, so that a value means the same from either API.
 from batchsync.payload import (
     _QUEUE_STATUS_ALIASES,
+    CallsSink,
     _boolean,
     _integer,
     _Invalid,
@@ -60,6 +61,8 @@ log = logging.getLogger(__name__)
 
 V2_ID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 CALLS_PAGE_MAX = 1000  # the calls list's maximum limit since July 2025
+# Log entries asked for a page (``take``); a page shorter than this is the last.
+LOGS_PAGE_SIZE = 100
 # Queue statuses after which a call changes no more (besides its detail being filled in).
 FINAL_QUEUE_STATUSES = frozenset(
     {"complete", "pre_queue_error", "queue_error", "call_error", "complete_error"}
@@ -108,30 +111,53 @@ def parse_envelope(raw: Any, *, batch_id: str | None, what: str) -> Any:
     return raw["data"]
 
 
-def parse_v2_list(raw: Any) -> list[BatchSummary]:
-    """One page of ``GET /v2/batches/list``: the batches, ``description`` as their label."""
+def parse_v2_list(raw: Any) -> tuple[list[BatchSummary], list[PayloadError]]:
+    """One page of ``GET /v2/batches/list``: its batches (``description`` as the label), and
+    the errors of its bad entries in order, as :func:`~batchsync.payload.parse_batch_list_entries`
+    gives them for v1.
+
+    One bad entry never spoils the page. An entry whose ``created_at`` or ``description``
+    cannot be read keeps its id and carries the reason in ``error`` (its error, with
+    ``batch_id`` set, is in the second list too); an entry with no usable id (not an object,
+    ``id`` missing, empty or not a string: v2 ids are UUID strings) is left out, its error
+    (``batch_id`` None) naming ``data[i]`` and the field in the second list. PayloadError
+    only when the page itself is not a v2 envelope whose ``data`` is a list.
+    """
     items = parse_envelope(raw, batch_id=None, what="(v2 batch list)")
     if not isinstance(items, list):
         raise PayloadError(f"expected a list, got {_type_name(items)}", field="data")
-    summaries = []
+    summaries: list[BatchSummary] = []
+    problems: list[PayloadError] = []
     for index, item in enumerate(items):
+        where = f"data[{index}]"
+        if not isinstance(item, Mapping):
+            problems.append(
+                PayloadError(f"expected an object, got {_type_name(item)}", field=where)
+            )
+            continue
+        raw_id = item.get("id")
+        if raw_id is None or raw_id == "":
+            problems.append(PayloadError("missing or empty", field=f"{where}.id"))
+            continue
+        if not isinstance(raw_id, str):
+            problems.append(
+                PayloadError(f"expected a string, got {_type_name(raw_id)}", field=f"{where}.id")
+            )
+            continue
         try:
-            if not isinstance(item, Mapping):
-                raise _Invalid("", f"expected an object, got {_type_name(item)}")
-            raw_id = item.get("id")
-            if raw_id is None or raw_id == "":
-                raise _Invalid("id", "missing")
             summaries.append(
                 BatchSummary(
-                    batch_id=_text(raw_id, "id") or "",
+                    batch_id=raw_id,
                     created_at=_timestamp(item.get("created_at"), "created_at"),
                     campaign_id=None,
                     label=_text(item.get("description"), "description"),
                 )
             )
         except _Invalid as exc:
-            raise _payload_error(exc, None, f"data[{index}]") from None
-    return summaries
+            error = _payload_error(exc, raw_id, where)
+            problems.append(error)
+            summaries.append(BatchSummary(raw_id, None, None, None, error=str(error)))
+    return summaries, problems
 
 
 def parse_calls_page(raw: Any, *, batch_id: str) -> tuple[list[Mapping[str, Any]], int | None]:
@@ -383,27 +409,46 @@ def with_detail(
     return call._replace(**{name: getattr(parsed, name) for name in _DETAIL_FIELDS})
 
 
-def carry_stored_details(
-    calls: Sequence[CallRecord], raw_calls: Sequence[Mapping[str, Any]], stored: StoredCalls
-) -> list[CallRecord]:
-    """Calls whose detail was not fetched keep what only their detail gave before: every
-    column the list entry does not carry (the detail columns, end_at, request_data, ...)."""
-    entries = {_call_id(entry): entry for entry in raw_calls}
-    carried = []
-    for call in calls:
-        old = stored.calls.get(call.call_id)
-        if call.details_synced_at is None and old is not None and old.details_synced_at is not None:
-            entry = entries.get(call.call_id) or {}
-            listed = {name for key, name in _LIST_FIELDS.items() if key in entry}
-            call = call._replace(
-                **{
-                    name: getattr(old, name)
-                    for name in CallRecord._fields
-                    if name not in ("call_id", "batch_id") and name not in listed
-                }
-            )
-        carried.append(call)
+def carried_columns(raw_calls: Sequence[Mapping[str, Any]]) -> dict[str, frozenset[str]]:
+    """For calls whose detail is not fetched (--no-call-details): the columns their stored
+    detail fills and their list entry does not (the detail columns, end_at, request_data,
+    ...), by call id. See ``ParsedBatch.carried``."""
+    carried = {}
+    for entry in raw_calls:
+        call_id = _call_id(entry)
+        if call_id is None:
+            continue
+        listed = {name for key, name in _LIST_FIELDS.items() if key in entry}
+        carried[call_id] = _CARRIED_COLUMNS - listed
     return carried
+
+
+# Every column a stored detail may have filled: all but the keys.
+_CARRIED_COLUMNS = frozenset(CallRecord._fields) - {"call_id", "batch_id"}
+
+
+def carry_stored_details(
+    written: Sequence[CallRecord],
+    parsed: Sequence[CallRecord],
+    carried: Mapping[str, frozenset[str]],
+    stored: StoredCalls,
+) -> list[CallRecord]:
+    """The calls to write, with the ``carried`` columns of each call whose detail was not
+    fetched taken from its stored row, when that row has a detail (``details_synced_at``).
+
+    ``written``: the calls as they are written (under the phone-number policy, secrets
+    redacted), in the order of ``parsed``, the same calls as parsed (``carried`` names
+    them by the id the API gave). ``stored``: the batch's calls as stored, already under
+    the policy: so a stored value is used as it is, never put under the policy again.
+    """
+    kept = []
+    for call, raw in zip(written, parsed, strict=True):
+        columns = carried.get(raw.call_id)
+        old = stored.calls.get(call.call_id) if columns else None
+        if columns and call.details_synced_at is None and old and old.details_synced_at:
+            call = call._replace(**{name: getattr(old, name) for name in columns})
+        kept.append(call)
+    return kept
 
 
 def _listed_final(entry: Mapping[str, Any]) -> bool:
@@ -523,6 +568,7 @@ class V2Source:
     # --refresh: fetch every detail again rather than keep stored ones.
     refresh_details: bool = False
     list_page_size: int = 100
+    logs_page_size: int = LOGS_PAGE_SIZE
     calls_page_size: int = CALLS_PAGE_MAX
     detail_concurrency: int = DETAIL_CONCURRENCY
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
@@ -530,25 +576,44 @@ class V2Source:
     def iter_batches(self, *, campaign_id: str | None = None) -> Iterator[BatchSummary]:
         """Every v2 batch: offset pages until an empty page or one with no new id.
 
+        Entries are read as :func:`parse_v2_list` reads them: one without a usable id is
+        left out with a warning, one with an id but another field unreadable is listed with
+        its ``error`` (that batch fails in the run, the others sync). Raises ApiError, or
+        PayloadError when a page is not a v2 envelope holding a list (discovery fails).
         v2 batches have no campaign: with ``campaign_id`` there is none to list.
         """
         if campaign_id is not None:
             return
         skip = 0
         seen: set[str] = set()
+        last_problems: list[str] = []
         while True:
             body = self.http.get_body(
                 "/v2/batches/list",
                 {"take": self.list_page_size, "skip": skip},
                 what="the v2 batch list",
             )
-            page = parse_v2_list(decode_json_body(body, batch_id=None, what="(v2 batch list)"))
+            page, problems = parse_v2_list(
+                decode_json_body(body, batch_id=None, what="(v2 batch list)")
+            )
+            # An entry without a usable id is left out with a warning: one bad entry must
+            # not end discovery (one with an id fails its batch in the run).
+            left_out = [problem for problem in problems if problem.batch_id is None]
+            for problem in left_out:
+                log.warning("the v2 batch list: %s; that entry is left out", problem)
             new = [summary for summary in page if summary.batch_id not in seen]
             seen.update(summary.batch_id for summary in new)
             yield from new
-            if not page or not new:
+            if not page:
+                # A page of bad entries only goes on to the next page, unless it is the
+                # same as the last one (an API that ignores the offset).
+                described = [str(problem) for problem in problems]
+                if not problems or described == last_problems:
+                    return
+                last_problems = described
+            elif not new:
                 return
-            skip += len(page)
+            skip += len(page) + len(left_out)
 
     def fetch_batch(
         self, batch_id: str, parts: Parts, *, unchanged: Unchanged | None = None
@@ -616,21 +681,28 @@ class V2Source:
             details_synced_at=self.clock(),
             kept=kept,
         )
-        if details is None and raw_calls is not None and self.stored_calls is not None:
+        if details is None and raw_calls is not None:
             # --no-call-details: a call's stored detail stays; it is not fetched, not gone.
-            calls = carry_stored_details(parsed.calls or [], raw_calls, self.stored_calls(batch_id))
-            parsed = parsed._replace(calls=calls)
+            # Merged when written (see ParsedBatch.carried), after the phone-number policy.
+            parsed = parsed._replace(carried=carried_columns(raw_calls))
         return FetchedBatch(parsed, content_sha256, size)
 
     def _logs(self, batch_id: str, segment: str, get: _Get) -> list[Any]:
-        """Every log entry, oldest first, page by page until an empty or repeated page."""
+        """Every log entry, oldest first, page by page (``take``/``skip``).
+
+        The logs endpoint answers at most ``take`` entries a page, so a page shorter than
+        ``logs_page_size`` is the last: a batch with fewer log entries than a page costs one
+        request. A page that brings no entry not seen before also ends the paging, so an API
+        that ignores ``skip`` cannot keep the batch paging forever.
+        """
+        take = max(1, self.logs_page_size)
         entries: list[Any] = []
         seen: set[str] = set()
         skip = 0
         while True:
             raw = get(
                 f"/v2/batches/{segment}/logs",
-                {"take": 100, "skip": skip, "direction": "asc"},
+                {"take": take, "skip": skip, "direction": "asc"},
                 f"the logs of batch {batch_id}",
             )
             page = parse_envelope(raw, batch_id=batch_id, what="(logs)")
@@ -643,6 +715,8 @@ class V2Source:
                 return entries
             seen |= ids
             entries.extend(page)
+            if len(page) < take:
+                return entries
             skip += len(page)
 
     def _calls(self, batch_id: str, get: _Get) -> list[Mapping[str, Any]]:
@@ -697,9 +771,13 @@ class V2Source:
         """A batch from another source (v1) with each call's detail added (--call-details).
 
         The batch's own transcripts stay; the detail fills price, summary, recording_url and
-        the other detail columns. The content hash covers the batch and every detail.
+        the other detail columns. The content hash covers the batch and every detail. A body
+        large enough to be spooled gets its details as the writer parses it, a chunk of
+        calls at a time (see :class:`DetailedBody`).
         """
         fetched = source.fetch_batch(batch_id, parts)
+        if fetched.body is not None:
+            return self._spooled_with_details(fetched, batch_id, unchanged)
         parsed = fetched.parsed
         if parsed is None or parsed.calls is None:
             return fetched
@@ -733,6 +811,48 @@ class V2Source:
         ]
         return FetchedBatch(parsed._replace(calls=calls), content_sha256, size)
 
+    def _spooled_with_details(
+        self, fetched: FetchedBatch, batch_id: str, unchanged: Unchanged | None
+    ) -> FetchedBatch:
+        """A large body saved unparsed, whose calls get their detail as the writer parses
+        them, a chunk at a time (each chunk's details fetched concurrently, bounded).
+
+        The details are fetched inside the batch's write, so a failed detail request fails
+        the batch whole, as for a small body. The content hash covers the body only (the
+        details are not fetched yet when it is judged): an unchanged body leaves the stored
+        details as they are, until --refresh.
+        """
+        assert fetched.body is not None
+        digest = hashlib.sha256(f"details spooled {fetched.content_sha256}".encode())
+        content_sha256 = digest.hexdigest()
+        if unchanged is not None and unchanged(content_sha256):
+            fetched.body.close()
+            return FetchedBatch(None, content_sha256, fetched.size)
+
+        def fetch(path: str, params: dict[str, Any], what: str) -> bytes:
+            try:
+                return self.http.get_body(path, params, what=what, batch_id=batch_id)
+            except BatchNotFound as exc:
+                raise HttpStatusError(str(exc), status_code=404) from None
+
+        def attach(calls: list[CallRecord]) -> list[CallRecord]:
+            bodies = self._details(batch_id, [{"call_id": c.call_id} for c in calls], fetch)
+            synced_at = self.clock()
+            return [
+                with_detail(
+                    call,
+                    decode_json_body(
+                        bodies[call.call_id], batch_id=batch_id, what=f"(call {call.call_id})"
+                    ),
+                    batch_id=batch_id,
+                    details_synced_at=synced_at,
+                )
+                for call in calls
+            ]
+
+        body = DetailedBody(fetched.body, attach)
+        return fetched._replace(content_sha256=content_sha256, body=body)
+
     def _details(
         self, batch_id: str, calls: Sequence[Mapping[str, Any]], fetch: _Get
     ) -> dict[str, bytes]:
@@ -764,3 +884,43 @@ class V2Source:
 
 
 _Get = Callable[..., Any]
+
+
+class DetailedBody(SpooledBody):
+    """A spooled v1 body whose calls get each call's detail (``attach``) as it is parsed:
+    chunk by chunk when parsed into a sink, all at once otherwise."""
+
+    def __init__(
+        self, body: SpooledBody, attach: Callable[[list[CallRecord]], list[CallRecord]]
+    ) -> None:
+        # Not SpooledBody.__init__: the file is the wrapped body's, read through it.
+        self._body = body
+        self._attach = attach
+        self.batch_id = body.batch_id
+        self.transcripts_requested = body.transcripts_requested
+        self.chunk_calls = body.chunk_calls
+
+    def chunks(self, size: int = 1 << 16) -> Iterator[bytes]:
+        return self._body.chunks(size)
+
+    def parse(self, on_calls: CallsSink | None = None) -> ParsedBatch:
+        """The body's records, each call with its detail; see :meth:`SpooledBody.parse`."""
+        if on_calls is None:
+            parsed = self._body.parse(None)
+        else:
+            sink = on_calls
+
+            def detailed(
+                calls: list[CallRecord],
+                lines: list[TranscriptLineRecord] | None,
+                again: frozenset[str],
+            ) -> None:
+                sink(self._attach(calls), lines, again)
+
+            parsed = self._body.parse(detailed)
+        if parsed.calls:
+            parsed = parsed._replace(calls=self._attach(parsed.calls))
+        return parsed
+
+    def close(self) -> None:
+        self._body.close()
