@@ -285,17 +285,33 @@ def refuse_partial_switch(
     )
 
 
-def apply_phone_policy(parsed: ParsedBatch, policy: PhonePolicy) -> ParsedBatch:
+class BatchScrub:
+    """What scrubbing one batch remembers across the chunks its calls are written in: the
+    stored id of each call id that is a phone number (so drop's ``[phone] 2`` is numbered
+    through the batch, and hash's ids match in every table) and every number the calls
+    held (so the batch's label, prompts and error messages are masked with the numbers of
+    every chunk, not only of the calls still in hand at the end)."""
+
+    def __init__(self, policy: PhonePolicy) -> None:
+        self.policy = policy
+        self.ids = _CallIds(policy)
+        self.numbers: set[str] = set()
+
+
+def apply_phone_policy(
+    parsed: ParsedBatch, policy: PhonePolicy, scrub: BatchScrub | None = None
+) -> ParsedBatch:
     """The batch with its phone numbers kept, hashed or dropped as ``policy`` says.
 
     Under hash or drop every field of every record is scrubbed (:func:`_scrub`), whatever
     its name: text fields, JSON values at any depth and numeric fields, so a field added to
-    a record is covered without being listed here.
+    a record is covered without being listed here. ``scrub``: the batch's state when some
+    of its calls were written in chunks before (:func:`apply_phone_policy_to_calls`).
     """
     if policy.mode is PhoneMode.KEEP and not policy.redact_transcripts:
         return parsed
     masks: dict[str, _Mask] = {}
-    ids = _CallIds(policy)
+    ids = scrub.ids if scrub is not None else _CallIds(policy)
     calls = None
     if parsed.calls is not None:
         calls, transcripts, masks = _calls_and_lines(parsed.calls, parsed.transcripts, policy, ids)
@@ -305,6 +321,8 @@ def apply_phone_policy(parsed: ParsedBatch, policy: PhonePolicy) -> ParsedBatch:
         return parsed._replace(calls=calls, transcripts=transcripts)
     batch = parsed.batch
     numbers = [n for mask in masks.values() for n in mask.numbers]
+    if scrub is not None:
+        numbers += sorted(scrub.numbers)
     numbers += _numbers_under_phone_keys(batch.call_params) + _numbers_under_phone_keys(batch.extra)
     batch_mask = _Mask(policy, numbers)
     errors = None
@@ -452,13 +470,17 @@ class _CallIds:
 
 
 def apply_phone_policy_to_calls(
-    calls: list[CallRecord], lines: list[TranscriptLineRecord] | None, policy: PhonePolicy
+    calls: list[CallRecord], lines: list[TranscriptLineRecord] | None, scrub: BatchScrub
 ) -> tuple[list[CallRecord], list[TranscriptLineRecord] | None]:
-    """Calls and their transcript lines (one chunk of a batch) under ``policy``: what
-    :func:`apply_phone_policy` does to them, for batches written in chunks."""
+    """Calls and their transcript lines (one chunk of a batch) under ``scrub.policy``: what
+    :func:`apply_phone_policy` does to them, for batches written in chunks. ``scrub`` is the
+    batch's, the same for each of its chunks and, at the end, for the batch itself."""
+    policy = scrub.policy
     if policy.mode is PhoneMode.KEEP and not policy.redact_transcripts:
         return calls, lines
-    masked_calls, masked_lines, _ = _calls_and_lines(calls, lines, policy, _CallIds(policy))
+    masked_calls, masked_lines, masks = _calls_and_lines(calls, lines, policy, scrub.ids)
+    for mask in masks.values():
+        scrub.numbers.update(mask.numbers)
     return masked_calls, masked_lines
 
 

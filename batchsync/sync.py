@@ -61,6 +61,7 @@ from batchsync.payload import (
     recordable_id,
 )
 from batchsync.privacy import (
+    BatchScrub,
     PhonePolicy,
     apply_phone_policy,
     apply_phone_policy_to_calls,
@@ -549,7 +550,7 @@ def _write(
                 parsed = _parsed(fetched, batch_id, sink if chunked else None)
                 calls = None if parsed.calls is None else len(parsed.calls) + sink.calls
                 as_parsed = parsed
-                parsed = apply_phone_policy(parsed, options.phones)
+                parsed = apply_phone_policy(parsed, options.phones, sink.scrub)
                 if fetched.echoes_secret:
                     parsed = redact_secrets(parsed)
                 if as_parsed.carried and parsed.calls and as_parsed.calls:
@@ -604,6 +605,7 @@ class _CallsWriter:
 
     def __init__(self, options: SyncOptions, *, echoes_secret: bool = False) -> None:
         self.options = options
+        self.scrub = BatchScrub(options.phones)  # the batch's numbers, across its chunks
         self.echoes_secret = echoes_secret  # the body quotes the API key: redact every string
         self.writer: BatchWriter | None = None
         self.calls = 0  # distinct calls written so far
@@ -617,7 +619,7 @@ class _CallsWriter:
     ) -> None:
         if self.writer is not None:
             self.writing = True
-            calls, lines = apply_phone_policy_to_calls(calls, lines, self.options.phones)
+            calls, lines = apply_phone_policy_to_calls(calls, lines, self.scrub)
             if self.echoes_secret:
                 calls = redact_secrets_in(calls)
                 lines = None if lines is None else redact_secrets_in(lines)

@@ -889,6 +889,51 @@ def test_dry_run_of_batches_written_in_chunks_reports_changes_and_writes_nothing
     assert len(snapshot(engine)["calls"]) == 12 * len(emulator.batch_ids())
 
 
+@pytest.mark.parametrize(
+    "policy",
+    [PhonePolicy(PhoneMode.HASH, Secret("k3y-ids")), PhonePolicy(PhoneMode.DROP)],
+    ids=["hash", "drop"],
+)
+def test_a_batch_written_in_chunks_remembers_its_numbers_across_chunks(
+    engine: Engine,
+    source: V1Source,
+    chunked_source: V1Source,
+    emulator: Emulator,
+    tmp_path: Any,
+    policy: PhonePolicy,
+) -> None:
+    """Call ids that are phone numbers get one stored id per call across every chunk (drop:
+    ``[phone]``, ``[phone] 2``, ... numbered through the batch, not restarted per chunk), and
+    a number that only a late chunk's calls hold is still masked in the batch's label and
+    error messages: the rows are those of the batch written whole."""
+    batch_id = emulator.batch_ids()[0]
+    raw = emulator.raw_batch(batch_id)
+    numbers = [f"+1415555{index:04d}" for index in range(len(raw["call_data"]))]
+    for call, number in zip(raw["call_data"], numbers, strict=True):
+        call.pop("call_id", None)
+        call["c_id"] = number
+        call["to"] = number
+    raw["batch_params"]["label"] = f"follow-up for {numbers[-1]}"
+    raw["analysis"]["errors"] = [{"call_id": numbers[-1], "error_message": f"busy: {numbers[-1]}"}]
+    emulator.put_batch(raw)
+
+    result = sync_all(engine, chunked_source, phones=policy)
+    assert result.status == runs.SUCCEEDED, result.failed
+    whole_rows, _ = synced_whole(source, tmp_path, "whole.db", phones=policy)
+    chunked_rows = snapshot(engine, bookkeeping=False)
+    assert chunked_rows == whole_rows
+    with engine.connect() as connection:
+        ids = (
+            connection.execute(
+                text("select call_id from calls where batch_id = :b"), {"b": batch_id}
+            )
+            .scalars()
+            .all()
+        )
+    assert len(set(ids)) == len(numbers)
+    assert not any(number[2:] in repr(chunked_rows) for number in numbers)
+
+
 def test_batches_written_in_chunks_are_under_the_phone_policy_like_whole_ones(
     engine: Engine,
     source: V1Source,
