@@ -133,6 +133,14 @@ class FetchedBatch(NamedTuple):
     echoes_secret: bool = False  # the body may quote the API key: its strings need redacting
 
 
+class BodyParser(Protocol):
+    """:func:`~batchsync.payload.parse_batch_body`'s signature: records or PayloadError."""
+
+    def __call__(
+        self, body: bytes, *, batch_id: str, transcripts_requested: bool = True
+    ) -> ParsedBatch: ...
+
+
 # Given a fetched body's content hash, whether it is the one already stored, so that the
 # body need not even be parsed. The caller (the sync) owns that decision.
 Unchanged = Callable[[str], bool]
@@ -218,6 +226,9 @@ class BlandClient:
     # time, so memory is bounded whatever the batch's size.
     spool_large_bodies: bool = False
     chunk_calls: int = CHUNK_CALLS  # calls per chunk when a spooled body is parsed
+    # Parses a body decoded whole (one below the stream threshold): parse_batch_body, or a
+    # stand-in with its contract, such as batchsync.parse_pool.ParsePool.parse_batch_body.
+    body_parser: BodyParser = parse_batch_body
     stats: ClientStats = field(default_factory=ClientStats)
 
     def __post_init__(self) -> None:
@@ -353,7 +364,7 @@ class BlandClient:
                 if unchanged is not None and unchanged(digest.hexdigest()):
                     return FetchedBatch(None, digest.hexdigest(), len(body))
                 size = len(body)
-                parsed = parse_batch_body(
+                parsed = self.body_parser(
                     body, batch_id=batch_id, transcripts_requested=transcripts
                 )
                 echoed = echoes_secret(body)
