@@ -24,7 +24,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -38,7 +38,7 @@ from sqlalchemy import Engine
 from batchsync import __version__, logs, runs, store
 from batchsync.bland.auto import API_CHOICES, ApiChoice, build_source
 from batchsync.bland.http import BlandHttp, RetryPolicy
-from batchsync.bland.source import BatchSource, Parts
+from batchsync.bland.source import BatchSource, BodyParser, Parts
 from batchsync.bland.v2 import DETAIL_CONCURRENCY
 from batchsync.config import (
     ENV_API_KEY,
@@ -73,7 +73,8 @@ from batchsync.errors import (
     Interrupted,
     PayloadError,
 )
-from batchsync.payload import printable
+from batchsync.parse_pool import ParsePool, default_parse_workers
+from batchsync.payload import parse_batch_body, printable
 from batchsync.privacy import (
     PhoneMode,
     load_phone_policy,
@@ -653,6 +654,16 @@ def _plural(count: int, singular: str, plural: str | None = None) -> str:
     "More helps against a distant API; each adds about 5 KB of memory per call of a batch.",
 )
 @click.option(
+    "--parse-workers",
+    type=click.IntRange(min=0, max=64),
+    default=None,
+    envvar="BATCHSYNC_PARSE_WORKERS",
+    show_envvar=True,
+    help="Processes that parse batch bodies while this one writes, so that both run at "
+    "once; 0 parses in the fetching threads. [default: the usable CPUs minus one; 0 on "
+    "one CPU]",
+)
+@click.option(
     "--max-requests-per-second",
     type=click.FloatRange(min=0.001),  # one request per 1000 s; less would overflow clocks
     envvar="BATCHSYNC_MAX_REQUESTS_PER_SECOND",
@@ -722,6 +733,7 @@ def sync(
     until: datetime | None,
     shard: Shard | None,
     concurrency: int,
+    parse_workers: int | None,
     max_requests_per_second: float | None,
     phone_numbers: str,
     redact_transcripts: bool,
@@ -794,12 +806,23 @@ def sync(
         call_details=call_details,
     )
     retry = RetryPolicy(attempts=retries, max_wait=max_retry_wait)
-    with BlandHttp(
-        api,
-        retry=retry,
-        max_requests_per_second=max_requests_per_second,
-        max_connections=max(concurrency, 1) * (1 + DETAIL_CONCURRENCY),
-    ) as http:
+    if parse_workers is None:
+        # One fetch thread has nothing to overlap a parse with: it would only wait for it.
+        parse_workers = default_parse_workers() if concurrency > 1 else 0
+    with ExitStack() as stack:
+        http = stack.enter_context(
+            BlandHttp(
+                api,
+                retry=retry,
+                max_requests_per_second=max_requests_per_second,
+                max_connections=max(concurrency, 1) * (1 + DETAIL_CONCURRENCY),
+            )
+        )
+        body_parser: BodyParser = parse_batch_body
+        if parse_workers:
+            # No more workers than bodies can wait for them: one per fetch thread.
+            pool = stack.enter_context(ParsePool(min(parse_workers, concurrency)))
+            body_parser = pool.parse_batch_body
         # Stored details are kept only where the stored values are the API's own.
         as_sent = phones.mode is PhoneMode.KEEP and not phones.redact_transcripts
         source = build_source(
@@ -809,6 +832,7 @@ def sync(
             stored_calls=partial(store.stored_calls, engine) if as_sent else None,
             refresh=refresh,
             spool_large_bodies=True,
+            body_parser=body_parser,
         )
         result = _run(engine, http, source, options, as_json=as_json, database=settings.display_url)
     sys.exit(EXIT_PARTIAL if result.failed else EXIT_OK)

@@ -835,7 +835,9 @@ def _parse_call(item: Mapping[str, Any], batch_id: str) -> CallRecord:
         if type(queue_status) is not str:
             queue_status = _text(queue_status, "queue_status") or ""
         queue_status = _intern(_QUEUE_STATUS_ALIASES.get(queue_status, queue_status))
-    created_at = _timestamp(get("created_at"), "created_at")
+    created_at = get("created_at")
+    if type(created_at) is not str or (created_at := _utc_or_none(created_at)) is None:
+        created_at = _timestamp(get("created_at"), "created_at")
     to = get("to")
     if to is not None and type(to) is not str:
         to = _text(to, "to")
@@ -860,7 +862,9 @@ def _parse_call(item: Mapping[str, Any], batch_id: str) -> CallRecord:
     if error_message is not None and type(error_message) is not str:
         error_message = _text(error_message, "error_message")
     corrected_duration = _integer(get("corrected_duration"), "corrected_duration")
-    end_at = _timestamp(get("end_at"), "end_at")
+    end_at = get("end_at")
+    if type(end_at) is not str or (end_at := _utc_or_none(end_at)) is None:
+        end_at = _timestamp(get("end_at"), "end_at")
     endpoint_url = get("endpoint_url")
     if endpoint_url is not None:
         endpoint_url = (
@@ -868,24 +872,28 @@ def _parse_call(item: Mapping[str, Any], batch_id: str) -> CallRecord:
             if type(endpoint_url) is str
             else _text(endpoint_url, "endpoint_url")
         )
-    return CallRecord(
-        call_id,
-        batch_id,
-        created_at,
-        to,
-        from_,
-        completed,
-        call_length,
-        answered_by,
-        status,
-        queue_status,
-        error_message,
-        corrected_duration,
-        end_at,
-        endpoint_url,
-        _number(get("max_duration"), "max_duration"),
-        get("request_data"),
-        extra,
+    return _new(
+        CallRecord,
+        (
+            call_id,
+            batch_id,
+            created_at,
+            to,
+            from_,
+            completed,
+            call_length,
+            answered_by,
+            status,
+            queue_status,
+            error_message,
+            corrected_duration,
+            end_at,
+            endpoint_url,
+            _number(get("max_duration"), "max_duration"),
+            get("request_data"),
+            extra,
+            *_NO_DETAIL,
+        ),
     )
 
 
@@ -902,12 +910,29 @@ def _parse_transcript_line(raw: Any, call_id: str, batch_id: str) -> TranscriptL
         speaker = _intern(speaker) if type(speaker) is str else _text(speaker, "user")
     if text is not None and type(text) is not str:
         text = _text(text, "text")
-    return TranscriptLineRecord(
-        call_id, line_id, batch_id, _timestamp(raw.get("created_at"), "created_at"), speaker, text
-    )
+    created_at = raw.get("created_at")
+    if type(created_at) is not str or (created_at := _utc_or_none(created_at)) is None:
+        created_at = _timestamp(raw.get("created_at"), "created_at")
+    return _new(TranscriptLineRecord, (call_id, line_id, batch_id, created_at, speaker, text))
 
 
 _intern = sys.intern
+# A record built from a tuple of all its fields, without the keyword handling of its
+# constructor: the hot loop builds one per call and per transcript line.
+_new = tuple.__new__
+_fromisoformat = datetime.fromisoformat
+# The call detail's fields (their defaults: None) that a batch's call does not carry.
+_NO_DETAIL = tuple(CallRecord._field_defaults.values())
+
+
+def _utc_or_none(text: str) -> datetime | None:
+    """The hot path of :func:`_timestamp`: an ISO 8601 string with a UTC offset, or None
+    for anything else (which :func:`_timestamp` then handles, quirks and errors alike)."""
+    try:
+        parsed = _fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is UTC else None
 
 
 # -- scalar coercions: each takes the value and its key, for the error ------------------------

@@ -5,7 +5,8 @@ process and with no database: decoding the body (``orjson.loads``), parsing the 
 body into records (``payload.parse_batch``), both at once as the client does
 (``payload.parse_batch_body``), the streaming parser used for large bodies
 (``payload.parse_batch_stream``), and formatting the records as the SQLite writer and the
-PostgreSQL COPY writer hand them to their drivers. Prints microseconds per call, the best
+PostgreSQL COPY writer hand them to their drivers, and the trip of the records from a
+parser process (``--parse-workers``) to the writer's. Prints microseconds per call, the best
 of ``--repeat`` runs; asserts nothing.
 
 Example:
@@ -16,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import gc
+import pickle
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -30,6 +32,11 @@ from sqlalchemy.dialects import postgresql
 
 from batchsync import store
 from batchsync.payload import ParsedBatch, parse_batch, parse_batch_body, parse_batch_stream
+
+try:  # parser processes, in releases that have them
+    from batchsync import parse_pool
+except ImportError:
+    parse_pool = None  # type: ignore[assignment]
 
 # What the PostgreSQL writer sets for jsonb, when this release has one.
 JSONB_DUMPS: Callable[[Any], Any] | None = getattr(store, "jsonb_dumps", None)
@@ -91,6 +98,10 @@ def main(batches: int, calls: int, transcript_ratio: float, repeat: int) -> None
     total = sum(len(orjson.loads(body).get("call_data") or []) for _, body in bodies)
     decoded = [(b, orjson.loads(body)) for b, body in bodies]
     parsed = [parse_batch_body(body, batch_id=b) for b, body in bodies]
+    packed = [
+        pickle.dumps(parse_pool._packed(p), pickle.HIGHEST_PROTOCOL)
+        for p in (parsed if parse_pool is not None else [])
+    ]
     stages: list[tuple[str, Callable[[], Any]]] = [
         ("decode (orjson.loads)", lambda: [orjson.loads(body) for _, body in bodies]),
         ("parse decoded body into records",
@@ -105,6 +116,16 @@ def main(batches: int, calls: int, transcript_ratio: float, repeat: int) -> None
         ("format COPY rows, psycopg's json.dumps", lambda: copy_rows(parsed, None)),
         ("format COPY rows, batchsync's jsonb", lambda: copy_rows(parsed, JSONB_DUMPS)),
     ]  # fmt: skip
+    if parse_pool is not None:
+        stages[4:4] = [
+            ("pool: pack + pickle (worker)", lambda: [
+                pickle.dumps(parse_pool._packed(p), pickle.HIGHEST_PROTOCOL) for p in parsed
+            ]),
+            # Our own bytes, just pickled: S301 is about untrusted input.
+            ("pool: unpickle + rebuild (writer)", lambda: [
+                parse_pool._unpacked(pickle.loads(x)) for x in packed  # noqa: S301
+            ]),
+        ]  # fmt: skip
     click.echo(f"{batches} x {calls} calls ({total} calls), best of {repeat}")
     click.echo(f"{'stage':<40} {'us/call':>8}")
     for name, run in stages:

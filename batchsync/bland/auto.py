@@ -10,10 +10,11 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from batchsync.bland.http import BlandHttp
-from batchsync.bland.source import BatchSource, FetchedBatch, Parts, Unchanged
+from batchsync.bland.source import BatchSource, BodyParser, FetchedBatch, Parts, Unchanged
 from batchsync.bland.v1 import V1Source
 from batchsync.bland.v2 import V2Source, is_v2_id
 from batchsync.errors import ApiError, BatchNotFound
+from batchsync.payload import parse_batch_body
 from batchsync.records import BatchSummary, StoredCalls
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ def build_source(
     stored_calls: Callable[[str], StoredCalls] | None = None,
     refresh: bool = False,
     spool_large_bodies: bool = False,
+    body_parser: BodyParser = parse_batch_body,
 ) -> AutoSource:
     """The source for ``--api`` and ``--call-details`` (None: the default of each API), both
     APIs read through the one client ``http``.
@@ -144,9 +146,10 @@ def build_source(
     are not the API's own, under --phone-numbers hash or drop). Under --no-call-details
     stored details stay whatever is passed: they are merged when the batch is written;
     ``refresh``: fetch every detail again all the same; ``spool_large_bodies``: see
-    :class:`~batchsync.bland.v1.V1Source`.
+    :class:`~batchsync.bland.v1.V1Source`; ``body_parser``: what parses a v1 body decoded
+    whole (a :class:`~batchsync.parse_pool.ParsePool`'s, to parse in worker processes).
     """
-    v1 = V1Source(http, spool_large_bodies=spool_large_bodies)
+    v1 = V1Source(http, spool_large_bodies=spool_large_bodies, body_parser=body_parser)
     v2 = V2Source(
         http,
         call_details=True if call_details is None else call_details,

@@ -87,6 +87,14 @@ class FetchedBatch(NamedTuple):
     echoes_secret: bool = False  # the body may quote the API key: its strings need redacting
 
 
+class BodyParser(Protocol):
+    """:func:`~batchsync.payload.parse_batch_body`'s signature: records or PayloadError."""
+
+    def __call__(
+        self, body: bytes, *, batch_id: str, transcripts_requested: bool = True
+    ) -> ParsedBatch: ...
+
+
 # Given a fetched body's content hash, whether it is the one already stored, so that the
 # body need not even be parsed. The caller (the sync) owns that decision.
 Unchanged = Callable[[str], bool]

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from batchsync.bland.http import BlandHttp, CountedChunks, batch_path_segment, spool_to_file
-from batchsync.bland.source import FetchedBatch, Parts, SpooledBody, Unchanged
+from batchsync.bland.source import BodyParser, FetchedBatch, Parts, SpooledBody, Unchanged
 from batchsync.config import echoes_secret
 from batchsync.errors import ConfigError
 from batchsync.payload import (
@@ -49,6 +49,9 @@ class V1Source:
     # at a time, so memory is bounded whatever the batch's size.
     spool_large_bodies: bool = False
     chunk_calls: int = CHUNK_CALLS  # calls per chunk when a spooled body is parsed
+    # Parses a body decoded whole (one below the stream threshold): parse_batch_body, or a
+    # stand-in with its contract, such as batchsync.parse_pool.ParsePool.parse_batch_body.
+    body_parser: BodyParser = parse_batch_body
 
     def __post_init__(self) -> None:
         if self.page_size < 1:
@@ -128,7 +131,7 @@ class V1Source:
                 if unchanged is not None and unchanged(digest.hexdigest()):
                     return FetchedBatch(None, digest.hexdigest(), len(body))
                 size = len(body)
-                parsed = parse_batch_body(
+                parsed = self.body_parser(
                     body, batch_id=batch_id, transcripts_requested=transcripts
                 )
                 echoed = echoes_secret(body)

@@ -1,0 +1,192 @@
+"""Parsing batch bodies in worker processes, so that parsing and writing use both cores.
+
+One process runs Python one thread at a time: while the writer formats rows and waits on
+the database, a fetch thread parsing the next batch gets only what the writer leaves of
+the GIL. A :class:`ParsePool` runs :func:`~batchsync.payload.parse_batch_body` in a
+bounded pool of parser processes instead; a fetch thread hands its body over and waits,
+without holding the GIL, for the records.
+
+Contract, for a caller that swaps ``pool.parse_batch_body`` in for the function itself:
+
+- the same records, and the same exception (type and message) for a body that cannot be
+  parsed; an exception whose type cannot be rebuilt in this process arrives as the
+  worker's :class:`~concurrent.futures.process.BrokenProcessPool` or pickling error,
+  which the sync records as that batch's internal error;
+- a worker that dies (killed, out of memory) breaks the pool: that body and every later
+  one are parsed in the calling thread, as with ``--parse-workers 0``, after one warning;
+- the workers are started with ``forkserver`` (never ``fork``: the parent holds database
+  connections and threads), ignore SIGINT (Ctrl-C is the parent's to handle: it finishes
+  or rolls back the batch in hand), and exit on their own when the parent is gone, even
+  after a SIGKILL, within :data:`PARENT_CHECK_SECONDS`.
+
+The records cross the process boundary as plain tuples of primitives and datetimes (see
+:func:`_packed`): pickling named tuples costs about twice as much per call, all of it on
+the receiving side too.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from batchsync.payload import parse_batch_body
+from batchsync.records import (
+    AnalysisRecord,
+    BatchLogRecord,
+    BatchRecord,
+    CallRecord,
+    ErrorRecord,
+    ParsedBatch,
+    QueueStatusCountRecord,
+    TranscriptLineRecord,
+)
+
+log = logging.getLogger(__name__)
+
+# How often a worker checks that the process that started it is still there.
+PARENT_CHECK_SECONDS = 0.2
+
+_new = tuple.__new__
+# The record type of each list field of ParsedBatch, in its field order.
+_LIST_FIELDS: tuple[tuple[str, type[tuple[Any, ...]]], ...] = (
+    ("queue_status_counts", QueueStatusCountRecord),
+    ("errors", ErrorRecord),
+    ("calls", CallRecord),
+    ("transcripts", TranscriptLineRecord),
+    ("logs", BatchLogRecord),
+)
+
+Packed = tuple[Any, ...]
+
+
+def default_parse_workers() -> int:
+    """Parser processes by default: the usable CPUs but one (the writer's), 0 on one CPU."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(cpus - 1, 1) if cpus > 1 else 0
+
+
+class ParsePool:
+    """Up to ``workers`` parser processes; :meth:`parse_batch_body` as the payload's own.
+
+    A context manager: leaving it stops the workers (waiting for a parse in progress).
+    The pool holds no queue of its own: at most one body per waiting caller is in it.
+    """
+
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise ValueError("a parse pool needs at least one worker")
+        context = multiprocessing.get_context("forkserver")
+        # The fork server imports the parser once; each worker forked from it starts ready.
+        context.set_forkserver_preload(["batchsync.parse_pool"])
+        self._executor = ProcessPoolExecutor(
+            workers,
+            mp_context=context,
+            initializer=_start_worker,
+            initargs=(os.getpid(),),
+        )
+        self._broken = False
+        # Start the workers now, while the sync plans its run, not when the first body waits.
+        for _ in range(workers):
+            self._executor.submit(_ready)
+
+    def parse_batch_body(
+        self, body: bytes, *, batch_id: str, transcripts_requested: bool = True
+    ) -> ParsedBatch:
+        """:func:`~batchsync.payload.parse_batch_body` in a worker process: same records,
+        same PayloadError; in the calling thread once the pool is broken."""
+        if not self._broken:
+            try:
+                future = self._executor.submit(_parse, body, batch_id, transcripts_requested)
+                return _unpacked(future.result())
+            except BrokenProcessPool:
+                self._broken = True
+                log.warning(
+                    "a parser process ended unexpectedly: parsing the rest of the run in this "
+                    "process (as with --parse-workers 0)"
+                )
+        return parse_batch_body(
+            body, batch_id=batch_id, transcripts_requested=transcripts_requested
+        )
+
+    def close(self) -> None:
+        """Stop the workers; bodies not yet started are not parsed."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> ParsePool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _start_worker(parent_pid: int) -> None:
+    """Set up a parser process: Ctrl-C is the parent's, and the parent's end is its end."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    watcher = threading.Thread(
+        target=_exit_with, args=(parent_pid, os.getppid()), name="batchsync-parent", daemon=True
+    )
+    watcher.start()
+
+
+def _exit_with(parent_pid: int, starter_pid: int) -> None:
+    """End this process as soon as the sync process (or the fork server that started this
+    one on its behalf, which ends with it) is gone: nothing else would end it after a
+    SIGKILL of the sync."""
+    while True:
+        time.sleep(PARENT_CHECK_SECONDS)
+        if os.getppid() != starter_pid or not _alive(parent_pid):
+            os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process of another user took the number: ours is gone
+        return False
+    return True
+
+
+def _ready() -> None:
+    """Nothing: submitted once per worker to start it early."""
+
+
+def _parse(body: bytes, batch_id: str, transcripts_requested: bool) -> Packed:
+    """The worker's side: parse, then pack the records for the trip back."""
+    parsed = parse_batch_body(body, batch_id=batch_id, transcripts_requested=transcripts_requested)
+    return _packed(parsed)
+
+
+def _packed(parsed: ParsedBatch) -> Packed:
+    """``parsed`` as plain tuples (records without their named-tuple class)."""
+    analysis = None if parsed.analysis is None else tuple(parsed.analysis)
+    lists = [
+        None if (records := getattr(parsed, name)) is None else [tuple(r) for r in records]
+        for name, _ in _LIST_FIELDS
+    ]
+    return (tuple(parsed.batch), analysis, *lists)
+
+
+def _unpacked(packed: Packed) -> ParsedBatch:
+    """The ParsedBatch that :func:`_packed` was given."""
+    batch, analysis, *lists = packed
+    records: list[Any] = [
+        None if rows is None else [_new(record_type, row) for row in rows]
+        for (_, record_type), rows in zip(_LIST_FIELDS, lists, strict=True)
+    ]
+    return ParsedBatch(
+        _new(BatchRecord, batch),
+        None if analysis is None else _new(AnalysisRecord, analysis),
+        *records,
+    )

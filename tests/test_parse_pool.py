@@ -1,0 +1,226 @@
+"""Parsing in worker processes: the records, the errors and the end of the workers are those
+of parsing in the fetching threads."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import Engine, select
+
+from batchsync import runs
+from batchsync.bland.http import BlandHttp, RetryPolicy
+from batchsync.bland.v1 import V1Source
+from batchsync.cli import cli
+from batchsync.config import load_api, load_database
+from batchsync.db import create_db_engine, upgrade
+from batchsync.emulator import Emulator, Fault
+from batchsync.errors import PayloadError
+from batchsync.models import SyncRunBatch
+from batchsync.parse_pool import ParsePool, default_parse_workers
+from batchsync.payload import parse_batch_body
+from batchsync.sync import SyncOptions, run_sync
+from tests.conftest import EMULATOR_URL
+from tests.test_sync import snapshot
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[ParsePool]:
+    with ParsePool(1) as pool:
+        yield pool
+
+
+def quirky_body(emulator: Emulator) -> bytes:
+    """An emulator batch with the API's loose types: c_id, numeric strings, a one-element
+    answered_by list, an unknown field, a non-UTC timestamp, a NUL escape."""
+    raw = emulator.raw_batch(emulator.batch_ids()[0])
+    call = raw["call_data"][0]
+    call.pop("call_id", None)
+    call["c_id"] = "quirky-1"
+    call["call_length"] = "2.5"
+    call["corrected_duration"] = "12"
+    call["answered_by"] = ["human"]
+    call["shoe_size"] = {"eu": 44}
+    call["created_at"] = "2024-08-23T08:17:24+02:00"
+    call["status"] = "done\u0000"
+    return orjson.dumps(raw)
+
+
+def test_pool_gives_the_records_of_the_inline_parser(pool: ParsePool, emulator: Emulator) -> None:
+    """Every emulator body, and one with the API's quirks, parse to equal records in a worker."""
+    bodies = [(b, orjson.dumps(emulator.raw_batch(b))) for b in emulator.batch_ids()]
+    bodies.append((emulator.batch_ids()[0], quirky_body(emulator)))
+    for batch_id, body in bodies:
+        for transcripts in (True, False):
+            inline = parse_batch_body(body, batch_id=batch_id, transcripts_requested=transcripts)
+            pooled = pool.parse_batch_body(
+                body, batch_id=batch_id, transcripts_requested=transcripts
+            )
+            assert pooled == inline
+            assert [type(c) for c in pooled.calls or []] == [type(c) for c in inline.calls or []]
+            assert type(pooled.batch) is type(inline.batch)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"[1, 2]", b'{"batch_params": 3}', b'{"batch_params": {}, "call_data": {}}'],
+    ids=["not-json", "a-list", "batch-params", "call-data"],
+)
+def test_pool_raises_the_payload_error_of_the_inline_parser(pool: ParsePool, body: bytes) -> None:
+    """A body that cannot be parsed raises, from the worker, PayloadError with the same words."""
+    with pytest.raises(PayloadError) as inline:
+        parse_batch_body(body, batch_id="b-1")
+    with pytest.raises(PayloadError) as pooled:
+        pool.parse_batch_body(body, batch_id="b-1")
+    assert str(pooled.value) == str(inline.value)
+
+
+def test_a_worker_killed_leaves_the_pool_parsing_inline(emulator: Emulator) -> None:
+    """A parser process that dies does not fail the body in hand: it is parsed in the caller."""
+    batch_id = emulator.batch_ids()[0]
+    body = orjson.dumps(emulator.raw_batch(batch_id))
+    with ParsePool(1) as pool:
+        pool.parse_batch_body(body, batch_id=batch_id)
+        for pid in list(pool._executor._processes):
+            os.kill(pid, signal.SIGKILL)
+        pooled = pool.parse_batch_body(body, batch_id=batch_id)
+    assert pooled == parse_batch_body(body, batch_id=batch_id)
+
+
+def sync_with(engine: Engine, emulator: Emulator, pool: ParsePool | None) -> None:
+    api = load_api(EMULATOR_URL, emulator.api_key)
+    with BlandHttp(
+        api, transport=emulator.transport(), retry=RetryPolicy(attempts=1), sleep=lambda _: None
+    ) as http:
+        source = V1Source(http)
+        if pool is not None:
+            source.body_parser = pool.parse_batch_body
+        run_sync(engine, source, SyncOptions(discover=True, concurrency=2))
+
+
+def test_sync_with_a_parse_pool_stores_the_rows_of_inline_parsing(
+    engine: Engine, emulator: Emulator, pool: ParsePool, tmp_path: Path
+) -> None:
+    """A run whose bodies are parsed in a worker stores exactly what parsing inline stores."""
+    sync_with(engine, emulator, pool)
+    inline = create_db_engine(load_database(f"sqlite:///{tmp_path / 'inline.db'}"))
+    upgrade(inline)
+    sync_with(inline, emulator, None)
+    assert snapshot(engine, bookkeeping=False) == snapshot(inline, bookkeeping=False)
+    inline.dispose()
+
+
+def failures(engine: Engine) -> dict[str, str | None]:
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(SyncRunBatch.batch_id, SyncRunBatch.error).where(
+                SyncRunBatch.status == runs.BATCH_FAILED
+            )
+        )
+        return {row.batch_id: row.error for row in rows}
+
+
+@pytest.mark.parametrize("kind", ["invalid_json", "wrong_shape", "huge_number"])
+def test_an_error_in_a_worker_reaches_the_ledger_in_the_inline_words(
+    engine: Engine, emulator: Emulator, pool: ParsePool, tmp_path: Path, kind: str
+) -> None:
+    """A body a worker cannot parse fails its batch alone, recorded as parsing inline records it."""
+    bad = emulator.batch_ids()[1]
+    emulator.inject(bad, Fault(kind))  # type: ignore[arg-type]
+    sync_with(engine, emulator, pool)
+    inline = create_db_engine(load_database(f"sqlite:///{tmp_path / 'inline.db'}"))
+    upgrade(inline)
+    emulator.inject(bad, Fault(kind))  # type: ignore[arg-type]
+    sync_with(inline, emulator, None)
+    pooled, expected = failures(engine), failures(inline)
+    assert list(pooled) == [bad]
+    assert pooled == expected
+    inline.dispose()
+
+
+def test_parse_workers_is_an_option_of_sync_with_its_variable() -> None:
+    """`sync --help` shows --parse-workers and BATCHSYNC_PARSE_WORKERS."""
+    result = CliRunner().invoke(cli, ["sync", "--help"], terminal_width=200)
+    assert "--parse-workers" in result.output
+    assert "BATCHSYNC_PARSE_WORKERS" in result.output
+
+
+def test_default_parse_workers_leave_one_cpu_to_the_writer() -> None:
+    """The default is the usable CPUs minus one, and 0 on one CPU."""
+    cpus = len(os.sched_getaffinity(0))
+    assert default_parse_workers() == (cpus - 1 if cpus > 1 else 0)
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The processes descending from ``parent`` (its workers, and the fork server's)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [parent]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds processes through /proc")
+def test_a_killed_run_leaves_no_parser_process(database_url: str) -> None:
+    """SIGKILL of a sync whose workers are parsing leaves none of them running."""
+    emulator = Emulator(seed=5, batches=4, calls_per_batch=300)
+    held = emulator.batch_ids()[2]
+    emulator.inject(held, Fault("slow", delay=600))
+    with emulator.serve() as server:
+        env = {
+            **os.environ,
+            "BLAND_BASE_URL": server.url,
+            "BLAND_API_KEY": emulator.api_key,
+            "BATCHSYNC_DATABASE_URL": database_url,
+        }
+        command = ["sync", "--all", "--migrate", "--concurrency", "2", "--parse-workers", "1"]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "batchsync", *command],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            while emulator.request_count(f"/v1/batches/{held}") == 0:
+                assert process.poll() is None, "the run ended before it requested the held batch"
+                time.sleep(0.05)
+            workers = worker_pids(process.pid)
+            assert workers, "the run started no parser process"
+            process.kill()
+            process.wait(timeout=30)
+            deadline = time.monotonic() + 30
+            while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not [pid for pid in workers if alive(pid)], "parser processes outlived the run"
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
