@@ -51,6 +51,7 @@ from batchsync.errors import (
     PayloadError,
     TransientApiError,
 )
+from batchsync.gcpause import paused
 from batchsync.payload import (
     BatchSummary,
     CallDataRepeated,
@@ -510,11 +511,13 @@ def _store(
                 raise unavailable(engine, exc) from None
         return outcome
     try:
-        return _write(engine, ledger, batch_id, fetched, options)
+        with paused():  # the batch's records hold no cycles: see batchsync.gcpause
+            return _write(engine, ledger, batch_id, fetched, options)
     except CallDataRepeated:
         # Its calls cannot be written as they are parsed: hold them all, as for a small body.
         assert fetched.body is not None
-        return _write(engine, ledger, batch_id, fetched, options, chunked=False)
+        with paused():
+            return _write(engine, ledger, batch_id, fetched, options, chunked=False)
     finally:
         if fetched.body is not None:
             fetched.body.close()

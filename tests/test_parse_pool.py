@@ -3,6 +3,7 @@ of parsing in the fetching threads."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -224,3 +225,8 @@ def test_a_killed_run_leaves_no_parser_process(database_url: str) -> None:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def test_workers_parse_with_the_cyclic_collector_off(pool: ParsePool) -> None:
+    """A worker's records hold no cycles: its collector stays off (see batchsync.gcpause)."""
+    assert pool._executor.submit(gc.isenabled).result() is False

@@ -24,6 +24,7 @@ from batchsync.bland.http import BlandHttp, CountedChunks, batch_path_segment, s
 from batchsync.bland.source import BodyParser, FetchedBatch, Parts, SpooledBody, Unchanged
 from batchsync.config import echoes_secret
 from batchsync.errors import ConfigError
+from batchsync.gcpause import paused
 from batchsync.payload import (
     CHUNK_CALLS,
     parse_batch_body,
@@ -131,9 +132,10 @@ class V1Source:
                 if unchanged is not None and unchanged(digest.hexdigest()):
                     return FetchedBatch(None, digest.hexdigest(), len(body))
                 size = len(body)
-                parsed = self.body_parser(
-                    body, batch_id=batch_id, transcripts_requested=transcripts
-                )
+                with paused():
+                    parsed = self.body_parser(
+                        body, batch_id=batch_id, transcripts_requested=transcripts
+                    )
                 echoed = echoes_secret(body)
             elif self.spool_large_bodies:
                 spooled, counted = spool_to_file(rest)
