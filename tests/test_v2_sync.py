@@ -313,9 +313,9 @@ def test_cli_sync_with_api_v2_and_no_call_details(database_url: str, account: Em
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["batches"]["synced"] == 3
-    # the v2 list (a page, then an empty one), and per batch: itself, one (short) logs page,
-    # one calls page
-    assert summary["http"]["requests"] == 2 + 3 * 3
+    # the v2 list (a page, then an empty one), and per batch: itself, its logs (a page, then
+    # an empty one), one calls page
+    assert summary["http"]["requests"] == 2 + 3 * 4
     shown = CliRunner().invoke(
         cli, ["runs", "show", "1", "--json"], env=env, catch_exceptions=False
     )
@@ -828,3 +828,65 @@ def test_call_details_on_spooled_v1_bodies_resync_unchanged_fetches_no_detail(
     assert result.count("synced") == 0
     assert not [r for r in account.requests if r.url.path.startswith("/v1/calls/")]
     assert dump(engine) == before
+
+
+# -- logs paged past a server's cap, finality, and detail fields in the calls list ----------------
+
+
+def only_v2_account(calls: int = 4) -> Emulator:
+    return Emulator(seed=23, batches=0, v2_batches=1, v2_calls_per_batch=calls)
+
+
+def batch_row(engine: Engine, batch_id: str) -> tuple[Any, ...]:
+    with engine.connect() as connection:
+        return tuple(
+            connection.execute(
+                text(
+                    "select status, calls_successful, calls_failed from batches where batch_id = :b"
+                ),
+                {"b": batch_id},
+            ).one()
+        )
+
+
+def test_logs_capped_below_take_are_read_whole_and_the_batch_is_final(
+    engine: Engine, sleeps: list[float]
+) -> None:
+    """A logs endpoint that answers 10 entries a page whatever take asks: all 26 entries are
+    stored, the complete event (the newest) makes the batch completed with its figures, and
+    the next run skips it as final."""
+    account = only_v2_account()
+    (v2,) = account.v2.batches.values()
+    for position in range(23):
+        v2.logs.append(
+            {
+                "id": f"log-{position:02d}",
+                "batch_id": v2.batch_id,
+                "event_type": "lifecycle",
+                "timestamp": f"2025-06-02T00:{position:02d}:00.000Z",
+                "payload": {"message": f"Dispatched {position}.", "state_change": "in_progress"},
+            }
+        )
+    v2.complete()
+    v2.logs_page_max = 10
+    assert len(v2.logs) == 26
+    assert v2.logs[-1]["event_type"] == "complete"
+    api = load_api(EMULATOR_URL, account.api_key)
+    with BlandHttp(api, transport=account.transport(), sleep=sleeps.append) as http:
+        first = sync(engine, http, api="v2")
+        assert first.count("synced") == 1
+        with engine.connect() as connection:
+            stored = connection.execute(
+                text("select count(*) from batch_logs where batch_id = :b"), {"b": v2.batch_id}
+            ).scalar_one()
+        assert stored == 26
+        figures = v2.logs[-1]["payload"]
+        assert batch_row(engine, v2.batch_id) == (
+            "completed",
+            figures["calls_successful"],
+            figures["calls_failed"],
+        )
+        account.requests.clear()
+        second = sync(engine, http, api="v2")
+    assert [o.status for o in second.outcomes] == ["skipped"]
+    assert not [url for url in paths(account) if v2.batch_id in url]

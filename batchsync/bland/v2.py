@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 V2_ID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 CALLS_PAGE_MAX = 1000  # the calls list's maximum limit since July 2025
-# Log entries asked for a page (``take``); a page shorter than this is the last.
+# Log entries asked for a page (``take``); the server may answer fewer on any page.
 LOGS_PAGE_SIZE = 100
 # Queue statuses after which a call changes no more (besides its detail being filled in).
 FINAL_QUEUE_STATUSES = frozenset(
@@ -688,12 +688,15 @@ class V2Source:
         return FetchedBatch(parsed, content_sha256, size)
 
     def _logs(self, batch_id: str, segment: str, get: _Get) -> list[Any]:
-        """Every log entry, oldest first, page by page (``take``/``skip``).
+        """Every log entry, oldest first, page by page (``take``/``skip``), until an empty
+        page or a page that brings no entry not seen before.
 
-        The logs endpoint answers at most ``take`` entries a page, so a page shorter than
-        ``logs_page_size`` is the last: a batch with fewer log entries than a page costs one
-        request. A page that brings no entry not seen before also ends the paging, so an API
-        that ignores ``skip`` cannot keep the batch paging forever.
+        The logs endpoint's page size limit is undocumented ("do not assume a page is full",
+        bland-api-v2-notes.md): a server may answer fewer than ``take`` entries on a page
+        that is not the last, so a short page does not end the paging (its newest entries,
+        the ``complete`` event among them, would be lost). A batch therefore costs one
+        request more than its pages. A page with no new entry ends the paging too, so an
+        API that ignores ``skip`` cannot keep the batch paging forever.
         """
         take = max(1, self.logs_page_size)
         entries: list[Any] = []
@@ -715,8 +718,6 @@ class V2Source:
                 return entries
             seen |= ids
             entries.extend(page)
-            if len(page) < take:
-                return entries
             skip += len(page)
 
     def _calls(self, batch_id: str, get: _Get) -> list[Mapping[str, Any]]:

@@ -66,6 +66,9 @@ class V2Batch:
     send_total_count: bool = True
     # Calls the calls list leaves out while counting them in total_count (a short list).
     hidden_calls: int = 0
+    # The most log entries the logs endpoint answers a page, whatever ``take`` asks (None:
+    # ``take``); Bland's own limit is undocumented.
+    logs_page_max: int | None = None
 
     @property
     def batch_id(self) -> str:
@@ -147,6 +150,8 @@ class V2Account:
             if params.get("direction", "desc") != "asc":
                 logs.reverse()
             take = _int(params.get("take"), 10)
+            if v2.logs_page_max is not None:
+                take = min(take, v2.logs_page_max)
             skip = _int(params.get("skip"), 0)
             return _json(200, {"data": logs[skip : skip + take], "errors": None})
         if path == "/v1/calls":
