@@ -890,3 +890,70 @@ def test_logs_capped_below_take_are_read_whole_and_the_batch_is_final(
         second = sync(engine, http, api="v2")
     assert [o.status for o in second.outcomes] == ["skipped"]
     assert not [url for url in paths(account) if v2.batch_id in url]
+
+
+@pytest.mark.parametrize(
+    "state",
+    [None, "in_progress", "validating", "paused_for_review"],
+    ids=["no_logs", "in_progress", "validating", "unknown_state"],
+)
+def test_v2_batch_without_a_final_event_is_fetched_again_by_sync_all(
+    engine: Engine, sleeps: list[float], state: str | None
+) -> None:
+    """A stored v2 batch whose logs hold no complete event and whose newest state is not
+    final (no log entry at all, a running state, one Bland may add) is fetched again, even
+    when none of its calls is left in progress."""
+    account = only_v2_account()
+    (v2,) = account.v2.batches.values()
+    for call in v2.calls:
+        call.update(queue_status="completed", status="completed", completed=True)
+    v2.logs = [entry for entry in v2.logs if entry["event_type"] != "complete"]
+    if state is None:
+        v2.logs.clear()
+    else:
+        v2.logs[-1]["payload"]["state_change"] = state
+    api = load_api(EMULATOR_URL, account.api_key)
+    with BlandHttp(api, transport=account.transport(), sleep=sleeps.append) as http:
+        sync(engine, http, api="v2")
+        assert batch_row(engine, v2.batch_id) == (state, None, None)
+        account.requests.clear()
+        again = sync(engine, http, api="v2")
+    assert [o.status for o in again.outcomes] != ["skipped"]
+    assert any(url.endswith(f"/v2/batches/{v2.batch_id}") for url in paths(account))
+
+
+@pytest.mark.parametrize("state", ["completed_partial", "failed"])
+def test_v2_batch_in_a_final_lifecycle_state_is_skipped_by_sync_all(
+    engine: Engine, sleeps: list[float], state: str
+) -> None:
+    """A v2 batch whose newest lifecycle state is completed_partial or failed is final."""
+    account = only_v2_account()
+    (v2,) = account.v2.batches.values()
+    v2.logs[-1]["payload"]["state_change"] = state
+    api = load_api(EMULATOR_URL, account.api_key)
+    with BlandHttp(api, transport=account.transport(), sleep=sleeps.append) as http:
+        sync(engine, http, api="v2")
+        account.requests.clear()
+        again = sync(engine, http, api="v2")
+    assert [o.status for o in again.outcomes] == ["skipped"]
+    assert not [url for url in paths(account) if v2.batch_id in url]
+
+
+def test_v1_batch_without_status_or_in_progress_count_is_fetched_again_by_sync_all(
+    engine: Engine, sleeps: list[float]
+) -> None:
+    """A v1 batch stored with neither a status nor an in_progress_calls count is not taken
+    for complete: sync --all fetches it again."""
+    account = Emulator(seed=23, batches=1, calls_per_batch=3)
+    (batch_id,) = account.batch_ids()
+    raw = account.raw_batch(batch_id)
+    raw.pop("status", None)
+    raw["analysis"].pop("in_progress_calls", None)
+    account.put_batch(raw, batch_id=batch_id)
+    api = load_api(EMULATOR_URL, account.api_key)
+    with BlandHttp(api, transport=account.transport(), sleep=sleeps.append) as http:
+        sync(engine, http, api="v1")
+        account.requests.clear()
+        again = sync(engine, http, api="v1")
+    assert [o.status for o in again.outcomes] != ["skipped"]
+    assert any(batch_id in url for url in paths(account))
