@@ -957,3 +957,81 @@ def test_v1_batch_without_status_or_in_progress_count_is_fetched_again_by_sync_a
         again = sync(engine, http, api="v1")
     assert [o.status for o in again.outcomes] != ["skipped"]
     assert any(batch_id in url for url in paths(account))
+
+
+def detail_requests(account: Emulator) -> list[str]:
+    return [r.url.path for r in account.requests if r.url.path.startswith("/v1/calls/")]
+
+
+def call_detail_columns(engine: Engine) -> list[tuple[Any, ...]]:
+    calls = Base.metadata.tables["calls"].c
+    query = select(
+        calls.call_id, calls.pathway_tags, calls.price, calls.summary, calls.details_synced_at
+    ).order_by(calls.call_id)
+    with engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(query)]
+
+
+def test_resync_of_unchanged_calls_asks_no_detail_though_list_pathway_tags_differ(
+    engine: Engine, sleeps: list[float]
+) -> None:
+    """The calls list names pathway tags the detail sends as objects: an unchanged batch
+    still in progress is fetched again with zero detail requests for its final calls, and
+    the stored pathway_tags stay the detail's."""
+    account = only_v2_account(calls=6)
+    (v2,) = account.v2.batches.values()
+    for call in v2.calls:  # every call final: the batch itself stays in progress (no event)
+        call.update(queue_status="completed", status="completed", completed=True)
+    api = load_api(EMULATOR_URL, account.api_key)
+    with BlandHttp(api, transport=account.transport(), sleep=sleeps.append) as http:
+        sync(engine, http, api="v2")
+        before = dump(engine)
+        assert len(detail_requests(account)) == 6
+        account.requests.clear()
+        again = sync(engine, http, api="v2")
+    assert [o.status for o in again.outcomes] == ["unchanged"]
+    assert detail_requests(account) == []
+    assert dump(engine) == before
+    tags = {row[0]: row[1] for row in call_detail_columns(engine)}
+    assert tags == {call["call_id"]: call["pathway_tags"] for call in v2.calls}
+    assert any(isinstance(tag, dict) for call in v2.calls for tag in call["pathway_tags"])
+
+
+def test_no_call_details_refresh_keeps_the_stored_detail_values(
+    engine: Engine, sleeps: list[float]
+) -> None:
+    """--no-call-details --refresh after a sync with details keeps every detail column as
+    the detail gave it (pathway_tags included), and details_synced_at with them."""
+    account = only_v2_account(calls=6)
+    api = load_api(EMULATOR_URL, account.api_key)
+    with BlandHttp(api, transport=account.transport(), sleep=sleeps.append) as http:
+        sync(engine, http, api="v2")
+        before = call_detail_columns(engine)
+        result = sync(engine, http, api="v2", call_details=False, refresh=True)
+    assert result.count("synced") == 1
+    assert call_detail_columns(engine) == before
+    assert all(row[4] is not None for row in before)
+
+
+def test_no_call_details_from_the_start_stores_list_values_until_a_detail_replaces_them(
+    engine: Engine, sleeps: list[float]
+) -> None:
+    """Never fetched, a call keeps its list entry's pathway_tags with details_synced_at
+    NULL; the next sync with details replaces them with the detail's."""
+    account = only_v2_account(calls=4)
+    (v2,) = account.v2.batches.values()
+    api = load_api(EMULATOR_URL, account.api_key)
+    with BlandHttp(api, transport=account.transport(), sleep=sleeps.append) as http:
+        sync(engine, http, api="v2", call_details=False)
+        listed = {row[0]: (row[1], row[4]) for row in call_detail_columns(engine)}
+        assert listed == {
+            call["call_id"]: (
+                [t["name"] if isinstance(t, dict) else t for t in call["pathway_tags"]],
+                None,
+            )
+            for call in v2.calls
+        }
+        sync(engine, http, api="v2")
+    detailed = {row[0]: row[1] for row in call_detail_columns(engine)}
+    assert detailed == {call["call_id"]: call["pathway_tags"] for call in v2.calls}
+    assert all(row[4] is not None for row in call_detail_columns(engine))

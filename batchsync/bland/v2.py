@@ -345,10 +345,14 @@ def parse_v2_batch(
 
 
 # List entry keys and the call columns they fill: a kept detail needs them all unchanged.
+# No detail field is among them (_DETAIL_KEYS): a list row may carry one (``pathway_tags``,
+# in another shape than the detail's), but a detail field's column is the detail's, so its
+# list value neither asks for the detail again nor replaces a stored detail's value.
 _LIST_FIELDS = {"created_at": "created_at", "call_length": "call_length", "to": "to_number",
                 "from": "from_number", "completed": "completed", "queue_status": "queue_status",
                 "error_message": "error_message", "answered_by": "answered_by",
-                "status": "status", "pathway_tags": "pathway_tags"}  # fmt: skip
+                "status": "status"}  # fmt: skip
+assert not _LIST_FIELDS.keys() & _DETAIL_KEYS
 
 
 def reusable_details(
@@ -481,7 +485,9 @@ def _parse_v2_call(
     # The call belongs to the batch it was listed under, whatever batch_id it carries.
     common.pop("batch_id", None)
     call = _parse_call(common, batch_id)
-    get = merged.get
+    # The detail columns come from the detail when there is one, never from the list entry
+    # (whose pathway_tags, say, differ in shape); without one, from the list entry.
+    get = (detail if detail is not None else entry).get
     call = call._replace(
         price=_number(get("price"), "price"),
         summary=_text(get("summary"), "summary"),
