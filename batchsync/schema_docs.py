@@ -33,9 +33,16 @@ from. Bland's v2 API sends no analysis: for v2 batches the counts and averages i
 rows of `queue_status_counts` and those of `errors` are computed from the batch's calls, and the
 status comes from its logs (kept in `batch_logs`). The calls' detail columns (`price` to
 `details_synced_at`) are filled from `GET /v1/calls/{id}`: for v2 calls unless
-`--no-call-details`, for v1 calls with `--call-details` (otherwise they stay NULL). Two v2
-fields are not stored: a batch's `call_objects` (a preview of its calls, which `calls` holds in
-full) and a call's `concatenated_transcript` (the lines of `call_transcripts` joined).
+`--no-call-details`, for v1 calls with `--call-details` (otherwise they stay NULL). The
+detail wins over the calls list for these columns: a fetched detail fills them whatever the
+list entry says (the list sends `pathway_tags` as bare names where the detail may send
+`{name, color}` objects), a list entry's value for one of them never causes the detail to be
+fetched again, and a `--no-call-details` run keeps a stored detail's values. A v2 call whose
+detail was never fetched holds the list entry's values for the detail fields the list
+carries (such as `pathway_tags`), with `details_synced_at` NULL, until a detail replaces
+them. Two v2 fields are not stored: a batch's `call_objects` (a preview of its calls, which
+`calls` holds in full) and a call's `concatenated_transcript` (the lines of
+`call_transcripts` joined).
 """
 
 

@@ -189,14 +189,20 @@ class StoredBatch(NamedTuple):
 def stored_batches(connection: Connection) -> dict[str, StoredBatch]:
     """Every stored batch: what its last write was made from, and whether it is complete.
 
-    Complete means status 'completed', or, for old responses without a status, no call
-    left in progress; a v2 batch is final too once 'completed_partial' or 'failed'.
+    Complete means status 'completed'; a v2 batch is final too once 'completed_partial' or
+    'failed' (its status comes from its logs, so any other value, NULL included, means the
+    logs hold no final event yet). A v1 batch whose old response had no status is complete
+    when the API reported no call left in progress; a NULL ``in_progress_calls`` is not
+    taken for zero.
     """
     c = BATCHES.c
+    is_v2 = c.api_version == "v2"
+    # Legacy v1 rows written before api_version existed carry NULL there: they are v1.
+    is_v1 = or_(c.api_version.is_(None), c.api_version != "v2")
     complete = or_(
         c.status == "completed",
-        and_(c.status.is_(None), c.in_progress_calls == 0),
-        and_(c.api_version == "v2", c.status.in_(["completed_partial", "failed"])),
+        and_(is_v1, c.status.is_(None), c.in_progress_calls == 0),
+        and_(is_v2, c.status.in_(["completed_partial", "failed"])),
     )
     rows = connection.execute(
         select(c.batch_id, c.content_sha256, c.fetched_parts, c.phone_numbers, complete)

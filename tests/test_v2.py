@@ -343,7 +343,8 @@ def paths(account: Emulator) -> list[str]:
 def test_fetch_reads_batch_logs_one_calls_page_and_each_detail(
     account: Emulator, shared_http: BlandHttp
 ) -> None:
-    """One batch of 5 calls: batch, logs (one short page), one calls page, 5 details."""
+    """One batch of 5 calls: batch, logs (one page, then the empty page that ends them), one
+    calls page, 5 details."""
     batch_id = v2_ids(account)[0]
     fetched = V2Source(shared_http).fetch_batch(batch_id, Parts())
     assert fetched.parsed is not None
@@ -351,19 +352,19 @@ def test_fetch_reads_batch_logs_one_calls_page_and_each_detail(
     assert len(fetched.parsed.transcripts) > 0
     assert sorted(paths(account)).count("/v1/calls") == 1
     assert sum(p.startswith("/v1/calls/") for p in paths(account)) == 5
-    assert len(account.requests) == 1 + 1 + 1 + 5
+    assert len(account.requests) == 1 + 2 + 1 + 5
 
 
 @pytest.mark.parametrize(
     ("page_size", "pages"),
-    [(100, 1), (4, 1), (3, 2), (2, 2), (1, 4)],
+    [(100, 2), (4, 2), (3, 2), (2, 3), (1, 4)],
     ids=["100", "4", "3", "2", "1"],
 )
-def test_logs_are_paged_until_a_short_page(
+def test_logs_are_paged_until_an_empty_page(
     account: Emulator, shared_http: BlandHttp, page_size: int, pages: int
 ) -> None:
-    """A batch of three log entries: one request when a page holds more than three; only a
-    full page asks for the next; every entry is read once."""
+    """A batch of three log entries: pages until an empty one, short pages included (a
+    server may cap a page below ``take``); every entry is read once."""
     batch_id = v2_ids(account)[0]
     source = V2Source(shared_http, logs_page_size=page_size)
     fetched = source.fetch_batch(batch_id, Parts(calls=False))

@@ -313,9 +313,9 @@ def test_cli_sync_with_api_v2_and_no_call_details(database_url: str, account: Em
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["batches"]["synced"] == 3
-    # the v2 list (a page, then an empty one), and per batch: itself, one (short) logs page,
-    # one calls page
-    assert summary["http"]["requests"] == 2 + 3 * 3
+    # the v2 list (a page, then an empty one), and per batch: itself, its logs (a page, then
+    # an empty one), one calls page
+    assert summary["http"]["requests"] == 2 + 3 * 4
     shown = CliRunner().invoke(
         cli, ["runs", "show", "1", "--json"], env=env, catch_exceptions=False
     )
@@ -828,3 +828,210 @@ def test_call_details_on_spooled_v1_bodies_resync_unchanged_fetches_no_detail(
     assert result.count("synced") == 0
     assert not [r for r in account.requests if r.url.path.startswith("/v1/calls/")]
     assert dump(engine) == before
+
+
+# -- logs paged past a server's cap, finality, and detail fields in the calls list ----------------
+
+
+def only_v2_account(calls: int = 4) -> Emulator:
+    return Emulator(seed=23, batches=0, v2_batches=1, v2_calls_per_batch=calls)
+
+
+def batch_row(engine: Engine, batch_id: str) -> tuple[Any, ...]:
+    with engine.connect() as connection:
+        return tuple(
+            connection.execute(
+                text(
+                    "select status, calls_successful, calls_failed from batches where batch_id = :b"
+                ),
+                {"b": batch_id},
+            ).one()
+        )
+
+
+def test_logs_capped_below_take_are_read_whole_and_the_batch_is_final(
+    engine: Engine, sleeps: list[float]
+) -> None:
+    """A logs endpoint that answers 10 entries a page whatever take asks: all 26 entries are
+    stored, the complete event (the newest) makes the batch completed with its figures, and
+    the next run skips it as final."""
+    account = only_v2_account()
+    (v2,) = account.v2.batches.values()
+    for position in range(23):
+        v2.logs.append(
+            {
+                "id": f"log-{position:02d}",
+                "batch_id": v2.batch_id,
+                "event_type": "lifecycle",
+                "timestamp": f"2025-06-02T00:{position:02d}:00.000Z",
+                "payload": {"message": f"Dispatched {position}.", "state_change": "in_progress"},
+            }
+        )
+    v2.complete()
+    v2.logs_page_max = 10
+    assert len(v2.logs) == 26
+    assert v2.logs[-1]["event_type"] == "complete"
+    api = load_api(EMULATOR_URL, account.api_key)
+    with BlandHttp(api, transport=account.transport(), sleep=sleeps.append) as http:
+        first = sync(engine, http, api="v2")
+        assert first.count("synced") == 1
+        with engine.connect() as connection:
+            stored = connection.execute(
+                text("select count(*) from batch_logs where batch_id = :b"), {"b": v2.batch_id}
+            ).scalar_one()
+        assert stored == 26
+        figures = v2.logs[-1]["payload"]
+        assert batch_row(engine, v2.batch_id) == (
+            "completed",
+            figures["calls_successful"],
+            figures["calls_failed"],
+        )
+        account.requests.clear()
+        second = sync(engine, http, api="v2")
+    assert [o.status for o in second.outcomes] == ["skipped"]
+    assert not [url for url in paths(account) if v2.batch_id in url]
+
+
+@pytest.mark.parametrize(
+    "state",
+    [None, "in_progress", "validating", "paused_for_review"],
+    ids=["no_logs", "in_progress", "validating", "unknown_state"],
+)
+def test_v2_batch_without_a_final_event_is_fetched_again_by_sync_all(
+    engine: Engine, sleeps: list[float], state: str | None
+) -> None:
+    """A stored v2 batch whose logs hold no complete event and whose newest state is not
+    final (no log entry at all, a running state, one Bland may add) is fetched again, even
+    when none of its calls is left in progress."""
+    account = only_v2_account()
+    (v2,) = account.v2.batches.values()
+    for call in v2.calls:
+        call.update(queue_status="completed", status="completed", completed=True)
+    v2.logs = [entry for entry in v2.logs if entry["event_type"] != "complete"]
+    if state is None:
+        v2.logs.clear()
+    else:
+        v2.logs[-1]["payload"]["state_change"] = state
+    api = load_api(EMULATOR_URL, account.api_key)
+    with BlandHttp(api, transport=account.transport(), sleep=sleeps.append) as http:
+        sync(engine, http, api="v2")
+        assert batch_row(engine, v2.batch_id) == (state, None, None)
+        account.requests.clear()
+        again = sync(engine, http, api="v2")
+    assert [o.status for o in again.outcomes] != ["skipped"]
+    assert any(url.endswith(f"/v2/batches/{v2.batch_id}") for url in paths(account))
+
+
+@pytest.mark.parametrize("state", ["completed_partial", "failed"])
+def test_v2_batch_in_a_final_lifecycle_state_is_skipped_by_sync_all(
+    engine: Engine, sleeps: list[float], state: str
+) -> None:
+    """A v2 batch whose newest lifecycle state is completed_partial or failed is final."""
+    account = only_v2_account()
+    (v2,) = account.v2.batches.values()
+    v2.logs[-1]["payload"]["state_change"] = state
+    api = load_api(EMULATOR_URL, account.api_key)
+    with BlandHttp(api, transport=account.transport(), sleep=sleeps.append) as http:
+        sync(engine, http, api="v2")
+        account.requests.clear()
+        again = sync(engine, http, api="v2")
+    assert [o.status for o in again.outcomes] == ["skipped"]
+    assert not [url for url in paths(account) if v2.batch_id in url]
+
+
+def test_v1_batch_without_status_or_in_progress_count_is_fetched_again_by_sync_all(
+    engine: Engine, sleeps: list[float]
+) -> None:
+    """A v1 batch stored with neither a status nor an in_progress_calls count is not taken
+    for complete: sync --all fetches it again."""
+    account = Emulator(seed=23, batches=1, calls_per_batch=3)
+    (batch_id,) = account.batch_ids()
+    raw = account.raw_batch(batch_id)
+    raw.pop("status", None)
+    raw["analysis"].pop("in_progress_calls", None)
+    account.put_batch(raw, batch_id=batch_id)
+    api = load_api(EMULATOR_URL, account.api_key)
+    with BlandHttp(api, transport=account.transport(), sleep=sleeps.append) as http:
+        sync(engine, http, api="v1")
+        account.requests.clear()
+        again = sync(engine, http, api="v1")
+    assert [o.status for o in again.outcomes] != ["skipped"]
+    assert any(batch_id in url for url in paths(account))
+
+
+def detail_requests(account: Emulator) -> list[str]:
+    return [r.url.path for r in account.requests if r.url.path.startswith("/v1/calls/")]
+
+
+def call_detail_columns(engine: Engine) -> list[tuple[Any, ...]]:
+    calls = Base.metadata.tables["calls"].c
+    query = select(
+        calls.call_id, calls.pathway_tags, calls.price, calls.summary, calls.details_synced_at
+    ).order_by(calls.call_id)
+    with engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(query)]
+
+
+def test_resync_of_unchanged_calls_asks_no_detail_though_list_pathway_tags_differ(
+    engine: Engine, sleeps: list[float]
+) -> None:
+    """The calls list names pathway tags the detail sends as objects: an unchanged batch
+    still in progress is fetched again with zero detail requests for its final calls, and
+    the stored pathway_tags stay the detail's."""
+    account = only_v2_account(calls=6)
+    (v2,) = account.v2.batches.values()
+    for call in v2.calls:  # every call final: the batch itself stays in progress (no event)
+        call.update(queue_status="completed", status="completed", completed=True)
+    api = load_api(EMULATOR_URL, account.api_key)
+    with BlandHttp(api, transport=account.transport(), sleep=sleeps.append) as http:
+        sync(engine, http, api="v2")
+        before = dump(engine)
+        assert len(detail_requests(account)) == 6
+        account.requests.clear()
+        again = sync(engine, http, api="v2")
+    assert [o.status for o in again.outcomes] == ["unchanged"]
+    assert detail_requests(account) == []
+    assert dump(engine) == before
+    tags = {row[0]: row[1] for row in call_detail_columns(engine)}
+    assert tags == {call["call_id"]: call["pathway_tags"] for call in v2.calls}
+    assert any(isinstance(tag, dict) for call in v2.calls for tag in call["pathway_tags"])
+
+
+def test_no_call_details_refresh_keeps_the_stored_detail_values(
+    engine: Engine, sleeps: list[float]
+) -> None:
+    """--no-call-details --refresh after a sync with details keeps every detail column as
+    the detail gave it (pathway_tags included), and details_synced_at with them."""
+    account = only_v2_account(calls=6)
+    api = load_api(EMULATOR_URL, account.api_key)
+    with BlandHttp(api, transport=account.transport(), sleep=sleeps.append) as http:
+        sync(engine, http, api="v2")
+        before = call_detail_columns(engine)
+        result = sync(engine, http, api="v2", call_details=False, refresh=True)
+    assert result.count("synced") == 1
+    assert call_detail_columns(engine) == before
+    assert all(row[4] is not None for row in before)
+
+
+def test_no_call_details_from_the_start_stores_list_values_until_a_detail_replaces_them(
+    engine: Engine, sleeps: list[float]
+) -> None:
+    """Never fetched, a call keeps its list entry's pathway_tags with details_synced_at
+    NULL; the next sync with details replaces them with the detail's."""
+    account = only_v2_account(calls=4)
+    (v2,) = account.v2.batches.values()
+    api = load_api(EMULATOR_URL, account.api_key)
+    with BlandHttp(api, transport=account.transport(), sleep=sleeps.append) as http:
+        sync(engine, http, api="v2", call_details=False)
+        listed = {row[0]: (row[1], row[4]) for row in call_detail_columns(engine)}
+        assert listed == {
+            call["call_id"]: (
+                [t["name"] if isinstance(t, dict) else t for t in call["pathway_tags"]],
+                None,
+            )
+            for call in v2.calls
+        }
+        sync(engine, http, api="v2")
+    detailed = {row[0]: row[1] for row in call_detail_columns(engine)}
+    assert detailed == {call["call_id"]: call["pathway_tags"] for call in v2.calls}
+    assert all(row[4] is not None for row in call_detail_columns(engine))

@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 V2_ID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 CALLS_PAGE_MAX = 1000  # the calls list's maximum limit since July 2025
-# Log entries asked for a page (``take``); a page shorter than this is the last.
+# Log entries asked for a page (``take``); the server may answer fewer on any page.
 LOGS_PAGE_SIZE = 100
 # Queue statuses after which a call changes no more (besides its detail being filled in).
 FINAL_QUEUE_STATUSES = frozenset(
@@ -345,10 +345,14 @@ def parse_v2_batch(
 
 
 # List entry keys and the call columns they fill: a kept detail needs them all unchanged.
+# No detail field is among them (_DETAIL_KEYS): a list row may carry one (``pathway_tags``,
+# in another shape than the detail's), but a detail field's column is the detail's, so its
+# list value neither asks for the detail again nor replaces a stored detail's value.
 _LIST_FIELDS = {"created_at": "created_at", "call_length": "call_length", "to": "to_number",
                 "from": "from_number", "completed": "completed", "queue_status": "queue_status",
                 "error_message": "error_message", "answered_by": "answered_by",
-                "status": "status", "pathway_tags": "pathway_tags"}  # fmt: skip
+                "status": "status"}  # fmt: skip
+assert not _LIST_FIELDS.keys() & _DETAIL_KEYS
 
 
 def reusable_details(
@@ -481,7 +485,9 @@ def _parse_v2_call(
     # The call belongs to the batch it was listed under, whatever batch_id it carries.
     common.pop("batch_id", None)
     call = _parse_call(common, batch_id)
-    get = merged.get
+    # The detail columns come from the detail when there is one, never from the list entry
+    # (whose pathway_tags, say, differ in shape); without one, from the list entry.
+    get = (detail if detail is not None else entry).get
     call = call._replace(
         price=_number(get("price"), "price"),
         summary=_text(get("summary"), "summary"),
@@ -688,12 +694,15 @@ class V2Source:
         return FetchedBatch(parsed, content_sha256, size)
 
     def _logs(self, batch_id: str, segment: str, get: _Get) -> list[Any]:
-        """Every log entry, oldest first, page by page (``take``/``skip``).
+        """Every log entry, oldest first, page by page (``take``/``skip``), until an empty
+        page or a page that brings no entry not seen before.
 
-        The logs endpoint answers at most ``take`` entries a page, so a page shorter than
-        ``logs_page_size`` is the last: a batch with fewer log entries than a page costs one
-        request. A page that brings no entry not seen before also ends the paging, so an API
-        that ignores ``skip`` cannot keep the batch paging forever.
+        The logs endpoint's page size limit is undocumented ("do not assume a page is full",
+        bland-api-v2-notes.md): a server may answer fewer than ``take`` entries on a page
+        that is not the last, so a short page does not end the paging (its newest entries,
+        the ``complete`` event among them, would be lost). A batch therefore costs one
+        request more than its pages. A page with no new entry ends the paging too, so an
+        API that ignores ``skip`` cannot keep the batch paging forever.
         """
         take = max(1, self.logs_page_size)
         entries: list[Any] = []
@@ -715,8 +724,6 @@ class V2Source:
                 return entries
             seen |= ids
             entries.extend(page)
-            if len(page) < take:
-                return entries
             skip += len(page)
 
     def _calls(self, batch_id: str, get: _Get) -> list[Mapping[str, Any]]:

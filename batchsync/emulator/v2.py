@@ -15,7 +15,8 @@ call id or ``*call*`` (a call's detail).
 
 The quirks of the notes, at fixed positions of a generated account: ``base_prompt`` is a
 JSON-encoded string, except in v2 batches 2, 5, 8, ... where it is text that is not JSON;
-``pathway_tags`` are strings in even calls and ``{name, color}`` objects in odd ones;
+``pathway_tags`` are strings in even calls and ``{name, color}`` objects in odd ones, and
+the calls list gives them as bare names (another shape than the detail's for odd calls);
 ``corrected_duration`` is a string of seconds; the detail says ``queue_status``
 ``completed`` where the list says ``complete``; v2 batch 1 sends no ``total_count``; the
 newest v2 batch is still ``in_progress`` with its last calls queued; the others hold a
@@ -66,6 +67,9 @@ class V2Batch:
     send_total_count: bool = True
     # Calls the calls list leaves out while counting them in total_count (a short list).
     hidden_calls: int = 0
+    # The most log entries the logs endpoint answers a page, whatever ``take`` asks (None:
+    # ``take``); Bland's own limit is undocumented.
+    logs_page_max: int | None = None
 
     @property
     def batch_id(self) -> str:
@@ -147,6 +151,8 @@ class V2Account:
             if params.get("direction", "desc") != "asc":
                 logs.reverse()
             take = _int(params.get("take"), 10)
+            if v2.logs_page_max is not None:
+                take = min(take, v2.logs_page_max)
             skip = _int(params.get("skip"), 0)
             return _json(200, {"data": logs[skip : skip + take], "errors": None})
         if path == "/v1/calls":
@@ -188,6 +194,9 @@ def _list_call(call: dict[str, Any]) -> dict[str, Any]:
     entry: dict[str, Any] = {key: call.get(key) for key in _LIST_KEYS if key in call}
     if entry.get("queue_status") == "completed":
         entry["queue_status"] = "complete"  # the list and the detail spell it differently
+    tags = entry.get("pathway_tags")
+    if isinstance(tags, list):  # the list names the tags the detail may send as objects
+        entry["pathway_tags"] = [t.get("name") if isinstance(t, dict) else t for t in tags]
     return entry
 
 
