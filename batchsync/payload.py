@@ -74,10 +74,10 @@ _CALL_KEYS = frozenset(
      "endpoint_url", "max_duration", "request_data", "transcripts"}
 )  # fmt: skip
 # Both spellings occur in real payloads; the documented one is "complete".
-_QUEUE_STATUS_ALIASES = {"completed": "complete"}
+QUEUE_STATUS_ALIASES = {"completed": "complete"}
 
 
-class _Invalid(Exception):
+class InvalidValue(Exception):
     """A value that cannot be understood, at ``key`` relative to the record being parsed.
 
     Raised by the coercions below and turned into a PayloadError with the full path by
@@ -89,11 +89,13 @@ class _Invalid(Exception):
         self.key = key
         self.message = message
 
-    def within(self, prefix: str) -> _Invalid:
-        return _Invalid(f"{prefix}.{self.key}" if self.key else prefix, self.message)
+    def within(self, prefix: str) -> InvalidValue:
+        return InvalidValue(f"{prefix}.{self.key}" if self.key else prefix, self.message)
 
 
-def _payload_error(exc: _Invalid, batch_id: str | None, prefix: str = "") -> PayloadError:
+def payload_error(exc: InvalidValue, batch_id: str | None, prefix: str = "") -> PayloadError:
+    """The PayloadError for ``exc``, its field path prefixed with where its record sits
+    (``call_data[12]``, say)."""
     field = f"{prefix}.{exc.key}" if prefix and exc.key else (prefix or exc.key)
     return PayloadError(exc.message, batch_id=batch_id, field=field)
 
@@ -106,7 +108,7 @@ def parse_batch(raw: Any, *, batch_id: str, transcripts_requested: bool = True) 
     """
     if not isinstance(raw, Mapping):
         raise PayloadError(
-            f"expected a JSON object, got {_type_name(raw)}", batch_id=batch_id, field="(body)"
+            f"expected a JSON object, got {type_name(raw)}", batch_id=batch_id, field="(body)"
         )
     if not isinstance(raw.get("batch_params"), Mapping):
         _assemble(raw, None, batch_id)  # raises the error about batch_params first
@@ -114,8 +116,8 @@ def parse_batch(raw: Any, *, batch_id: str, transcripts_requested: bool = True) 
     calls = None
     if raw_calls is not None:
         if not isinstance(raw_calls, list):
-            raise _payload_error(
-                _Invalid("call_data", f"expected a list, got {_type_name(raw_calls)}"), batch_id
+            raise payload_error(
+                InvalidValue("call_data", f"expected a list, got {type_name(raw_calls)}"), batch_id
             )
         calls = _Calls(batch_id, transcripts_requested)
         for index, item in enumerate(raw_calls):
@@ -467,8 +469,8 @@ def _parse_events(
         _assemble(top, None, batch_id)  # raises the error about batch_params first
     if top.get("call_data") is not None:
         raw_calls = top["call_data"]
-        raise _payload_error(
-            _Invalid("call_data", f"expected a list, got {_type_name(raw_calls)}"), batch_id
+        raise payload_error(
+            InvalidValue("call_data", f"expected a list, got {type_name(raw_calls)}"), batch_id
         )
     if failure is not None:
         raise failure
@@ -564,7 +566,7 @@ def _assemble(raw: Mapping[str, Any], calls: _Calls | None, batch_id: str) -> Pa
         params = _object(raw.get("batch_params"), "batch_params")
         found_id = params.get("id") or params.get("batch_id")
         if found_id is not None and str(found_id) != batch_id:
-            raise _Invalid(
+            raise InvalidValue(
                 "batch_params.id", "the response is for another batch than the one requested"
             )
         batch = _parse_batch_record(raw, params, batch_id)
@@ -575,8 +577,8 @@ def _assemble(raw: Mapping[str, Any], calls: _Calls | None, batch_id: str) -> Pa
             extra_analysis = {k: v for k, v in raw_analysis.items() if k not in _ANALYSIS_KEYS}
             if extra_analysis:
                 batch = batch._replace(extra={**(batch.extra or {}), "analysis": extra_analysis})
-    except _Invalid as exc:
-        raise _payload_error(exc, batch_id) from None
+    except InvalidValue as exc:
+        raise payload_error(exc, batch_id) from None
     if calls is None:
         return ParsedBatch(batch, analysis, queue_counts, errors, None, None)
     return ParsedBatch(batch, analysis, queue_counts, errors, *calls.result())
@@ -630,10 +632,10 @@ def parse_batch_list_entries(raw: Any) -> tuple[list[BatchSummary], list[Payload
     page itself is not an object with a ``batches`` list.
     """
     if not isinstance(raw, Mapping):
-        raise PayloadError(f"expected a JSON object, got {_type_name(raw)}", field="(body)")
+        raise PayloadError(f"expected a JSON object, got {type_name(raw)}", field="(body)")
     items = raw.get("batches")
     if not isinstance(items, list):
-        raise PayloadError(f"expected a list, got {_type_name(items)}", field="batches")
+        raise PayloadError(f"expected a list, got {type_name(items)}", field="batches")
     summaries: list[BatchSummary] = []
     problems: list[PayloadError] = []
     for index, item in enumerate(items):
@@ -642,22 +644,22 @@ def parse_batch_list_entries(raw: Any) -> tuple[list[BatchSummary], list[Payload
             entry = _object(item, "")
             raw_id = entry.get("batch_id") or entry.get("id")
             if raw_id is None or raw_id == "":
-                raise _Invalid("batch_id", "missing or empty")
-            batch_id = _text(raw_id, "batch_id") or ""
-        except _Invalid as exc:
-            problems.append(_payload_error(exc, None, where))
+                raise InvalidValue("batch_id", "missing or empty")
+            batch_id = coerce_text(raw_id, "batch_id") or ""
+        except InvalidValue as exc:
+            problems.append(payload_error(exc, None, where))
             continue
         try:
             summaries.append(
                 BatchSummary(
                     batch_id=batch_id,
-                    created_at=_timestamp(entry.get("created_at"), "created_at"),
-                    campaign_id=_text(entry.get("campaign_id"), "campaign_id"),
-                    label=_text(entry.get("label"), "label"),
+                    created_at=coerce_timestamp(entry.get("created_at"), "created_at"),
+                    campaign_id=coerce_text(entry.get("campaign_id"), "campaign_id"),
+                    label=coerce_text(entry.get("label"), "label"),
                 )
             )
-        except _Invalid as exc:
-            error = _payload_error(exc, batch_id, where)
+        except InvalidValue as exc:
+            error = payload_error(exc, batch_id, where)
             problems.append(error)
             summaries.append(BatchSummary(batch_id, None, None, None, error=str(error)))
     return summaries, problems
@@ -676,12 +678,12 @@ def _parse_batch_record(
         extra["response"] = top_extra
     return BatchRecord(
         batch_id=batch_id,
-        status=_text(raw.get("status"), "status"),
-        label=_text(params.get("label"), "batch_params.label"),
-        base_prompt=_text(params.get("base_prompt"), "batch_params.base_prompt"),
-        endpoint_code=_text(params.get("endpoint_code"), "batch_params.endpoint_code"),
-        campaign_id=_text(params.get("campaign_id"), "batch_params.campaign_id"),
-        created_at=_timestamp(params.get("created_at"), "batch_params.created_at"),
+        status=coerce_text(raw.get("status"), "status"),
+        label=coerce_text(params.get("label"), "batch_params.label"),
+        base_prompt=coerce_text(params.get("base_prompt"), "batch_params.base_prompt"),
+        endpoint_code=coerce_text(params.get("endpoint_code"), "batch_params.endpoint_code"),
+        campaign_id=coerce_text(params.get("campaign_id"), "batch_params.campaign_id"),
+        created_at=coerce_timestamp(params.get("created_at"), "batch_params.created_at"),
         call_params=params.get("call_params"),
         extra=extra or None,
     )
@@ -695,11 +697,13 @@ def _parse_analysis(
     if isinstance(endpoints, Mapping):
         endpoints = {str(k): _count_or_value(v) for k, v in endpoints.items()}
     analysis = AnalysisRecord(
-        total_calls=_integer(raw.get("total_calls"), "analysis.total_calls"),
-        completed_calls=_integer(raw.get("completed_calls"), "analysis.completed_calls"),
-        in_progress_calls=_integer(raw.get("in_progress_calls"), "analysis.in_progress_calls"),
-        call_length_average=_number(lengths.get("average"), "analysis.call_lengths.average"),
-        call_length_average_nonzero=_number(
+        total_calls=coerce_integer(raw.get("total_calls"), "analysis.total_calls"),
+        completed_calls=coerce_integer(raw.get("completed_calls"), "analysis.completed_calls"),
+        in_progress_calls=coerce_integer(
+            raw.get("in_progress_calls"), "analysis.in_progress_calls"
+        ),
+        call_length_average=coerce_number(lengths.get("average"), "analysis.call_lengths.average"),
+        call_length_average_nonzero=coerce_number(
             lengths.get("average_nonzero"), "analysis.call_lengths.average_nonzero"
         ),
         call_length_summary=lengths.get("summary"),
@@ -713,11 +717,11 @@ def _parse_analysis(
         counts: dict[str, int] = {}
         for key, value in statuses.items():
             if key_too_long(str(key)):  # the key itself is too long to quote in the field name
-                raise _Invalid("analysis.queue_statuses", f"a key is {_too_long(str(key))}")
-            count = _integer(value, f"analysis.queue_statuses.{key}")
+                raise InvalidValue("analysis.queue_statuses", f"a key is {_too_long(str(key))}")
+            count = coerce_integer(value, f"analysis.queue_statuses.{key}")
             if count is None:
                 continue
-            name = _QUEUE_STATUS_ALIASES.get(str(key), str(key))
+            name = QUEUE_STATUS_ALIASES.get(str(key), str(key))
             counts[name] = counts.get(name, 0) + count
         queue_counts = [QueueStatusCountRecord(batch_id, k, v) for k, v in counts.items()]
 
@@ -725,7 +729,9 @@ def _parse_analysis(
     if raw_errors is None:
         return analysis, queue_counts, None
     if not isinstance(raw_errors, list):
-        raise _Invalid("analysis.error_messages", f"expected a list, got {_type_name(raw_errors)}")
+        raise InvalidValue(
+            "analysis.error_messages", f"expected a list, got {type_name(raw_errors)}"
+        )
     errors: list[ErrorRecord] = []
     for position, item in enumerate(raw_errors):
         where = f"analysis.error_messages[{position}]"
@@ -737,12 +743,12 @@ def _parse_analysis(
                 ErrorRecord(
                     batch_id,
                     position,
-                    _text(item.get("call_id") or item.get("c_id"), f"{where}.call_id"),
-                    _text(message, f"{where}.error_message") or "",
+                    coerce_text(item.get("call_id") or item.get("c_id"), f"{where}.call_id"),
+                    coerce_text(message, f"{where}.error_message") or "",
                 )
             )
         else:
-            raise _Invalid(where, f"expected an object or a string, got {_type_name(item)}")
+            raise InvalidValue(where, f"expected an object or a string, got {type_name(item)}")
     return analysis, queue_counts, errors
 
 
@@ -776,8 +782,8 @@ class _Calls:
         batch_id = self.batch_id
         try:
             if type(item) is not dict and not isinstance(item, Mapping):
-                raise _Invalid("", f"expected an object, got {_type_name(item)}")
-            call = _parse_call(item, batch_id)
+                raise InvalidValue("", f"expected an object, got {type_name(item)}")
+            call = parse_call(item, batch_id)
             if self.sink is not None and len(self.calls) >= self.sink.chunk_size:
                 self.send()
             self.calls[call.call_id] = call
@@ -785,16 +791,16 @@ class _Calls:
                 return
             raw_lines = item.get("transcripts")
             if raw_lines is not None and not isinstance(raw_lines, list):
-                raise _Invalid("transcripts", f"expected a list, got {_type_name(raw_lines)}")
+                raise InvalidValue("transcripts", f"expected a list, got {type_name(raw_lines)}")
             call_lines = self.lines[call.call_id] = {}
             for line_index, raw_line in enumerate(raw_lines or ()):
                 try:
-                    line = _parse_transcript_line(raw_line, call.call_id, batch_id)
-                except _Invalid as exc:
+                    line = parse_transcript_line(raw_line, call.call_id, batch_id)
+                except InvalidValue as exc:
                     raise exc.within(f"transcripts[{line_index}]") from None
                 call_lines[line.line_id] = line
-        except _Invalid as exc:
-            raise _payload_error(exc, batch_id, f"call_data[{index}]") from None
+        except InvalidValue as exc:
+            raise payload_error(exc, batch_id, f"call_data[{index}]") from None
 
     def result(self) -> tuple[list[CallRecord], list[TranscriptLineRecord] | None]:
         """The calls and lines held; with a sink, they are sent and none is returned."""
@@ -809,7 +815,10 @@ class _Calls:
         return calls, [line for by_id in self.lines.values() for line in by_id.values()]
 
 
-def _parse_call(item: Mapping[str, Any], batch_id: str) -> CallRecord:
+def parse_call(item: Mapping[str, Any], batch_id: str) -> CallRecord:
+    """One entry of a v1 batch's ``call_data`` (or a v2 calls-list entry) as a CallRecord:
+    ``call_id`` (or ``c_id`` before Feb 2024), Bland's fields in their columns, unknown fields
+    in ``extra``; the detail columns None. Raises InvalidValue naming the field."""
     # The hot loop of a sync: each value takes an inline fast path when it already has its
     # type (a str, a UTC timestamp string) and the coercion below otherwise, so quirks are
     # handled exactly as ever. Low-cardinality text is interned: a chunk's records share it.
@@ -818,7 +827,7 @@ def _parse_call(item: Mapping[str, Any], batch_id: str) -> CallRecord:
     if raw_id is None or raw_id == "":
         raw_id = get("c_id")
     if raw_id is None or raw_id == "":
-        raise _Invalid("call_id", "missing (neither call_id nor c_id)")
+        raise InvalidValue("call_id", "missing (neither call_id nor c_id)")
     call_id = (
         raw_id if type(raw_id) is str and len(raw_id) <= _KEY_FAST else _key(raw_id, "call_id")
     )
@@ -833,21 +842,21 @@ def _parse_call(item: Mapping[str, Any], batch_id: str) -> CallRecord:
         queue_status = _key(queue_status, "queue_status")
     if queue_status is not None:
         if type(queue_status) is not str:
-            queue_status = _text(queue_status, "queue_status") or ""
-        queue_status = _intern(_QUEUE_STATUS_ALIASES.get(queue_status, queue_status))
+            queue_status = coerce_text(queue_status, "queue_status") or ""
+        queue_status = _intern(QUEUE_STATUS_ALIASES.get(queue_status, queue_status))
     created_at = get("created_at")
     if type(created_at) is not str or (created_at := _utc_or_none(created_at)) is None:
-        created_at = _timestamp(get("created_at"), "created_at")
+        created_at = coerce_timestamp(get("created_at"), "created_at")
     to = get("to")
     if to is not None and type(to) is not str:
-        to = _text(to, "to")
+        to = coerce_text(to, "to")
     from_ = get("from")
     if from_ is not None:
-        from_ = _intern(from_) if type(from_) is str else _text(from_, "from")
+        from_ = _intern(from_) if type(from_) is str else coerce_text(from_, "from")
     completed = get("completed")
     if completed is not None and type(completed) is not bool:
-        completed = _boolean(completed, "completed")
-    call_length = _number(get("call_length"), "call_length")
+        completed = coerce_boolean(completed, "completed")
+    call_length = coerce_number(get("call_length"), "call_length")
     answered_by = get("answered_by")
     if answered_by is not None:
         answered_by = (
@@ -857,20 +866,20 @@ def _parse_call(item: Mapping[str, Any], batch_id: str) -> CallRecord:
         )
     status = get("status")
     if status is not None:
-        status = _intern(status) if type(status) is str else _text(status, "status")
+        status = _intern(status) if type(status) is str else coerce_text(status, "status")
     error_message = get("error_message")
     if error_message is not None and type(error_message) is not str:
-        error_message = _text(error_message, "error_message")
-    corrected_duration = _integer(get("corrected_duration"), "corrected_duration")
+        error_message = coerce_text(error_message, "error_message")
+    corrected_duration = coerce_integer(get("corrected_duration"), "corrected_duration")
     end_at = get("end_at")
     if type(end_at) is not str or (end_at := _utc_or_none(end_at)) is None:
-        end_at = _timestamp(get("end_at"), "end_at")
+        end_at = coerce_timestamp(get("end_at"), "end_at")
     endpoint_url = get("endpoint_url")
     if endpoint_url is not None:
         endpoint_url = (
             _intern(endpoint_url)
             if type(endpoint_url) is str
-            else _text(endpoint_url, "endpoint_url")
+            else coerce_text(endpoint_url, "endpoint_url")
         )
     return _new(
         CallRecord,
@@ -889,7 +898,7 @@ def _parse_call(item: Mapping[str, Any], batch_id: str) -> CallRecord:
             corrected_duration,
             end_at,
             endpoint_url,
-            _number(get("max_duration"), "max_duration"),
+            coerce_number(get("max_duration"), "max_duration"),
             get("request_data"),
             extra,
             *_NO_DETAIL,
@@ -897,22 +906,24 @@ def _parse_call(item: Mapping[str, Any], batch_id: str) -> CallRecord:
     )
 
 
-def _parse_transcript_line(raw: Any, call_id: str, batch_id: str) -> TranscriptLineRecord:
+def parse_transcript_line(raw: Any, call_id: str, batch_id: str) -> TranscriptLineRecord:
+    """One entry of a call's ``transcripts`` list (``id``, ``user``, ``text``,
+    ``created_at``) as a TranscriptLineRecord. Raises InvalidValue naming the field."""
     if type(raw) is not dict and not isinstance(raw, Mapping):
-        raise _Invalid("", f"expected an object, got {_type_name(raw)}")
+        raise InvalidValue("", f"expected an object, got {type_name(raw)}")
     line_id = raw.get("id")
     if type(line_id) is not int or not -_INT64 <= line_id < _INT64:
-        line_id = _integer(line_id, "id", limit=_INT64)
+        line_id = coerce_integer(line_id, "id", limit=_INT64)
         if line_id is None:
-            raise _Invalid("id", "missing")
+            raise InvalidValue("id", "missing")
     speaker, text = raw.get("user"), raw.get("text")
     if speaker is not None:
-        speaker = _intern(speaker) if type(speaker) is str else _text(speaker, "user")
+        speaker = _intern(speaker) if type(speaker) is str else coerce_text(speaker, "user")
     if text is not None and type(text) is not str:
-        text = _text(text, "text")
+        text = coerce_text(text, "text")
     created_at = raw.get("created_at")
     if type(created_at) is not str or (created_at := _utc_or_none(created_at)) is None:
-        created_at = _timestamp(raw.get("created_at"), "created_at")
+        created_at = coerce_timestamp(raw.get("created_at"), "created_at")
     return _new(TranscriptLineRecord, (call_id, line_id, batch_id, created_at, speaker, text))
 
 
@@ -926,8 +937,8 @@ _NO_DETAIL = tuple(CallRecord._field_defaults.values())
 
 
 def _utc_or_none(text: str) -> datetime | None:
-    """The hot path of :func:`_timestamp`: an ISO 8601 string with a UTC offset, or None
-    for anything else (which :func:`_timestamp` then handles, quirks and errors alike)."""
+    """The hot path of :func:`coerce_timestamp`: an ISO 8601 string with a UTC offset, or None
+    for anything else (which :func:`coerce_timestamp` then handles, quirks and errors alike)."""
     try:
         parsed = _fromisoformat(text)
     except ValueError:
@@ -938,7 +949,8 @@ def _utc_or_none(text: str) -> datetime | None:
 # -- scalar coercions: each takes the value and its key, for the error ------------------------
 
 
-def _type_name(value: object) -> str:
+def type_name(value: object) -> str:
+    """How a message names a JSON value's type: "an object", "a list", "null", ..."""
     if value is None:
         return "null"
     names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
@@ -949,14 +961,16 @@ def _type_name(value: object) -> str:
 def _object(value: Any, key: str) -> Mapping[str, Any]:
     if isinstance(value, Mapping):
         return value
-    raise _Invalid(key, f"expected an object, got {_type_name(value)}")
+    raise InvalidValue(key, f"expected an object, got {type_name(value)}")
 
 
 def _optional_object(value: Any, key: str) -> Mapping[str, Any] | None:
     return None if value is None else _object(value, key)
 
 
-def _text(value: Any, key: str) -> str | None:
+def coerce_text(value: Any, key: str) -> str | None:
+    """A text field: strings as sent, numbers and booleans as their JSON text; None for
+    null. Raises InvalidValue for an object or a list."""
     if value is None or type(value) is str:
         return value
     if isinstance(value, str):
@@ -965,7 +979,7 @@ def _text(value: Any, key: str) -> str | None:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return str(value)
-    raise _Invalid(key, f"expected a string, got {_type_name(value)}")
+    raise InvalidValue(key, f"expected a string, got {type_name(value)}")
 
 
 # Ids and other values the databases index (call ids, batch ids, answered_by, queue status
@@ -1026,9 +1040,9 @@ def recordable_id(batch_id: str) -> str:
 
 def _key(value: Any, key: str) -> str | None:
     """A text value the databases index: at most MAX_KEY_BYTES of UTF-8."""
-    text = _text(value, key)
+    text = coerce_text(value, key)
     if text is not None and key_too_long(text):
-        raise _Invalid(key, _too_long(text))
+        raise InvalidValue(key, _too_long(text))
     return text
 
 
@@ -1043,22 +1057,22 @@ _INT32 = 2**31
 _INT64 = 2**63
 
 
-def _integer(value: Any, key: str, *, limit: int = _INT32) -> int | None:
+def coerce_integer(value: Any, key: str, *, limit: int = _INT32) -> int | None:
     """A whole number from a number or a numeric string, within the column's range."""
     if value is None or value == "":
         return None
     if type(value) is int:
         number: int = value
     elif isinstance(value, bool):
-        raise _Invalid(key, "expected a number, got a boolean")
+        raise InvalidValue(key, "expected a number, got a boolean")
     elif isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
         number = int(value)
     elif isinstance(value, str):
         number = _whole_from_text(value, key)
     else:
-        raise _Invalid(key, f"expected a whole number, got {_type_name(value)}")
+        raise InvalidValue(key, f"expected a whole number, got {type_name(value)}")
     if not -limit <= number < limit:
-        raise _Invalid(key, "the number is out of range")
+        raise InvalidValue(key, "the number is out of range")
     return number
 
 
@@ -1073,31 +1087,31 @@ def _whole_from_text(value: str, key: str) -> int:
         number = float("nan")
     if number.is_integer():
         return int(number)
-    raise _Invalid(key, "expected a whole number, got text that is not one")
+    raise InvalidValue(key, "expected a whole number, got text that is not one")
 
 
-def _number(value: Any, key: str) -> float | None:
+def coerce_number(value: Any, key: str) -> float | None:
     """A float from a number or a numeric string; -0.0 is 0.0 (SQLite cannot store -0.0)."""
     if value is None or value == "":
         return None
     if type(value) is float:
         return value + 0.0  # -0.0 + 0.0 is 0.0
     if isinstance(value, bool):
-        raise _Invalid(key, "expected a number, got a boolean")
+        raise InvalidValue(key, "expected a number, got a boolean")
     if isinstance(value, int | float):
         try:
             return float(value)
         except OverflowError:
-            raise _Invalid(key, "the number is out of range") from None
+            raise InvalidValue(key, "the number is out of range") from None
     if isinstance(value, str):
         try:
             number = float(value)
         except ValueError:
-            raise _Invalid(key, "expected a number, got text that is not one") from None
+            raise InvalidValue(key, "expected a number, got text that is not one") from None
         if number != number or number in (float("inf"), float("-inf")):
-            raise _Invalid(key, "expected a finite number, got NaN or infinity")
+            raise InvalidValue(key, "expected a finite number, got NaN or infinity")
         return number + 0.0
-    raise _Invalid(key, f"expected a number, got {_type_name(value)}")
+    raise InvalidValue(key, f"expected a number, got {type_name(value)}")
 
 
 def _count_or_value(value: Any) -> Any:
@@ -1113,14 +1127,16 @@ def _count_or_value(value: Any) -> Any:
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
-def _boolean(value: Any, key: str) -> bool | None:
+def coerce_boolean(value: Any, key: str) -> bool | None:
+    """A JSON boolean as Bland sends one: true/false, 0/1, or their text ("true", "yes",
+    "0", ...); None for null. Raises InvalidValue for anything else."""
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in _BOOLEANS:
         return _BOOLEANS[value.strip().lower()]
-    raise _Invalid(key, f"expected a boolean, got {_type_name(value)} that is not one")
+    raise InvalidValue(key, f"expected a boolean, got {type_name(value)} that is not one")
 
 
 def _answered_by(value: Any, key: str) -> str | None:
@@ -1129,7 +1145,7 @@ def _answered_by(value: Any, key: str) -> str | None:
         if not value:
             return None
         if len(value) > 1:
-            raise _Invalid(key, f"expected at most one value, got {len(value)}")
+            raise InvalidValue(key, f"expected at most one value, got {len(value)}")
         value = value[0]
     return _key(value, key)
 
@@ -1147,16 +1163,18 @@ def _unusual_timestamp(value: str, key: str) -> datetime:
     except ValueError:
         pass
     if text.replace(".", "", 1).isdigit():
-        parsed = _timestamp(float(text), key)
+        parsed = coerce_timestamp(float(text), key)
         assert parsed is not None
         return parsed
     try:
         return email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
-        raise _Invalid(key, "expected an ISO 8601 timestamp, got text that is not one") from None
+        raise InvalidValue(
+            key, "expected an ISO 8601 timestamp, got text that is not one"
+        ) from None
 
 
-def _timestamp(value: Any, key: str) -> datetime | None:
+def coerce_timestamp(value: Any, key: str) -> datetime | None:
     """Parse the ISO 8601 variants the API sends; naive times are UTC. Always returns UTC."""
     if value is None or value == "":
         return None
@@ -1171,9 +1189,9 @@ def _timestamp(value: Any, key: str) -> datetime | None:
             seconds = value / 1000 if abs(value) > 1e11 else value
             parsed = datetime.fromtimestamp(seconds, tz=UTC)
         except (OverflowError, OSError, ValueError):
-            raise _Invalid(key, "the timestamp is out of range") from None
+            raise InvalidValue(key, "the timestamp is out of range") from None
     else:
-        raise _Invalid(key, f"expected a timestamp, got {_type_name(value)}")
+        raise InvalidValue(key, f"expected a timestamp, got {type_name(value)}")
     tz = parsed.tzinfo
     if tz is UTC:
         return parsed
@@ -1182,7 +1200,7 @@ def _timestamp(value: Any, key: str) -> datetime | None:
     try:
         return parsed.astimezone(UTC)
     except OverflowError:
-        raise _Invalid(key, "the timestamp is out of range") from None
+        raise InvalidValue(key, "the timestamp is out of range") from None
 
 
 # The records live in batchsync.records; they stay importable from here.

@@ -13,6 +13,11 @@ from typing import Any, NamedTuple
 JsonObject = dict[str, Any]
 
 
+# The statuses of a v2 batch after which it changes no more: its newest lifecycle state, or
+# "completed" once its logs hold a complete event (Bland v2 notes, GET /v2/batches/{id}/logs).
+V2_FINAL_BATCH_STATUSES = frozenset({"completed", "completed_partial", "failed"})
+
+
 class BatchRecord(NamedTuple):
     batch_id: str
     status: str | None

@@ -56,6 +56,7 @@ from batchsync.payload import (
     StoredCalls,
     TranscriptLineRecord,
 )
+from batchsync.records import V2_FINAL_BATCH_STATUSES
 
 # Columns every data table carries after the record's own fields.
 _BOOKKEEPING = ("synced_at", "sync_run_id")
@@ -202,7 +203,7 @@ def stored_batches(connection: Connection) -> dict[str, StoredBatch]:
     complete = or_(
         c.status == "completed",
         and_(is_v1, c.status.is_(None), c.in_progress_calls == 0),
-        and_(is_v2, c.status.in_(["completed_partial", "failed"])),
+        and_(is_v2, c.status.in_(sorted(V2_FINAL_BATCH_STATUSES))),
     )
     rows = connection.execute(
         select(c.batch_id, c.content_sha256, c.fetched_parts, c.phone_numbers, complete)

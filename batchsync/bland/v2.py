@@ -30,19 +30,19 @@ from batchsync.errors import BatchNotFound, HttpStatusError, PayloadError
 
 # The v1 parser's value coercions, so that a value means the same from either API.
 from batchsync.payload import (
-    _QUEUE_STATUS_ALIASES,
+    QUEUE_STATUS_ALIASES,
     CallsSink,
-    _boolean,
-    _integer,
-    _Invalid,
-    _number,
-    _parse_call,
-    _parse_transcript_line,
-    _payload_error,
-    _text,
-    _timestamp,
-    _type_name,
+    InvalidValue,
+    coerce_boolean,
+    coerce_integer,
+    coerce_number,
+    coerce_text,
+    coerce_timestamp,
     decode_json_body,
+    parse_call,
+    parse_transcript_line,
+    payload_error,
+    type_name,
 )
 from batchsync.records import (
     AnalysisRecord,
@@ -70,7 +70,6 @@ FINAL_QUEUE_STATUSES = frozenset(
 IN_PROGRESS_QUEUE_STATUSES = frozenset({"new", "queued", "allocated", "started"})
 # Call details fetched at once within one batch (each batch in flight has its own).
 DETAIL_CONCURRENCY = 4
-FINAL_BATCH_STATUSES = frozenset({"completed", "completed_partial", "failed"})
 
 # Detail fields with a column of their own; the call's other fields go through the v1 call
 # parser (its columns, then extra).
@@ -98,7 +97,7 @@ def parse_envelope(raw: Any, *, batch_id: str | None, what: str) -> Any:
     """The ``data`` of a v2 ``{data, errors}`` envelope, or PayloadError."""
     if not isinstance(raw, Mapping):
         raise PayloadError(
-            f"expected a JSON object, got {_type_name(raw)}", batch_id=batch_id, field=what
+            f"expected a JSON object, got {type_name(raw)}", batch_id=batch_id, field=what
         )
     errors = raw.get("errors")
     if raw.get("data") is None and isinstance(errors, list) and errors:
@@ -125,15 +124,13 @@ def parse_v2_list(raw: Any) -> tuple[list[BatchSummary], list[PayloadError]]:
     """
     items = parse_envelope(raw, batch_id=None, what="(v2 batch list)")
     if not isinstance(items, list):
-        raise PayloadError(f"expected a list, got {_type_name(items)}", field="data")
+        raise PayloadError(f"expected a list, got {type_name(items)}", field="data")
     summaries: list[BatchSummary] = []
     problems: list[PayloadError] = []
     for index, item in enumerate(items):
         where = f"data[{index}]"
         if not isinstance(item, Mapping):
-            problems.append(
-                PayloadError(f"expected an object, got {_type_name(item)}", field=where)
-            )
+            problems.append(PayloadError(f"expected an object, got {type_name(item)}", field=where))
             continue
         raw_id = item.get("id")
         if raw_id is None or raw_id == "":
@@ -141,20 +138,20 @@ def parse_v2_list(raw: Any) -> tuple[list[BatchSummary], list[PayloadError]]:
             continue
         if not isinstance(raw_id, str):
             problems.append(
-                PayloadError(f"expected a string, got {_type_name(raw_id)}", field=f"{where}.id")
+                PayloadError(f"expected a string, got {type_name(raw_id)}", field=f"{where}.id")
             )
             continue
         try:
             summaries.append(
                 BatchSummary(
                     batch_id=raw_id,
-                    created_at=_timestamp(item.get("created_at"), "created_at"),
+                    created_at=coerce_timestamp(item.get("created_at"), "created_at"),
                     campaign_id=None,
-                    label=_text(item.get("description"), "description"),
+                    label=coerce_text(item.get("description"), "description"),
                 )
             )
-        except _Invalid as exc:
-            error = _payload_error(exc, raw_id, where)
+        except InvalidValue as exc:
+            error = payload_error(exc, raw_id, where)
             problems.append(error)
             summaries.append(BatchSummary(raw_id, None, None, None, error=str(error)))
     return summaries, problems
@@ -164,21 +161,21 @@ def parse_calls_page(raw: Any, *, batch_id: str) -> tuple[list[Mapping[str, Any]
     """One page of ``GET /v1/calls``: its raw call entries and ``total_count`` (None if absent)."""
     if not isinstance(raw, Mapping):
         raise PayloadError(
-            f"expected a JSON object, got {_type_name(raw)}", batch_id=batch_id, field="(calls)"
+            f"expected a JSON object, got {type_name(raw)}", batch_id=batch_id, field="(calls)"
         )
     calls = raw.get("calls")
     if not isinstance(calls, list):
         raise PayloadError(
-            f"expected a list, got {_type_name(calls)}", batch_id=batch_id, field="calls"
+            f"expected a list, got {type_name(calls)}", batch_id=batch_id, field="calls"
         )
     try:
-        total = _integer(raw.get("total_count"), "total_count", limit=2**63)
-    except _Invalid as exc:
-        raise _payload_error(exc, batch_id) from None
+        total = coerce_integer(raw.get("total_count"), "total_count", limit=2**63)
+    except InvalidValue as exc:
+        raise payload_error(exc, batch_id) from None
     for index, item in enumerate(calls):
         if not isinstance(item, Mapping):
             raise PayloadError(
-                f"expected an object, got {_type_name(item)}",
+                f"expected an object, got {type_name(item)}",
                 batch_id=batch_id,
                 field=f"calls[{index}]",
             )
@@ -198,10 +195,12 @@ def parse_base_prompt(value: Any) -> tuple[str | None, Any]:
         except PayloadError:
             return value, None
     if not isinstance(properties, Mapping):
-        return (value if isinstance(value, str) else _text(value, "base_prompt")), None
+        return (value if isinstance(value, str) else coerce_text(value, "base_prompt")), None
     task = properties.get("task")
     params = {k: v for k, v in properties.items() if k != "task"}
-    prompt = task if isinstance(task, str) or task is None else _text(task, "base_prompt.task")
+    prompt = (
+        task if isinstance(task, str) or task is None else coerce_text(task, "base_prompt.task")
+    )
     return prompt, params
 
 
@@ -217,14 +216,14 @@ def batch_status(logs: Sequence[BatchLogRecord]) -> tuple[str | None, int | None
         payload = complete[-1].payload if isinstance(complete[-1].payload, Mapping) else {}
         return (
             "completed",
-            _integer(payload.get("calls_successful"), "calls_successful"),
-            _integer(payload.get("calls_failed"), "calls_failed"),
+            coerce_integer(payload.get("calls_successful"), "calls_successful"),
+            coerce_integer(payload.get("calls_failed"), "calls_failed"),
         )
     for _, entry in reversed(ordered):
         if entry.event_type == "lifecycle" and isinstance(entry.payload, Mapping):
             state = entry.payload.get("state_change")
             if state is not None:
-                return _text(state, "state_change"), None, None
+                return coerce_text(state, "state_change"), None, None
     return None, None, None
 
 
@@ -238,20 +237,20 @@ def parse_logs(raw_entries: Sequence[Any], *, batch_id: str) -> list[BatchLogRec
     for index, item in enumerate(raw_entries):
         try:
             if not isinstance(item, Mapping):
-                raise _Invalid("", f"expected an object, got {_type_name(item)}")
+                raise InvalidValue("", f"expected an object, got {type_name(item)}")
             raw_id = item.get("id")
             if raw_id is None or raw_id == "":
-                raise _Invalid("id", "missing")
-            log_id = _text(raw_id, "id") or ""
+                raise InvalidValue("id", "missing")
+            log_id = coerce_text(raw_id, "id") or ""
             records[log_id] = BatchLogRecord(
                 batch_id,
                 log_id,
-                _text(item.get("event_type"), "event_type"),
-                _timestamp(item.get("timestamp"), "timestamp"),
+                coerce_text(item.get("event_type"), "event_type"),
+                coerce_timestamp(item.get("timestamp"), "timestamp"),
                 item.get("payload"),
             )
-        except _Invalid as exc:
-            raise _payload_error(exc, batch_id, f"logs[{index}]") from None
+        except InvalidValue as exc:
+            raise payload_error(exc, batch_id, f"logs[{index}]") from None
     return list(records.values())
 
 
@@ -276,7 +275,7 @@ def parse_v2_batch(
     """
     if not isinstance(raw_batch, Mapping):
         raise PayloadError(
-            f"expected an object, got {_type_name(raw_batch)}", batch_id=batch_id, field="data"
+            f"expected an object, got {type_name(raw_batch)}", batch_id=batch_id, field="data"
         )
     found_id = raw_batch.get("id")
     if found_id is not None and str(found_id) != batch_id:
@@ -288,8 +287,8 @@ def parse_v2_batch(
     logs = parse_logs(raw_logs, batch_id=batch_id)
     try:
         status, successful, failed = batch_status(logs)
-    except _Invalid as exc:
-        raise _payload_error(exc, batch_id, "logs.complete.payload") from None
+    except InvalidValue as exc:
+        raise payload_error(exc, batch_id, "logs.complete.payload") from None
     try:
         prompt, params = parse_base_prompt(raw_batch.get("base_prompt"))
         unknown = {
@@ -300,20 +299,20 @@ def parse_v2_batch(
         batch = BatchRecord(
             batch_id=batch_id,
             status=status,
-            label=_text(raw_batch.get("description"), "description"),
+            label=coerce_text(raw_batch.get("description"), "description"),
             base_prompt=prompt,
             endpoint_code=None,
             campaign_id=None,
-            created_at=_timestamp(raw_batch.get("created_at"), "created_at"),
+            created_at=coerce_timestamp(raw_batch.get("created_at"), "created_at"),
             call_params=params,
             extra={"batch": unknown} if unknown else None,
             api_version="v2",
-            org_id=_text(raw_batch.get("user_id"), "user_id"),
+            org_id=coerce_text(raw_batch.get("user_id"), "user_id"),
             calls_successful=successful,
             calls_failed=failed,
         )
-    except _Invalid as exc:
-        raise _payload_error(exc, batch_id, "data") from None
+    except InvalidValue as exc:
+        raise payload_error(exc, batch_id, "data") from None
     if raw_calls is None:
         return ParsedBatch(batch, None, None, None, None, None, logs)
     calls: dict[str, CallRecord] = {}
@@ -331,8 +330,8 @@ def parse_v2_batch(
             call, call_lines = _parse_v2_call(
                 entry, detail, batch_id, transcripts, details_synced_at
             )
-        except _Invalid as exc:
-            raise _payload_error(exc, batch_id, where) from None
+        except InvalidValue as exc:
+            raise payload_error(exc, batch_id, where) from None
         calls[call.call_id] = call
         if call_lines is not None:
             lines[call.call_id] = call_lines
@@ -370,7 +369,7 @@ def reusable_details(
             continue
         try:
             fresh, _ = _parse_v2_call(entry, None, batch_id, False, None)
-        except _Invalid:
+        except InvalidValue:
             continue  # fetched again, and reported when parsed
         if all(
             getattr(fresh, name) == getattr(old, name)
@@ -393,7 +392,7 @@ def with_detail(
     its other columns stay as that batch gave them."""
     if not isinstance(detail, Mapping):
         raise PayloadError(
-            f"expected an object, got {_type_name(detail)}",
+            f"expected an object, got {type_name(detail)}",
             batch_id=batch_id,
             field=f"call {call.call_id}",
         )
@@ -408,8 +407,8 @@ def with_detail(
         parsed, _ = _parse_v2_call(
             {"call_id": call.call_id}, detail, batch_id, False, details_synced_at
         )
-    except _Invalid as exc:
-        raise _payload_error(exc, batch_id, f"call {call.call_id}") from None
+    except InvalidValue as exc:
+        raise payload_error(exc, batch_id, f"call {call.call_id}") from None
     return call._replace(**{name: getattr(parsed, name) for name in _DETAIL_FIELDS})
 
 
@@ -458,7 +457,7 @@ def carry_stored_details(
 def _listed_final(entry: Mapping[str, Any]) -> bool:
     status = entry.get("queue_status")
     return isinstance(status, str) and (
-        _QUEUE_STATUS_ALIASES.get(status, status) in FINAL_QUEUE_STATUSES
+        QUEUE_STATUS_ALIASES.get(status, status) in FINAL_QUEUE_STATUSES
     )
 
 
@@ -475,7 +474,7 @@ def _parse_v2_call(
     details_synced_at: datetime | None,
 ) -> tuple[CallRecord, dict[int, TranscriptLineRecord] | None]:
     if detail is not None and not isinstance(detail, Mapping):
-        raise _Invalid("", f"expected an object, got {_type_name(detail)}")
+        raise InvalidValue("", f"expected an object, got {type_name(detail)}")
     merged: dict[str, Any] = dict(entry)
     if detail is not None:
         merged.update(detail)
@@ -484,20 +483,20 @@ def _parse_v2_call(
     }
     # The call belongs to the batch it was listed under, whatever batch_id it carries.
     common.pop("batch_id", None)
-    call = _parse_call(common, batch_id)
+    call = parse_call(common, batch_id)
     # The detail columns come from the detail when there is one, never from the list entry
     # (whose pathway_tags, say, differ in shape); without one, from the list entry.
     get = (detail if detail is not None else entry).get
     call = call._replace(
-        price=_number(get("price"), "price"),
-        summary=_text(get("summary"), "summary"),
-        recording_url=_text(get("recording_url"), "recording_url"),
-        started_at=_timestamp(get("started_at"), "started_at"),
-        inbound=_boolean(get("inbound"), "inbound"),
-        call_ended_by=_text(get("call_ended_by"), "call_ended_by"),
-        pathway_id=_text(get("pathway_id"), "pathway_id"),
-        disposition_tag=_text(get("disposition_tag"), "disposition_tag"),
-        transferred_to=_text(get("transferred_to"), "transferred_to"),
+        price=coerce_number(get("price"), "price"),
+        summary=coerce_text(get("summary"), "summary"),
+        recording_url=coerce_text(get("recording_url"), "recording_url"),
+        started_at=coerce_timestamp(get("started_at"), "started_at"),
+        inbound=coerce_boolean(get("inbound"), "inbound"),
+        call_ended_by=coerce_text(get("call_ended_by"), "call_ended_by"),
+        pathway_id=coerce_text(get("pathway_id"), "pathway_id"),
+        disposition_tag=coerce_text(get("disposition_tag"), "disposition_tag"),
+        transferred_to=coerce_text(get("transferred_to"), "transferred_to"),
         variables=get("variables"),
         metadata=get("metadata"),
         pathway_tags=_pathway_tags(get("pathway_tags")),
@@ -508,12 +507,12 @@ def _parse_v2_call(
         return call, None
     raw_lines = detail.get("transcripts")
     if raw_lines is not None and not isinstance(raw_lines, list):
-        raise _Invalid("transcripts", f"expected a list, got {_type_name(raw_lines)}")
+        raise InvalidValue("transcripts", f"expected a list, got {type_name(raw_lines)}")
     lines: dict[int, TranscriptLineRecord] = {}
     for line_index, raw_line in enumerate(raw_lines or ()):
         try:
-            line = _parse_transcript_line(raw_line, call.call_id, batch_id)
-        except _Invalid as exc:
+            line = parse_transcript_line(raw_line, call.call_id, batch_id)
+        except InvalidValue as exc:
             raise exc.within(f"transcripts[{line_index}]") from None
         lines[line.line_id] = line
     return call, lines
@@ -523,7 +522,7 @@ def _pathway_tags(value: Any) -> Any:
     """Documented as strings, sent as ``{name, color}`` objects too: kept as sent."""
     if value is None or isinstance(value, list):
         return value
-    raise _Invalid("pathway_tags", f"expected a list, got {_type_name(value)}")
+    raise InvalidValue("pathway_tags", f"expected a list, got {type_name(value)}")
 
 
 def _derived(
@@ -542,7 +541,7 @@ def _derived(
         endpoints=None,
     )
     counts = Counter(
-        _QUEUE_STATUS_ALIASES.get(c.queue_status, c.queue_status)
+        QUEUE_STATUS_ALIASES.get(c.queue_status, c.queue_status)
         for c in calls
         if c.queue_status is not None
     )
@@ -717,7 +716,7 @@ class V2Source:
             page = parse_envelope(raw, batch_id=batch_id, what="(logs)")
             if not isinstance(page, list):
                 raise PayloadError(
-                    f"expected a list, got {_type_name(page)}", batch_id=batch_id, field="logs"
+                    f"expected a list, got {type_name(page)}", batch_id=batch_id, field="logs"
                 )
             ids = {str(e.get("id")) for e in page if isinstance(e, Mapping)}
             if not page or ids <= seen:
