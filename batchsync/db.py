@@ -277,7 +277,7 @@ def _create_sqlite_reader(settings: DatabaseSettings, busy_timeout: float) -> En
     return engine
 
 
-SQLITE_CACHE_KIB = 64 * 1024  # page cache per SQLite connection
+SQLITE_CACHE_KIB = 16 * 1024  # page cache per SQLite connection
 
 
 def _sqlite_configurer(
@@ -292,7 +292,7 @@ def _sqlite_configurer(
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        # 64 MiB of page cache (the default is 2 MiB): the indexes of calls and
+        # 16 MiB of page cache (the default is 2 MiB): the indexes of calls and
         # call_transcripts outgrow 2 MiB within a few batches, and every insert then reads
         # their pages back from the OS.
         cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
