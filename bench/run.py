@@ -183,7 +183,7 @@ class CpuUse:
     postgres_seconds: float | None = None
 
 
-SAMPLE_SECONDS = 0.1
+SAMPLE_SECONDS = 0.25
 
 
 class _CpuSampler(threading.Thread):
