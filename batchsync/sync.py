@@ -96,6 +96,10 @@ UNREACHABLE_BATCHES_LIMIT = 3
 GATEWAY_STATUSES = frozenset({502, 503, 504})
 
 
+# How often the writer, waiting for a fetched batch, looks whether SIGTERM asked it to stop.
+STOP_POLL_SECONDS = 0.2
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -274,7 +278,7 @@ def run_sync(
             unreachable = 0
             server_errors = 0  # batches in a row that got a 5xx after their retries
             succeeded = False  # whether any batch of the run was fetched and stored
-            for batch_id, fetched in _fetch_all(source, to_fetch, options, stored):
+            for batch_id, fetched in _fetch_all(source, to_fetch, options, stored, stop):
                 outcome = _store(engine, ledger, batch_id, fetched, options)
                 result.outcomes.append(outcome)
                 events.batch_done(outcome)
@@ -464,11 +468,18 @@ def _api_answers(source: BatchSource) -> bool:
 
 
 def _fetch_all(
-    source: BatchSource, batch_ids: list[str], options: SyncOptions, stored: dict[str, Fingerprint]
+    source: BatchSource,
+    batch_ids: list[str],
+    options: SyncOptions,
+    stored: dict[str, Fingerprint],
+    stop: threading.Event | None = None,
 ) -> Iterator[tuple[str, FetchedBatch | _Failed]]:
     """Fetch batches, up to ``options.concurrency`` at once, yielding each as it arrives.
 
-    At most ``concurrency`` fetched batches wait in memory for the writer.
+    At most ``concurrency`` fetched batches wait in memory for the writer. When ``stop`` is
+    set while the writer waits for the next batch, raises Interrupted at once rather than
+    waiting for a fetch that may take minutes (a v2 batch of 10,000 calls is 10,000 detail
+    requests); nothing of the batches in flight is written.
     """
     if options.concurrency == 1:
         for batch_id in batch_ids:
@@ -481,7 +492,14 @@ def _fetch_all(
         for batch_id in islice(pending_ids, options.concurrency):
             in_flight[executor.submit(_fetch, source, batch_id, options, stored)] = batch_id
         while in_flight:
-            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            done, _ = wait(in_flight, timeout=STOP_POLL_SECONDS, return_when=FIRST_COMPLETED)
+            if not done:
+                if stop is not None and stop.is_set():
+                    raise Interrupted(
+                        "stopped by SIGTERM while waiting for the next batch; the batches "
+                        "being fetched were not written"
+                    )
+                continue
             for future in done:
                 batch_id = in_flight.pop(future)
                 for next_id in islice(pending_ids, 1):

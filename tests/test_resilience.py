@@ -339,6 +339,36 @@ def test_sigterm_finishes_the_batch_in_hand_and_records_the_run(
     engine.dispose()
 
 
+def test_sigterm_while_waiting_for_a_slow_fetch_stops_without_waiting_it_out(
+    database_url: str, big_emulator: Emulator, served: EmulatorServer
+) -> None:
+    """SIGTERM while the writer waits for batches still being fetched (a v2 batch's detail
+    requests can take minutes) ends the run at once: what was committed stays whole, the
+    batches in flight are not written, exit 130. Without that, this run would wait out
+    fetches of two minutes."""
+    env = env_for(served, database_url)
+    assert batchsync("db", "upgrade", env=env).returncode == 0
+    for batch_id in big_emulator.batch_ids()[1:]:
+        big_emulator.inject(batch_id, Fault("slow", delay=120))
+    process = spawn(
+        "sync", "--all", "--concurrency", "2", "--timeout", "3", "--retries", "1", env=env
+    )
+    wait_for_batches(database_url, 1)
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=60)
+    stderr = process.stderr.read() if process.stderr else ""
+
+    assert code == 130, stderr
+    engine = create_db_engine(load_database(database_url))
+    with engine.connect() as connection:
+        status, error = connection.execute(text("select status, error from sync_runs")).one()
+        synced = connection.execute(text("select count(*) from batches")).scalar_one()
+    engine.dispose()
+    assert status == "interrupted"
+    assert "waiting for the next batch" in error
+    assert synced == 1
+
+
 def test_sigterm_with_json_prints_one_object_carrying_the_run_id(
     database_url: str, big_emulator: Emulator, served: EmulatorServer
 ) -> None:
