@@ -447,11 +447,15 @@ _COUNT_COMMENTS = {
 }
 
 
+# count(*) and sum() of counts are bigint on PostgreSQL.
+ViewCount = BigInteger().with_variant(Integer(), "sqlite")
+
+
 def _outcome_columns() -> list[Column[Any]]:
     types: dict[str, Any] = {"completion_rate": Float, "total_minutes": Float}
     types["average_minutes"] = Float
     return [
-        Column(name, types.get(name, Integer), comment=comment)
+        Column(name, types.get(name, ViewCount), comment=comment)
         for name, comment in _COUNT_COMMENTS.items()
     ]
 
@@ -466,7 +470,7 @@ Table(
     Column("api_version", Text, comment="The API the batch came from: 'v1' or 'v2'."),
     Column("created_at", UTCDateTime(), comment="When the batch was created (UTC)."),
     *_outcome_columns(),
-    Column("error_messages", Integer, comment="Rows of the batch in errors."),
+    Column("error_messages", ViewCount, comment="Rows of the batch in errors."),
     comment="One row per batch: how its calls went (answered by whom, completion, minutes).",
 )
 
