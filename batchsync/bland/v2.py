@@ -428,6 +428,15 @@ def carried_columns(raw_calls: Sequence[Mapping[str, Any]]) -> dict[str, frozens
 
 # Every column a stored detail may have filled: all but the keys.
 _CARRIED_COLUMNS = frozenset(CallRecord._fields) - {"call_id", "batch_id"}
+# A v1 batch's call fills every column but these (parse_call leaves them None): a v1 call
+# whose detail is not fetched keeps them from its stored detail.
+V1_CARRIED_COLUMNS = frozenset(_DETAIL_FIELDS)
+
+
+def v1_carried_columns(calls: Sequence[CallRecord]) -> dict[str, frozenset[str]]:
+    """For the calls of a v1 batch written without their details (--no-call-details): the
+    detail columns each keeps from its stored detail, by call id. See ``ParsedBatch.carried``."""
+    return dict.fromkeys((call.call_id for call in calls), V1_CARRIED_COLUMNS)
 
 
 def carry_stored_details(
