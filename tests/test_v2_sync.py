@@ -1085,3 +1085,17 @@ def test_v1_call_details_stay_through_a_run_without_them_under_every_phone_polic
     assert not result.failed
     assert result.count("synced") == 6
     assert v1_calls() == before
+
+
+def test_v1_call_details_stay_through_a_run_without_them_on_spooled_bodies(
+    engine: Engine, spooling_client: BlandHttp
+) -> None:
+    """v1 bodies parsed in chunks as they are written keep each call's stored detail
+    through a --refresh run without --call-details, in every chunk."""
+    sync(engine, spooling_client, api="v1", call_details=True, spool_chunk_calls=3)
+    calls_before, lines_before = _calls_and_lines(engine)
+    assert all(row[-1] is not None for row in calls_before)
+    result = sync(engine, spooling_client, api="v1", spool_chunk_calls=3, refresh=True)
+    assert not result.failed
+    assert result.count("synced") == 3
+    assert _calls_and_lines(engine) == (calls_before, lines_before)

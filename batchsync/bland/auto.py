@@ -12,7 +12,7 @@ from typing import Literal
 from batchsync.bland.http import BlandHttp
 from batchsync.bland.source import BatchSource, BodyParser, FetchedBatch, Parts, Unchanged
 from batchsync.bland.v1 import V1Source
-from batchsync.bland.v2 import V2Source, is_v2_id, v1_carried_columns
+from batchsync.bland.v2 import V1_CARRIED_COLUMNS, V2Source, is_v2_id, v1_carried_columns
 from batchsync.errors import ApiError, BatchNotFound
 from batchsync.payload import parse_batch_body
 from batchsync.records import BatchSummary, StoredCalls
@@ -132,6 +132,8 @@ class AutoSource:
             # the phone-number policy (see ParsedBatch.carried).
             carried = v1_carried_columns(parsed.calls)
             fetched = fetched._replace(parsed=parsed._replace(carried=carried))
+        elif fetched.body is not None:
+            fetched.body.carried = V1_CARRIED_COLUMNS  # merged chunk by chunk as written
         return fetched
 
 
