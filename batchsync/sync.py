@@ -37,7 +37,7 @@ from sqlalchemy import Connection, Engine
 
 from batchsync import runs
 from batchsync.bland.source import BatchSource, FetchedBatch, Parts, Unchanged
-from batchsync.bland.v2 import carry_stored_details
+from batchsync.bland.v2 import carry_stored_details, v1_carried_columns
 from batchsync.db import DRIVER_ERRORS, describe, is_unavailable, reading, unavailable
 from batchsync.errors import (
     ApiError,
@@ -69,6 +69,7 @@ from batchsync.privacy import (
     redact_secrets,
     redact_secrets_in,
 )
+from batchsync.records import StoredCalls
 from batchsync.runs import BatchOutcome
 from batchsync.store import (
     BatchWriter,
@@ -556,7 +557,8 @@ def _write(
     time as they come, in the same transaction: a fault found late undoes them all.
     """
     fingerprint = _fingerprint(fetched.content_sha256, options)
-    sink = _CallsWriter(options, echoes_secret=fetched.echoes_secret)
+    carried = None if fetched.body is None else fetched.body.carried
+    sink = _CallsWriter(options, echoes_secret=fetched.echoes_secret, carried=carried)
     try:
         with engine.connect() as connection, connection.begin() as transaction:
             lock_batch(connection, batch_id)
@@ -570,16 +572,17 @@ def _write(
                 )
                 parsed = _parsed(fetched, batch_id, sink if chunked else None)
                 calls = None if parsed.calls is None else len(parsed.calls) + sink.calls
+                if carried and parsed.calls:
+                    parsed = parsed._replace(carried=v1_carried_columns(parsed.calls))
                 as_parsed = parsed
                 parsed = apply_phone_policy(parsed, options.phones, sink.scrub)
                 if fetched.echoes_secret:
                     parsed = redact_secrets(parsed)
                 if as_parsed.carried and parsed.calls and as_parsed.calls:
                     # Stored values are under the policy already: merged after it.
-                    stored = read_stored_calls(connection, batch_id, lines=False)
                     parsed = parsed._replace(
                         calls=carry_stored_details(
-                            parsed.calls, as_parsed.calls, as_parsed.carried, stored
+                            parsed.calls, as_parsed.calls, as_parsed.carried, sink.stored()
                         )
                     )
                 changes = sink.writer.finish(parsed, fingerprint)
@@ -624,8 +627,17 @@ class _CallsWriter:
     """Hands the chunks of calls a parser yields to the batch's writer (if any), counting
     them."""
 
-    def __init__(self, options: SyncOptions, *, echoes_secret: bool = False) -> None:
+    def __init__(
+        self,
+        options: SyncOptions,
+        *,
+        echoes_secret: bool = False,
+        carried: frozenset[str] | None = None,
+    ) -> None:
         self.options = options
+        # Columns each call keeps from its stored detail (see ParsedBatch.carried).
+        self.carried = carried
+        self._stored: StoredCalls | None = None
         self.scrub = BatchScrub(options.phones)  # the batch's numbers, across its chunks
         self.echoes_secret = echoes_secret  # the body quotes the API key: redact every string
         self.writer: BatchWriter | None = None
@@ -640,13 +652,27 @@ class _CallsWriter:
     ) -> None:
         if self.writer is not None:
             self.writing = True
+            as_parsed = calls
             calls, lines = apply_phone_policy_to_calls(calls, lines, self.scrub)
             if self.echoes_secret:
                 calls = redact_secrets_in(calls)
                 lines = None if lines is None else redact_secrets_in(lines)
+            if self.carried:
+                # Stored values are under the policy already: merged after it.
+                carried = dict.fromkeys((call.call_id for call in as_parsed), self.carried)
+                calls = carry_stored_details(calls, as_parsed, carried, self.stored())
             self.writer.write_calls(calls, lines, again=again)
             self.writing = False
         self.calls += len(calls) - len(again)
+
+    def stored(self) -> StoredCalls:
+        """The batch's calls as stored before this write, read once in its transaction."""
+        assert self.writer is not None
+        if self._stored is None:
+            self._stored = read_stored_calls(
+                self.writer.connection, self.writer.batch_id, lines=False
+            )
+        return self._stored
 
 
 def _parsed(fetched: FetchedBatch, batch_id: str, sink: _CallsWriter | None = None) -> ParsedBatch:

@@ -618,3 +618,38 @@ def test_without_total_count_a_full_page_asks_for_the_next(
     source = V2Source(shared_http, call_details=False, calls_page_size=5)
     source.fetch_batch(batch_id, Parts())
     assert paths(account).count("/v1/calls") == 2
+
+
+def test_v1_call_detail_puts_its_fields_without_a_column_in_extra() -> None:
+    """--call-details: the detail's is_canary, record, pathway_version, transferred_at go
+    into the v1 call's extra beside the call's own keys, which win where both have one."""
+    from batchsync.bland.v2 import with_detail
+
+    call = parse(details=None).calls[0]._replace(extra={"voice": "maya", "record": False})
+    enriched = with_detail(
+        call, fixture("call-detail.json"), batch_id=BATCH_ID, details_synced_at=SYNCED
+    )
+    assert enriched.extra is not None
+    assert enriched.extra["voice"] == "maya"
+    assert enriched.extra["record"] is False  # the batch's own value
+    assert {"is_canary", "pathway_version", "transferred_at"} <= enriched.extra.keys()
+    assert "concatenated_transcript" not in enriched.extra
+
+
+def test_v1_call_written_without_its_detail_keeps_the_details_extra_fields() -> None:
+    """A v1 call written without --call-details keeps its stored detail's fields without
+    a column (in extra), with the call's own extra keys over them."""
+    from batchsync.bland.v2 import carry_stored_details, v1_carried_columns, with_detail
+    from batchsync.records import StoredCalls
+
+    call = parse(details=None).calls[0]._replace(extra={"voice": "maya"})
+    stored = with_detail(
+        call, fixture("call-detail.json"), batch_id=BATCH_ID, details_synced_at=SYNCED
+    )._replace(extra={"voice": "maya", "is_canary": False})
+    fresh = call._replace(extra={"voice": "josh"})
+    (written,) = carry_stored_details(
+        [fresh], [fresh], v1_carried_columns([fresh]), StoredCalls({call.call_id: stored}, {})
+    )
+    assert written.extra == {"voice": "josh", "is_canary": False}
+    assert written.price == stored.price
+    assert written.details_synced_at == SYNCED

@@ -1035,3 +1035,67 @@ def test_no_call_details_from_the_start_stores_list_values_until_a_detail_replac
     detailed = {row[0]: row[1] for row in call_detail_columns(engine)}
     assert detailed == {call["call_id"]: call["pathway_tags"] for call in v2.calls}
     assert all(row[4] is not None for row in call_detail_columns(engine))
+
+
+# -- v1 calls' details through runs without --call-details ------------------------------------
+
+
+@pytest.mark.parametrize("refresh", [False, True], ids=["plain", "refresh"])
+def test_v1_call_details_stay_through_a_run_without_call_details(
+    engine: Engine, http: BlandHttp, account: Emulator, refresh: bool
+) -> None:
+    """A v1 run without --call-details rewrites every v1 batch (the in-progress one among
+    them) and keeps each call's stored detail columns and details_synced_at."""
+    sync(engine, http, api="v1", call_details=True)
+    calls_before, lines_before = _calls_and_lines(engine)
+    with engine.connect() as connection:
+        detailed = connection.execute(
+            text("select count(*) from calls where details_synced_at is not null")
+        ).scalar_one()
+        statuses = connection.execute(text("select status from batches")).scalars().all()
+    assert detailed == 12
+    assert "in-progress" in statuses
+
+    account.requests.clear()
+    result = sync(engine, http, api="v1", refresh=refresh)
+    assert not result.failed
+    assert result.count("synced") == (3 if refresh else 1)  # else the in-progress one only
+    assert not [r for r in account.requests if r.url.path.startswith("/v1/calls/")]
+    assert _calls_and_lines(engine) == (calls_before, lines_before)
+
+
+@pytest.mark.parametrize("policy_name", POLICIES)
+def test_v1_call_details_stay_through_a_run_without_them_under_every_phone_policy(
+    engine: Engine, http: BlandHttp, account: Emulator, policy_name: str
+) -> None:
+    """v1 calls enriched with --call-details keep their detail columns, as stored under
+    the policy, through a --refresh run with the v1 default (--no-call-details), under
+    keep, hash and drop alike."""
+    policy = _policy(policy_name)
+    v1_batches = set(account.batch_ids())
+
+    def v1_calls() -> list[Any]:
+        return [row for row in _calls_and_lines(engine)[0] if row[1] in v1_batches]
+
+    _sync_as_the_cli(engine, http, policy, call_details=True)
+    before = v1_calls()
+    assert len(before) == 12
+    assert all(row[-1] is not None for row in before)  # details_synced_at
+    result = _sync_as_the_cli(engine, http, policy, refresh=True)
+    assert not result.failed
+    assert result.count("synced") == 6
+    assert v1_calls() == before
+
+
+def test_v1_call_details_stay_through_a_run_without_them_on_spooled_bodies(
+    engine: Engine, spooling_client: BlandHttp
+) -> None:
+    """v1 bodies parsed in chunks as they are written keep each call's stored detail
+    through a --refresh run without --call-details, in every chunk."""
+    sync(engine, spooling_client, api="v1", call_details=True, spool_chunk_calls=3)
+    calls_before, lines_before = _calls_and_lines(engine)
+    assert all(row[-1] is not None for row in calls_before)
+    result = sync(engine, spooling_client, api="v1", spool_chunk_calls=3, refresh=True)
+    assert not result.failed
+    assert result.count("synced") == 3
+    assert _calls_and_lines(engine) == (calls_before, lines_before)

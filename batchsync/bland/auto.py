@@ -12,7 +12,7 @@ from typing import Literal
 from batchsync.bland.http import BlandHttp
 from batchsync.bland.source import BatchSource, BodyParser, FetchedBatch, Parts, Unchanged
 from batchsync.bland.v1 import V1Source
-from batchsync.bland.v2 import V2Source, is_v2_id
+from batchsync.bland.v2 import V1_CARRIED_COLUMNS, V2Source, is_v2_id, v1_carried_columns
 from batchsync.errors import ApiError, BatchNotFound
 from batchsync.payload import parse_batch_body
 from batchsync.records import BatchSummary, StoredCalls
@@ -125,7 +125,16 @@ class AutoSource:
             return self.v2.fetch_batch(batch_id, parts, unchanged=unchanged)
         if self.v1_call_details:
             return self.v2.fetch_with_details(self.v1, batch_id, parts, unchanged=unchanged)
-        return self.v1.fetch_batch(batch_id, parts, unchanged=unchanged)
+        fetched = self.v1.fetch_batch(batch_id, parts, unchanged=unchanged)
+        parsed = fetched.parsed
+        if parsed is not None and parsed.calls:
+            # A stored detail stays: it is not fetched, not gone. Merged when written, after
+            # the phone-number policy (see ParsedBatch.carried).
+            carried = v1_carried_columns(parsed.calls)
+            fetched = fetched._replace(parsed=parsed._replace(carried=carried))
+        elif fetched.body is not None:
+            fetched.body.carried = V1_CARRIED_COLUMNS  # merged chunk by chunk as written
+        return fetched
 
 
 def build_source(

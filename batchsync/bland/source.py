@@ -44,6 +44,10 @@ class SpooledBody:
     written (``parse`` with ``on_calls``), instead of holding all its records at once.
     """
 
+    # The columns each of its calls keeps from a stored detail (ParsedBatch.carried, for
+    # every call): set for a v1 body whose calls' details are not fetched.
+    carried: frozenset[str] | None = None
+
     def __init__(
         self,
         file: BinaryIO,

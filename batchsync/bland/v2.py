@@ -51,6 +51,7 @@ from batchsync.records import (
     BatchSummary,
     CallRecord,
     ErrorRecord,
+    JsonObject,
     ParsedBatch,
     QueueStatusCountRecord,
     StoredCalls,
@@ -389,7 +390,9 @@ def with_detail(
     call: CallRecord, detail: Any, *, batch_id: str, details_synced_at: datetime | None
 ) -> CallRecord:
     """A call of another API's batch with the detail columns of its ``GET /v1/calls/{id}``;
-    its other columns stay as that batch gave them."""
+    its other columns stay as that batch gave them. The detail's fields with no column
+    (``is_canary``, ``record``, ``pathway_version``, unknown ones) go into ``extra``, as a
+    v2 call's do, beside the call's own (which win where both name a key)."""
     if not isinstance(detail, Mapping):
         raise PayloadError(
             f"expected an object, got {type_name(detail)}",
@@ -409,7 +412,16 @@ def with_detail(
         )
     except InvalidValue as exc:
         raise payload_error(exc, batch_id, f"call {call.call_id}") from None
-    return call._replace(**{name: getattr(parsed, name) for name in _DETAIL_FIELDS})
+    return call._replace(
+        extra=merged_extra(parsed.extra, call.extra),
+        **{name: getattr(parsed, name) for name in _DETAIL_FIELDS},
+    )
+
+
+def merged_extra(old: JsonObject | None, new: JsonObject | None) -> JsonObject | None:
+    """``old``'s keys with ``new``'s over them; None when neither holds any."""
+    merged = {**(old or {}), **(new or {})}
+    return merged or None
 
 
 def carried_columns(raw_calls: Sequence[Mapping[str, Any]]) -> dict[str, frozenset[str]]:
@@ -428,6 +440,16 @@ def carried_columns(raw_calls: Sequence[Mapping[str, Any]]) -> dict[str, frozens
 
 # Every column a stored detail may have filled: all but the keys.
 _CARRIED_COLUMNS = frozenset(CallRecord._fields) - {"call_id", "batch_id"}
+# A v1 batch's call fills every column but the detail's (parse_call leaves them None): a
+# v1 call whose detail is not fetched keeps them from its stored detail, and the detail's
+# fields without a column, merged into its extra.
+V1_CARRIED_COLUMNS = frozenset({*_DETAIL_FIELDS, "extra"})
+
+
+def v1_carried_columns(calls: Sequence[CallRecord]) -> dict[str, frozenset[str]]:
+    """For the calls of a v1 batch written without their details (--no-call-details): the
+    detail columns each keeps from its stored detail, by call id. See ``ParsedBatch.carried``."""
+    return dict.fromkeys((call.call_id for call in calls), V1_CARRIED_COLUMNS)
 
 
 def carry_stored_details(
@@ -437,7 +459,8 @@ def carry_stored_details(
     stored: StoredCalls,
 ) -> list[CallRecord]:
     """The calls to write, with the ``carried`` columns of each call whose detail was not
-    fetched taken from its stored row, when that row has a detail (``details_synced_at``).
+    fetched taken from its stored row, when that row has a detail (``details_synced_at``);
+    a carried ``extra`` is the stored one with the call's own keys over it.
 
     ``written``: the calls as they are written (under the phone-number policy, secrets
     redacted), in the order of ``parsed``, the same calls as parsed (``carried`` names
@@ -449,7 +472,11 @@ def carry_stored_details(
         columns = carried.get(raw.call_id)
         old = stored.calls.get(call.call_id) if columns else None
         if columns and call.details_synced_at is None and old and old.details_synced_at:
-            call = call._replace(**{name: getattr(old, name) for name in columns})
+            values = {name: getattr(old, name) for name in columns}
+            if "extra" in columns:
+                # The stored keys (the detail's fields among them), the call's own over them.
+                values["extra"] = merged_extra(old.extra, call.extra)
+            call = call._replace(**values)
         kept.append(call)
     return kept
 
