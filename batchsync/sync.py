@@ -36,7 +36,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from batchsync import runs
-from batchsync.bland.source import BatchSource, FetchedBatch, Parts, Unchanged
+from batchsync.bland.source import BatchSource, FetchedBatch, Parts, SpooledBody, Unchanged
 from batchsync.bland.v2 import carry_stored_details
 from batchsync.db import DRIVER_ERRORS, describe, is_unavailable, reading, unavailable
 from batchsync.errors import (
@@ -538,7 +538,7 @@ def _write(
     time as they come, in the same transaction: a fault found late undoes them all.
     """
     fingerprint = _fingerprint(fetched.content_sha256, options)
-    sink = _CallsWriter(options, echoes_secret=fetched.echoes_secret)
+    sink = _CallsWriter(options, echoes_secret=fetched.echoes_secret, body=fetched.body)
     try:
         with engine.connect() as connection, connection.begin() as transaction:
             lock_batch(connection, batch_id)
@@ -554,7 +554,7 @@ def _write(
                 calls = None if parsed.calls is None else len(parsed.calls) + sink.calls
                 as_parsed = parsed
                 parsed = apply_phone_policy(parsed, options.phones, sink.scrub)
-                if fetched.echoes_secret:
+                if sink.redacting:
                     parsed = redact_secrets(parsed)
                 if as_parsed.carried and parsed.calls and as_parsed.calls:
                     # Stored values are under the policy already: merged after it.
@@ -606,10 +606,13 @@ class _CallsWriter:
     """Hands the chunks of calls a parser yields to the batch's writer (if any), counting
     them."""
 
-    def __init__(self, options: SyncOptions, *, echoes_secret: bool = False) -> None:
+    def __init__(
+        self, options: SyncOptions, *, echoes_secret: bool = False, body: SpooledBody | None = None
+    ) -> None:
         self.options = options
         self.scrub = BatchScrub(options.phones)  # the batch's numbers, across its chunks
         self.echoes_secret = echoes_secret  # the body quotes the API key: redact every string
+        self.body = body  # a body parsed here, which may fetch more bodies (call details)
         self.writer: BatchWriter | None = None
         self.calls = 0  # distinct calls written so far
         self.writing = False  # True while a chunk is being written: its faults are the writer's
@@ -623,12 +626,18 @@ class _CallsWriter:
         if self.writer is not None:
             self.writing = True
             calls, lines = apply_phone_policy_to_calls(calls, lines, self.scrub)
-            if self.echoes_secret:
+            if self.redacting:
                 calls = redact_secrets_in(calls)
                 lines = None if lines is None else redact_secrets_in(lines)
             self.writer.write_calls(calls, lines, again=again)
             self.writing = False
         self.calls += len(calls) - len(again)
+
+    @property
+    def redacting(self) -> bool:
+        """Whether the batch's strings need redacting: its body, or a body fetched while it
+        is parsed (a call's detail, so far), may quote the API key."""
+        return self.echoes_secret or (self.body is not None and self.body.echoes_secret)
 
 
 def _parsed(fetched: FetchedBatch, batch_id: str, sink: _CallsWriter | None = None) -> ParsedBatch:

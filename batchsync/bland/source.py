@@ -44,6 +44,11 @@ class SpooledBody:
     written (``parse`` with ``on_calls``), instead of holding all its records at once.
     """
 
+    # Whether a body fetched while this one is parsed (a call's detail) may quote the API
+    # key: its records need redacting, as FetchedBatch.echoes_secret says for the rest.
+    # Read after each chunk handed to ``on_calls`` and after ``parse`` returns.
+    echoes_secret: bool = False
+
     def __init__(
         self,
         file: BinaryIO,
