@@ -143,7 +143,9 @@ def lock_batch(connection: Connection, batch_id: str) -> None:
 # same body differently rewrites each batch on its next fetch instead of skipping it as
 # unchanged. Bump it whenever a release stores the same body differently: a new or removed
 # column, a value parsed or normalised otherwise, child rows keyed or assigned otherwise.
-MAPPING_VERSION = 3  # 3: v2 batches, call detail columns, batch_logs
+# 3: v2 batches, call detail columns, batch_logs. 4: an API key quoted in a v2 body or in a
+# v1 call's detail is stored as *** (earlier releases stored it in clear there).
+MAPPING_VERSION = 4
 
 
 class Fingerprint(NamedTuple):

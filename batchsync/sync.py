@@ -36,7 +36,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from batchsync import runs
-from batchsync.bland.source import BatchSource, FetchedBatch, Parts, Unchanged
+from batchsync.bland.source import BatchSource, FetchedBatch, Parts, SpooledBody, Unchanged
 from batchsync.bland.v2 import carry_stored_details, v1_carried_columns
 from batchsync.db import DRIVER_ERRORS, describe, is_unavailable, reading, unavailable
 from batchsync.errors import (
@@ -558,7 +558,9 @@ def _write(
     """
     fingerprint = _fingerprint(fetched.content_sha256, options)
     carried = None if fetched.body is None else fetched.body.carried
-    sink = _CallsWriter(options, echoes_secret=fetched.echoes_secret, carried=carried)
+    sink = _CallsWriter(
+        options, echoes_secret=fetched.echoes_secret, carried=carried, body=fetched.body
+    )
     try:
         with engine.connect() as connection, connection.begin() as transaction:
             lock_batch(connection, batch_id)
@@ -576,7 +578,7 @@ def _write(
                     parsed = parsed._replace(carried=v1_carried_columns(parsed.calls))
                 as_parsed = parsed
                 parsed = apply_phone_policy(parsed, options.phones, sink.scrub)
-                if fetched.echoes_secret:
+                if sink.redacting:
                     parsed = redact_secrets(parsed)
                 if as_parsed.carried and parsed.calls and as_parsed.calls:
                     # Stored values are under the policy already: merged after it.
@@ -633,6 +635,7 @@ class _CallsWriter:
         *,
         echoes_secret: bool = False,
         carried: frozenset[str] | None = None,
+        body: SpooledBody | None = None,
     ) -> None:
         self.options = options
         # Columns each call keeps from its stored detail (see ParsedBatch.carried).
@@ -640,6 +643,7 @@ class _CallsWriter:
         self._stored: StoredCalls | None = None
         self.scrub = BatchScrub(options.phones)  # the batch's numbers, across its chunks
         self.echoes_secret = echoes_secret  # the body quotes the API key: redact every string
+        self.body = body  # a body parsed here, which may fetch more bodies (call details)
         self.writer: BatchWriter | None = None
         self.calls = 0  # distinct calls written so far
         self.writing = False  # True while a chunk is being written: its faults are the writer's
@@ -654,7 +658,7 @@ class _CallsWriter:
             self.writing = True
             as_parsed = calls
             calls, lines = apply_phone_policy_to_calls(calls, lines, self.scrub)
-            if self.echoes_secret:
+            if self.redacting:
                 calls = redact_secrets_in(calls)
                 lines = None if lines is None else redact_secrets_in(lines)
             if self.carried:
@@ -673,6 +677,12 @@ class _CallsWriter:
                 self.writer.connection, self.writer.batch_id, lines=False
             )
         return self._stored
+
+    @property
+    def redacting(self) -> bool:
+        """Whether the batch's strings need redacting: its body, or a body fetched while it
+        is parsed (a call's detail, so far), may quote the API key."""
+        return self.echoes_secret or (self.body is not None and self.body.echoes_secret)
 
 
 def _parsed(fetched: FetchedBatch, batch_id: str, sink: _CallsWriter | None = None) -> ParsedBatch:

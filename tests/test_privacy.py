@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, inspect, text
 
 from batchsync import runs
+from batchsync.bland.auto import build_source
 from batchsync.bland.http import BlandHttp, RetryPolicy
 from batchsync.bland.v1 import V1Source
 from batchsync.cli import cli
@@ -555,3 +556,95 @@ def test_redaction_masks_extensions_and_parentheses_whole(written: str) -> None:
     parsed = apply_phone_policy(parse_batch(raw, batch_id="b1"), policy)
     assert parsed.transcripts is not None
     assert parsed.transcripts[0].text == "dial [phone] now"
+
+
+ECHOED_KEY = "sk-privacy-echo-0123456789"
+
+
+def assert_key_stored_masked(database_url: str, masked_in: set[str]) -> None:
+    """No table holds the key or a start of it half its length or more; *** stands in
+    its place in each table of ``masked_in``."""
+    texts = table_texts(database_url)
+    half = ECHOED_KEY[: len(ECHOED_KEY) // 2]
+    for name, written in texts.items():
+        assert half.lower() not in written.lower(), name
+    for name in masked_in:
+        assert "***" in texts[name], name
+
+
+def echo_key_in_v2(emulator: Emulator, where: str) -> set[str]:
+    """Quote the key in one part of the emulator's v2 batch (or all): the tables that
+    should then hold *** in its place."""
+    key = ECHOED_KEY
+    (v2,) = emulator.v2.batches.values()
+    masked: set[str] = set()
+    if where in ("batch", "everywhere"):
+        v2.batch["description"] = f"Batch for {key[:20]}"
+        v2.batch["base_prompt"] = json.dumps(
+            {"task": f"Use {key}", "webhook_headers": {"Authorization": f"Bearer {key}"}, key: 1}
+        )
+        masked |= {"batches"}
+    if where in ("logs", "everywhere"):
+        v2.logs[0]["payload"] = {"message": f"key {key} accepted", "headers": [key[:-4]]}
+        masked |= {"batch_logs"}
+    if where in ("calls list", "everywhere"):
+        v2.calls[-1]["error_message"] = f"auth failed with {key}"
+        masked |= {"calls"}
+    if where in ("call details", "everywhere"):
+        call = v2.calls[0]
+        call["summary"] = f"The caller read out {key}."
+        call["variables"] = {"api_key": key, "nested": [{"auth": f"Bearer {key}"}]}
+        call["metadata"] = {"token": key[:15]}
+        call["transcripts"][0]["text"] = f"my key is {key}"
+        masked |= {"calls", "call_transcripts"}
+    return masked
+
+
+@pytest.mark.parametrize("where", ["batch", "logs", "calls list", "call details", "everywhere"])
+def test_api_key_echoed_in_v2_data_is_stored_masked(database_url: str, where: str) -> None:
+    """A v2 batch quoting the API key in any of its bodies (the batch, a logs page, a
+    calls-list page, a call's detail) is stored with *** in its place in every table."""
+    emulator = Emulator(seed=5, v2_batches=1, v2_calls_per_batch=3, api_key=ECHOED_KEY)
+    masked = echo_key_in_v2(emulator, where)
+    engine = create_db_engine(load_database(database_url))
+    upgrade(engine)
+    with BlandHttp(
+        load_api("http://bland-emulator.local", ECHOED_KEY), transport=emulator.transport()
+    ) as http:
+        source = build_source(http, "v2")
+        result = run_sync(engine, source, SyncOptions(discover=True))
+    engine.dispose()
+    assert [o.status for o in result.outcomes] == ["synced"], result.outcomes
+    assert_key_stored_masked(database_url, masked)
+
+
+@pytest.mark.parametrize("spooled", [False, True], ids=["read-whole", "spooled"])
+def test_api_key_echoed_in_v1_call_details_is_stored_masked(
+    database_url: str, spooled: bool
+) -> None:
+    """--call-details on v1 batches: a call's detail quoting the API key (summary,
+    variables, metadata, transcript) while the batch body does not is stored masked, for
+    a body read whole and for one spooled and parsed a chunk of calls at a time."""
+    key = ECHOED_KEY
+    emulator = Emulator(seed=5, batches=1, calls_per_batch=3, api_key=key)
+    batch_id = emulator.batch_ids()[0]
+    call_ids = [c.get("call_id") or c["c_id"] for c in emulator.raw_batch(batch_id)["call_data"]]
+    emulator.call_detail_fields[call_ids[-1]] = {
+        "summary": f"The caller read out {key}.",
+        "variables": {"api_key": key, key: [f"Bearer {key}"]},
+        "metadata": {"token": key[:15]},
+        "transcripts": [{"id": 1, "text": f"my key is {key}", "user": "user"}],
+    }
+    engine = create_db_engine(load_database(database_url))
+    upgrade(engine)
+    with BlandHttp(
+        load_api("http://bland-emulator.local", key), transport=emulator.transport()
+    ) as http:
+        source = build_source(http, "v1", True, spool_large_bodies=spooled)
+        if spooled:
+            http.stream_threshold = 0
+            source.v1.chunk_calls = 1
+        result = run_sync(engine, source, SyncOptions(batch_ids=(batch_id,)))
+    engine.dispose()
+    assert [o.status for o in result.outcomes] == ["synced"], result.outcomes
+    assert_key_stored_masked(database_url, {"calls"})

@@ -47,6 +47,10 @@ class SpooledBody:
     # The columns each of its calls keeps from a stored detail (ParsedBatch.carried, for
     # every call): set for a v1 body whose calls' details are not fetched.
     carried: frozenset[str] | None = None
+    # Whether a body fetched while this one is parsed (a call's detail) may quote the API
+    # key: its records need redacting, as FetchedBatch.echoes_secret says for the rest.
+    # Read after each chunk handed to ``on_calls`` and after ``parse`` returns.
+    echoes_secret: bool = False
 
     def __init__(
         self,

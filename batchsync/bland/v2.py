@@ -25,7 +25,7 @@ from typing import Any
 
 from batchsync.bland.http import BlandHttp, batch_path_segment
 from batchsync.bland.source import BatchSource, FetchedBatch, Parts, SpooledBody, Unchanged
-from batchsync.config import redact
+from batchsync.config import echoes_secret, redact
 from batchsync.errors import BatchNotFound, HttpStatusError, PayloadError
 
 # The v1 parser's value coercions, so that a value means the same from either API.
@@ -658,6 +658,7 @@ class V2Source:
         segment = batch_path_segment(batch_id)
         digest = hashlib.sha256(f"v2 {parts.tag} details={self.call_details}".encode())
         size = 0
+        echoed = False  # whether any of the batch's bodies may quote the API key
 
         def get(path: str, params: dict[str, Any], what: str, *, batch: bool = False) -> Any:
             return record(fetch(path, params, what, batch=batch), what)
@@ -672,10 +673,11 @@ class V2Source:
 
         def record(body: bytes, what: str, *, hashed: bool = True) -> Any:
             """Fold a body into the content hash, in request order, and decode it."""
-            nonlocal size
+            nonlocal size, echoed
             if hashed:
                 digest.update(len(body).to_bytes(8, "big") + body)
             size += len(body)
+            echoed = echoed or echoes_secret(body)
             return decode_json_body(body, batch_id=batch_id, what=f"({what})")
 
         raw_batch = parse_envelope(
@@ -717,7 +719,7 @@ class V2Source:
             # --no-call-details: a call's stored detail stays; it is not fetched, not gone.
             # Merged when written (see ParsedBatch.carried), after the phone-number policy.
             parsed = parsed._replace(carried=carried_columns(raw_calls))
-        return FetchedBatch(parsed, content_sha256, size)
+        return FetchedBatch(parsed, content_sha256, size, echoes_secret=echoed)
 
     def _logs(self, batch_id: str, segment: str, get: _Get) -> list[Any]:
         """Every log entry, oldest first, page by page (``take``/``skip``), until an empty
@@ -823,10 +825,12 @@ class V2Source:
 
         digest = hashlib.sha256(f"details {fetched.content_sha256}".encode())
         size = fetched.size
+        echoed = fetched.echoes_secret
         bodies = self._details(batch_id, [{"call_id": c.call_id} for c in parsed.calls], fetch)
         for body in bodies.values():
             digest.update(len(body).to_bytes(8, "big") + body)
             size += len(body)
+            echoed = echoed or echoes_secret(body)
         content_sha256 = digest.hexdigest()
         if unchanged is not None and unchanged(content_sha256):
             return FetchedBatch(None, content_sha256, size)
@@ -842,7 +846,9 @@ class V2Source:
             )
             for call in parsed.calls
         ]
-        return FetchedBatch(parsed._replace(calls=calls), content_sha256, size)
+        return FetchedBatch(
+            parsed._replace(calls=calls), content_sha256, size, echoes_secret=echoed
+        )
 
     def _spooled_with_details(
         self, fetched: FetchedBatch, batch_id: str, unchanged: Unchanged | None
@@ -868,9 +874,10 @@ class V2Source:
             except BatchNotFound as exc:
                 raise HttpStatusError(str(exc), status_code=404) from None
 
-        def attach(calls: list[CallRecord]) -> list[CallRecord]:
+        def attach(calls: list[CallRecord]) -> tuple[list[CallRecord], bool]:
             bodies = self._details(batch_id, [{"call_id": c.call_id} for c in calls], fetch)
             synced_at = self.clock()
+            echoed = any(echoes_secret(body) for body in bodies.values())
             return [
                 with_detail(
                     call,
@@ -881,7 +888,7 @@ class V2Source:
                     details_synced_at=synced_at,
                 )
                 for call in calls
-            ]
+            ], echoed
 
         body = DetailedBody(fetched.body, attach)
         return fetched._replace(content_sha256=content_sha256, body=body)
@@ -920,15 +927,21 @@ _Get = Callable[..., Any]
 
 
 class DetailedBody(SpooledBody):
-    """A spooled v1 body whose calls get each call's detail (``attach``) as it is parsed:
-    chunk by chunk when parsed into a sink, all at once otherwise."""
+    """A spooled v1 body whose calls get each call's detail as it is parsed: chunk by chunk
+    when parsed into a sink, all at once otherwise.
+
+    ``attach``: the calls with their details, and whether any detail body may quote the
+    API key (then ``echoes_secret`` turns true, before the chunk reaches the sink).
+    """
 
     def __init__(
-        self, body: SpooledBody, attach: Callable[[list[CallRecord]], list[CallRecord]]
+        self,
+        body: SpooledBody,
+        attach: Callable[[list[CallRecord]], tuple[list[CallRecord], bool]],
     ) -> None:
         # Not SpooledBody.__init__: the file is the wrapped body's, read through it.
         self._body = body
-        self._attach = attach
+        self._attach_details = attach
         self.batch_id = body.batch_id
         self.transcripts_requested = body.transcripts_requested
         self.chunk_calls = body.chunk_calls
@@ -954,6 +967,11 @@ class DetailedBody(SpooledBody):
         if parsed.calls:
             parsed = parsed._replace(calls=self._attach(parsed.calls))
         return parsed
+
+    def _attach(self, calls: list[CallRecord]) -> list[CallRecord]:
+        detailed, echoed = self._attach_details(calls)
+        self.echoes_secret = self.echoes_secret or echoed
+        return detailed
 
     def close(self) -> None:
         self._body.close()

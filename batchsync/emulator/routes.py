@@ -98,6 +98,9 @@ class Emulator:
             transcript_ratio=transcript_ratio,
             changed_fraction=changed_fraction,
         )
+        # Fields the calls API's detail of a v1 call sends besides (or instead of) the ones
+        # made from the batch's call, by call id: data only that endpoint quotes.
+        self.call_detail_fields: dict[str, dict[str, Any]] = {}
         # The account's v2 batches and their calls (see batchsync.emulator.v2).
         self.v2 = V2Account(seed=seed, batches=v2_batches, calls_per_batch=v2_calls_per_batch)
 
@@ -251,7 +254,9 @@ class Emulator:
             raw = self.raw_batch(batch_id)
             for call in raw.get("call_data") or ():
                 if isinstance(call, dict) and (call.get("call_id") or call.get("c_id")) == call_id:
-                    return _json_response(200, v1_call_detail(call, batch_id))
+                    detail = v1_call_detail(call, batch_id)
+                    detail.update(self.call_detail_fields.get(call_id, {}))
+                    return _json_response(200, detail)
         return _json_response(404, _error("Call not found"))
 
     def transport(self) -> httpx.MockTransport:
