@@ -9,12 +9,53 @@ the sync and the storage layer see only these types, never HTTP.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, NamedTuple, Protocol
 
+from batchsync.errors import PayloadError
 from batchsync.payload import CHUNK_CALLS, CallsSink, parse_batch_stream
 from batchsync.records import BatchSummary, ParsedBatch
+
+log = logging.getLogger(__name__)
+
+# One page of a batch list read from an offset: the batches it lists (an entry with an id
+# but a bad field is listed, with its ``error``), and the errors of its bad entries in order
+# (``batch_id`` None: an entry without a usable id, left out).
+ListPage = tuple[list[BatchSummary], list[PayloadError]]
+
+
+def page_through(read_page: Callable[[int], ListPage], *, what: str) -> Iterator[BatchSummary]:
+    """Every batch of an offset-paged list (``read_page(offset)``), each id once.
+
+    A page shorter than asked does not end the listing (a server may cap its pages), and
+    the next offset follows what the page held, entries left out included. An entry
+    without a usable id is left out with a warning: one bad entry must not end discovery.
+    An empty page ends the listing, and so does a page that brings no batch not seen
+    before, so an API that ignores the offset cannot keep the run paging forever; a page
+    of bad entries only goes on to the next page, unless it is the same as the last one.
+    """
+    offset = 0
+    seen: set[str] = set()
+    last_problems: list[str] = []
+    while True:
+        page, problems = read_page(offset)
+        left_out = [problem for problem in problems if problem.batch_id is None]
+        for problem in left_out:
+            log.warning("%s: %s; that entry is left out", what, problem)
+        new = [summary for summary in page if summary.batch_id not in seen]
+        seen.update(summary.batch_id for summary in new)
+        yield from new
+        if not page:
+            described = [str(problem) for problem in problems]
+            if not problems or described == last_problems:
+                return
+            last_problems = described
+        elif not new:
+            log.warning("%s repeated itself at offset %d; stopping the listing", what, offset)
+            return
+        offset += len(page) + len(left_out)
 
 
 @dataclass(frozen=True)

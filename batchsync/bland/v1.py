@@ -13,7 +13,6 @@ temporary file instead, for its writer to parse a chunk of calls at a time
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +20,15 @@ from typing import Any
 import httpx
 
 from batchsync.bland.http import BlandHttp, CountedChunks, batch_path_segment, spool_to_file
-from batchsync.bland.source import BodyParser, FetchedBatch, Parts, SpooledBody, Unchanged
+from batchsync.bland.source import (
+    BodyParser,
+    FetchedBatch,
+    ListPage,
+    Parts,
+    SpooledBody,
+    Unchanged,
+    page_through,
+)
 from batchsync.config import echoes_secret
 from batchsync.errors import ConfigError
 from batchsync.gcpause import paused
@@ -32,8 +39,6 @@ from batchsync.payload import (
     parse_batch_stream,
 )
 from batchsync.records import BatchSummary
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,17 +64,10 @@ class V1Source:
             raise ConfigError("the page size must be at least 1")
 
     def iter_batches(self, *, campaign_id: str | None = None) -> Iterator[BatchSummary]:
-        """Every batch, asked for oldest first: offset pages, until a page brings nothing new.
+        """Every batch, asked for oldest first, ``page_size`` a page (``from``/``to``), read
+        as :func:`~batchsync.bland.source.page_through` reads an offset-paged list."""
 
-        A page shorter than ``page_size`` does not end the listing (a server may cap its
-        pages below what was asked), and the next offset follows what the page held. An
-        empty page, or one that brings no batch not seen before, ends it, so an API that
-        ignores the offset cannot keep the run paging forever.
-        """
-        start = 0
-        seen: set[str] = set()
-        last_problems: list[str] = []
-        while True:
+        def read_page(start: int) -> ListPage:
             params: dict[str, Any] = {
                 "from": start,
                 "to": start + self.page_size,
@@ -78,37 +76,14 @@ class V1Source:
             }
             if campaign_id:
                 params["campaign_id"] = campaign_id
-            page, problems = self.http.get(
+            return self.http.get(
                 "/v1/batches",
                 params,
                 what="the batch list",
                 consume=lambda response: parse_batch_list_body(self.http.read(response)),
             )
-            # An entry without a usable id is left out with a warning: one bad entry must
-            # not end discovery.
-            for problem in problems:
-                if problem.batch_id is None:  # one with an id fails its batch in the run
-                    log.warning("the batch list: %s; that entry is left out", problem)
-            new = [summary for summary in page if summary.batch_id not in seen]
-            seen.update(summary.batch_id for summary in new)
-            yield from new
-            if not page:
-                # A page of bad entries only goes on to the next page, unless it is the
-                # same as the last one (an API that ignores the offset).
-                described = [str(problem) for problem in problems]
-                if not problems or described == last_problems:
-                    return
-                last_problems = described
-                start += len(problems)
-                continue
-            if not new:
-                log.warning(
-                    "the batch list repeated itself at offset %d; stopping the listing", start
-                )
-                return
-            # Entries left out count toward the offset; an entry listed with its error is
-            # in ``page`` already.
-            start += len(page) + sum(1 for problem in problems if problem.batch_id is None)
+
+        return page_through(read_page, what="the batch list")
 
     def fetch_batch(
         self, batch_id: str, parts: Parts, *, unchanged: Unchanged | None = None

@@ -24,7 +24,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from batchsync.bland.http import BlandHttp, batch_path_segment
-from batchsync.bland.source import BatchSource, FetchedBatch, Parts, SpooledBody, Unchanged
+from batchsync.bland.source import (
+    BatchSource,
+    FetchedBatch,
+    ListPage,
+    Parts,
+    SpooledBody,
+    Unchanged,
+    page_through,
+)
 from batchsync.config import echoes_secret, redact
 from batchsync.errors import BatchNotFound, HttpStatusError, PayloadError
 
@@ -616,36 +624,16 @@ class V2Source:
         """
         if campaign_id is not None:
             return
-        skip = 0
-        seen: set[str] = set()
-        last_problems: list[str] = []
-        while True:
+
+        def read_page(skip: int) -> ListPage:
             body = self.http.get_body(
                 "/v2/batches/list",
                 {"take": self.list_page_size, "skip": skip},
                 what="the v2 batch list",
             )
-            page, problems = parse_v2_list(
-                decode_json_body(body, batch_id=None, what="(v2 batch list)")
-            )
-            # An entry without a usable id is left out with a warning: one bad entry must
-            # not end discovery (one with an id fails its batch in the run).
-            left_out = [problem for problem in problems if problem.batch_id is None]
-            for problem in left_out:
-                log.warning("the v2 batch list: %s; that entry is left out", problem)
-            new = [summary for summary in page if summary.batch_id not in seen]
-            seen.update(summary.batch_id for summary in new)
-            yield from new
-            if not page:
-                # A page of bad entries only goes on to the next page, unless it is the
-                # same as the last one (an API that ignores the offset).
-                described = [str(problem) for problem in problems]
-                if not problems or described == last_problems:
-                    return
-                last_problems = described
-            elif not new:
-                return
-            skip += len(page) + len(left_out)
+            return parse_v2_list(decode_json_body(body, batch_id=None, what="(v2 batch list)"))
+
+        yield from page_through(read_page, what="the v2 batch list")
 
     def fetch_batch(
         self, batch_id: str, parts: Parts, *, unchanged: Unchanged | None = None
