@@ -29,13 +29,13 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 import click
 import orjson
 from sqlalchemy import Engine
 
-from batchsync import __version__, logs, runs, store
+from batchsync import __version__, encoded, logs, runs, store
 from batchsync.bland.auto import API_CHOICES, ApiChoice, build_source
 from batchsync.bland.http import BlandHttp, RetryPolicy
 from batchsync.bland.source import BatchSource, BodyParser, Parts
@@ -818,13 +818,21 @@ def sync(
                 max_connections=max(concurrency, 1) * (1 + DETAIL_CONCURRENCY),
             )
         )
-        body_parser: BodyParser = parse_batch_body
-        if parse_workers:
-            # No more workers than bodies can wait for them: one per fetch thread.
-            pool = stack.enter_context(ParsePool(min(parse_workers, concurrency)))
-            body_parser = pool.parse_batch_body
         # Stored details are kept only where the stored values are the API's own.
         as_sent = phones.mode is PhoneMode.KEEP and not phones.redact_transcripts
+        body_parser: BodyParser = parse_batch_body
+        if parse_workers:
+            # Rows written as parsed can be formatted for the driver in the parser processes.
+            dialect = engine.dialect.name
+            encode = as_sent and call_details is not True and encoded.available(dialect)
+            # No more workers than bodies can wait for them: one per fetch thread.
+            pool = stack.enter_context(
+                ParsePool(
+                    min(parse_workers, concurrency),
+                    encode_for=cast(encoded.Dialect, dialect) if encode else None,
+                )
+            )
+            body_parser = pool.parse_batch_body
         source = build_source(
             http,
             api_choice,

@@ -21,7 +21,11 @@ Contract, for a caller that swaps ``pool.parse_batch_body`` in for the function 
 
 The records cross the process boundary as plain tuples of primitives and datetimes (see
 :func:`_packed`): pickling named tuples costs about twice as much per call, all of it on
-the receiving side too.
+the receiving side too. A pool made with ``encode_for`` sends a batch's calls and lines
+back as driver rows instead (:mod:`batchsync.encoded`): in ``ParsedBatch.encoded``, with
+``calls`` and ``transcripts`` None. The caller asks for that only where rows are written
+as parsed (phone numbers kept, no transcript redaction); the writer parses the body
+again where it needs the records after all (a body that quotes the API key, say).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from batchsync.encoded import Dialect, EncodedBatch, EncodedRows, Encoder
 from batchsync.gcpause import paused
 from batchsync.payload import parse_batch_body
 from batchsync.records import (
@@ -71,6 +76,8 @@ _LIST_FIELDS: tuple[tuple[str, type[tuple[Any, ...]]], ...] = (
 )
 
 Packed = tuple[Any, ...]
+# The ParsedBatch fields a worker encodes as rows when asked to.
+_ENCODED_FIELDS = frozenset({"calls", "transcripts"})
 
 
 def default_parse_workers() -> int:
@@ -89,9 +96,10 @@ class ParsePool:
     The pool holds no queue of its own: at most one body per waiting caller is in it.
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, *, encode_for: Dialect | None = None) -> None:
         if workers < 1:
             raise ValueError("a parse pool needs at least one worker")
+        self._encode_for = encode_for
         context = multiprocessing.get_context("forkserver")
         # The fork server imports the parser once; each worker forked from it starts ready.
         context.set_forkserver_preload(["batchsync.parse_pool"])
@@ -110,13 +118,25 @@ class ParsePool:
         self, body: bytes, *, batch_id: str, transcripts_requested: bool = True
     ) -> ParsedBatch:
         """:func:`~batchsync.payload.parse_batch_body` in a worker process: same records,
-        same PayloadError; in the calling thread once the pool is broken."""
+        same PayloadError; in the calling thread once the pool is broken. With
+        ``encode_for``, the calls and lines come back encoded (see the module's docstring)."""
         if not self._broken:
             try:
-                future = self._executor.submit(_parse, body, batch_id, transcripts_requested)
+                future = self._executor.submit(
+                    _parse, body, batch_id, transcripts_requested, self._encode_for
+                )
                 packed = future.result()
                 with paused():
-                    return _unpacked(packed)
+                    parsed = _unpacked(packed)
+                if parsed.encoded is not None:
+                    parsed = parsed._replace(
+                        encoded=parsed.encoded._replace(
+                            body=body,
+                            batch_id=batch_id,
+                            transcripts_requested=transcripts_requested,
+                        )
+                    )
+                return parsed
             except BrokenProcessPool:
                 self._broken = True
                 log.warning(
@@ -178,33 +198,60 @@ def _ready() -> None:
     """Nothing: submitted once per worker to start it early."""
 
 
-def _parse(body: bytes, batch_id: str, transcripts_requested: bool) -> Packed:
-    """The worker's side: parse, then pack the records for the trip back."""
+_encoders: dict[str, Encoder] = {}
+
+
+def _parse(
+    body: bytes, batch_id: str, transcripts_requested: bool, encode: Dialect | None = None
+) -> Packed:
+    """The worker's side: parse, then pack the records (or their rows) for the trip back."""
     if gc.get_count()[0] > _UNCOLLECTED_LIMIT:
         gc.collect()  # what earlier tasks left in cycles (a failed body's traceback)
     parsed = parse_batch_body(body, batch_id=batch_id, transcripts_requested=transcripts_requested)
-    return _packed(parsed)
+    encoder = None
+    if encode is not None:
+        encoder = _encoders.get(encode) or _encoders.setdefault(encode, Encoder(encode))
+    return _packed(parsed, encoder)
 
 
-def _packed(parsed: ParsedBatch) -> Packed:
-    """``parsed`` as plain tuples (records without their named-tuple class)."""
+def _packed(parsed: ParsedBatch, encoder: Encoder | None = None) -> Packed:
+    """``parsed`` as plain tuples (records without their named-tuple class); with an
+    ``encoder``, its calls and lines as rows (when it has calls)."""
     analysis = None if parsed.analysis is None else tuple(parsed.analysis)
-    lists = [
-        None if (records := getattr(parsed, name)) is None else [tuple(r) for r in records]
-        for name, _ in _LIST_FIELDS
-    ]
+    encode = encoder is not None and parsed.calls is not None
+    lists: list[Any] = []
+    for name, _ in _LIST_FIELDS:
+        records = getattr(parsed, name)
+        if records is None:
+            lists.append(None)
+        elif encode and name in _ENCODED_FIELDS:
+            assert encoder is not None
+            lists.append(encoder.encode(name, records))
+        else:
+            lists.append([tuple(r) for r in records])
     return (tuple(parsed.batch), analysis, *lists)
 
 
 def _unpacked(packed: Packed) -> ParsedBatch:
-    """The ParsedBatch that :func:`_packed` was given."""
+    """The ParsedBatch that :func:`_packed` was given; encoded rows go to ``encoded`` (its
+    ``body`` and arguments left for the caller to fill in)."""
     batch, analysis, *lists = packed
     records: list[Any] = [
-        None if rows is None else [_new(record_type, row) for row in rows]
-        for (_, record_type), rows in zip(_LIST_FIELDS, lists, strict=True)
+        None if rows is None or isinstance(rows, EncodedRows) else [_new(kind, r) for r in rows]
+        for (_, kind), rows in zip(_LIST_FIELDS, lists, strict=True)
     ]
-    return ParsedBatch(
+    parsed = ParsedBatch(
         _new(BatchRecord, batch),
         None if analysis is None else _new(AnalysisRecord, analysis),
         *records,
     )
+    encoded = dict(zip((name for name, _ in _LIST_FIELDS), lists, strict=True))
+    calls = encoded["calls"]
+    if isinstance(calls, EncodedRows):
+        transcripts = encoded["transcripts"]
+        parsed = parsed._replace(
+            encoded=EncodedBatch(
+                calls, transcripts if isinstance(transcripts, EncodedRows) else None, b"", "", False
+            )
+        )
+    return parsed

@@ -8,7 +8,10 @@ table-column order, so the store can hand them to the database driver without an
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from batchsync.encoded import EncodedBatch
 
 JsonObject = dict[str, Any]
 
@@ -128,6 +131,9 @@ class ParsedBatch(NamedTuple):
     # Merged as the batch is written, after the phone-number policy, since the stored row
     # is already under it.
     carried: dict[str, frozenset[str]] | None = None
+    # Set by a parser process that encoded the calls and lines as driver rows
+    # (batchsync.encoded): ``calls`` and ``transcripts`` are then None, and this holds them.
+    encoded: EncodedBatch | None = None
 
 
 class StoredCalls(NamedTuple):

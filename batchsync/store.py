@@ -23,20 +23,26 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-import orjson
 import psycopg
 from psycopg.types.json import set_json_dumps
 from sqlalchemy import Column, Connection, Engine, Table, and_, delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.types import JSON, DateTime
 
-from batchsync.db import json_dumps, reading
+from batchsync.db import reading
+from batchsync.encoded import (
+    EncodedRows,
+    copy_stamp,
+    copy_type,
+    jsonb_dumps,
+    sqlite_timestamp,
+    sqlite_values,
+)
 from batchsync.models import (
     Base,
     Batch,
@@ -83,6 +89,9 @@ class TableChanges:
 
 
 BatchChanges = dict[str, TableChanges]
+
+# A table's rows to write: records, or the rows a parser process made of them.
+Records = Sequence[tuple[Any, ...]] | EncodedRows
 
 
 @dataclass(frozen=True)
@@ -224,6 +233,13 @@ def stored_calls(engine: Engine, batch_id: str) -> StoredCalls:
         return read_stored_calls(connection, batch_id)
 
 
+def has_call_details(connection: Connection, batch_id: str) -> bool:
+    """Whether a stored call of the batch has its detail (``details_synced_at`` set)."""
+    c = CALLS.table.c
+    query = select(c.call_id).where(c.batch_id == batch_id, c.details_synced_at.is_not(None))
+    return connection.execute(query.limit(1)).first() is not None
+
+
 def read_stored_calls(connection: Connection, batch_id: str, *, lines: bool = True) -> StoredCalls:
     """The batch's calls (and, with ``lines``, transcript lines) as stored, read in the
     caller's transaction."""
@@ -284,8 +300,8 @@ class BatchWriter:
 
     def write_calls(
         self,
-        calls: Sequence[CallRecord],
-        lines: Sequence[TranscriptLineRecord] | None,
+        calls: Sequence[CallRecord] | EncodedRows,
+        lines: Sequence[TranscriptLineRecord] | EncodedRows | None,
         *,
         again: Collection[str] = (),
     ) -> None:
@@ -322,19 +338,27 @@ class BatchWriter:
             if records is not None:
                 changes[child.name] = rows.upsert(child, records, batch_id)
                 changes[child.name].deleted = rows.delete_missing(child, batch_id)
-        if parsed.calls is None:
+        encoded = parsed.encoded
+        if encoded is not None:
+            self.write_calls(encoded.calls, encoded.transcripts)
+            with_lines = encoded.transcripts is not None
+        elif parsed.calls is not None:
+            self.write_calls(parsed.calls, parsed.transcripts)
+            with_lines = parsed.transcripts is not None
+        else:
             return changes
-        self.write_calls(parsed.calls, parsed.transcripts)
         changes[CALLS.name] = calls = self._calls
         changes[TRANSCRIPTS.name] = lines = self._lines
         # Children before parents on the way out.
-        if parsed.transcripts is not None:
+        if with_lines:
             lines.deleted += rows.delete_missing(TRANSCRIPTS, batch_id)
         else:
             # Transcripts were not fetched: keep them, but not those of calls that vanished.
             lines.deleted += rows.delete_missing(TRANSCRIPTS, batch_id, present=CALLS)
-        # A call that moved here from another batch keeps none of the lines stored with it there.
-        lines.deleted += _delete_lines_left_elsewhere(self.connection, batch_id)
+        # A call that moved here from another batch keeps none of the lines stored with it
+        # there. Calls that all went in as plain inserts were stored nowhere before.
+        if rows.upserted(CALLS):
+            lines.deleted += _delete_lines_left_elsewhere(self.connection, batch_id)
         calls.deleted += rows.delete_missing(CALLS, batch_id)
         return changes
 
@@ -427,6 +451,7 @@ class _RowWriter:
         self.stamp = (synced_at, run_id)
         # Per table written: True when the batch had no rows there before (a first load).
         self._first_load: dict[str, bool] = {}
+        self._upserted: set[str] = set()  # tables some of whose rows were upserted
 
     @staticmethod
     def for_connection(connection: Connection, *, run_id: int, synced_at: datetime) -> _RowWriter:
@@ -434,9 +459,7 @@ class _RowWriter:
             return _PostgresRowWriter(connection, run_id=run_id, synced_at=synced_at)
         return _SqliteRowWriter(connection, run_id=run_id, synced_at=synced_at)
 
-    def upsert(
-        self, child: _ChildTable, records: Sequence[tuple[Any, ...]], batch_id: str
-    ) -> TableChanges:
+    def upsert(self, child: _ChildTable, records: Records, batch_id: str) -> TableChanges:
         """Insert new rows and update rows where a value differs."""
         first_load = self._first_load.get(child.name)
         if first_load is None:
@@ -446,7 +469,12 @@ class _RowWriter:
             return TableChanges()
         if first_load and self._insert(child, records):
             return TableChanges(inserted=len(records))
+        self._upserted.add(child.name)
         return self._upsert(child, records, batch_id, remember=not first_load)
+
+    def upserted(self, child: _ChildTable) -> bool:
+        """Whether some of ``child``'s rows went the upsert way (not all plain inserts)."""
+        return child.name in self._upserted
 
     def delete_missing(
         self, child: _ChildTable, batch_id: str, *, present: _ChildTable | None = None
@@ -478,14 +506,14 @@ class _RowWriter:
     def _start(self, child: _ChildTable, first_load: bool) -> None:
         """Get ready to write ``child``'s rows of one batch."""
 
-    def _insert(self, child: _ChildTable, records: Sequence[tuple[Any, ...]]) -> bool:
+    def _insert(self, child: _ChildTable, records: Records) -> bool:
         """Insert ``records`` as new rows; False (and nothing written) if a key exists."""
         raise NotImplementedError
 
     def _upsert(
         self,
         child: _ChildTable,
-        records: Sequence[tuple[Any, ...]],
+        records: Records,
         batch_id: str,
         *,
         remember: bool,
@@ -497,30 +525,6 @@ class _RowWriter:
 
     def _forget_keys(self, child: _ChildTable, call_ids: Collection[str]) -> None:
         raise NotImplementedError
-
-
-_COPY_TYPES = {
-    "TEXT": "text",
-    "INTEGER": "int4",
-    "BIGINT": "int8",
-    "FLOAT": "float8",
-    "BOOLEAN": "bool",
-    "TIMESTAMP WITH TIME ZONE": "timestamptz",
-    "JSONB": "jsonb",
-}
-
-
-def jsonb_dumps(value: Any) -> bytes:
-    """JSON column text for binary COPY: orjson (psycopg's default is the slower json
-    module), with every digit of integers beyond 64 bits, as :func:`json_dumps` writes."""
-    try:
-        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
-    except orjson.JSONEncodeError:
-        return json_dumps(value).encode()
-
-
-def _copy_type(column: Column[Any], dialect: Any) -> str:
-    return _COPY_TYPES[column.type.compile(dialect=dialect)]
 
 
 class _PostgresRowWriter(_RowWriter):
@@ -549,7 +553,7 @@ class _PostgresRowWriter(_RowWriter):
         )
         self.connection.exec_driver_sql(f"TRUNCATE {self._keys_name(child)}")
 
-    def _insert(self, child: _ChildTable, records: Sequence[tuple[Any, ...]]) -> bool:
+    def _insert(self, child: _ChildTable, records: Records) -> bool:
         savepoint = self.connection.begin_nested()
         try:
             self._copy(child.name, child, records)
@@ -562,7 +566,7 @@ class _PostgresRowWriter(_RowWriter):
     def _upsert(
         self,
         child: _ChildTable,
-        records: Sequence[tuple[Any, ...]],
+        records: Records,
         batch_id: str,
         *,
         remember: bool,
@@ -596,7 +600,7 @@ class _PostgresRowWriter(_RowWriter):
         ).one()
         return TableChanges(inserted=inserted, updated=updated)
 
-    def _copy(self, target: str, child: _ChildTable, records: Sequence[tuple[Any, ...]]) -> None:
+    def _copy(self, target: str, child: _ChildTable, records: Records) -> None:
         """Stream ``records`` (stamped) into ``target`` with binary COPY."""
         driver = self.connection.connection.driver_connection
         assert driver is not None
@@ -605,7 +609,10 @@ class _PostgresRowWriter(_RowWriter):
         with driver.cursor() as cursor:
             set_json_dumps(jsonb_dumps, context=cursor)
             with cursor.copy(f"COPY {target} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types([_copy_type(c, self.connection.dialect) for c in child.columns])
+                if isinstance(records, EncodedRows):  # formatted by a parser process
+                    copy.write(records.copy_data(copy_stamp(*stamp)))
+                    return
+                copy.set_types([copy_type(c) for c in child.columns])
                 for record in records:
                     copy.write_row(record + stamp)
 
@@ -654,7 +661,7 @@ class _SqliteRowWriter(_RowWriter):
         )
         self._cursor.execute(f"DELETE FROM {self._keys_name(child)}")
 
-    def _insert(self, child: _ChildTable, records: Sequence[tuple[Any, ...]]) -> bool:
+    def _insert(self, child: _ChildTable, records: Records) -> bool:
         names = [c.name for c in child.columns]
         # A savepoint, so that a key met under another batch undoes only this statement.
         self._cursor.execute("SAVEPOINT batchsync_insert")
@@ -674,17 +681,18 @@ class _SqliteRowWriter(_RowWriter):
     def _upsert(
         self,
         child: _ChildTable,
-        records: Sequence[tuple[Any, ...]],
+        records: Records,
         batch_id: str,
         *,
         remember: bool,
     ) -> TableChanges:
         if remember:
             positions = [[c.name for c in child.columns].index(k) for k in child.keys]
+            rows = records.sqlite_rows() if isinstance(records, EncodedRows) else records
             self._cursor.executemany(
                 f"INSERT OR IGNORE INTO {self._keys_name(child)}"
                 f" VALUES ({', '.join('?' * len(child.keys))})",
-                (tuple(record[p] for p in positions) for record in records),
+                (tuple(row[p] for p in positions) for row in rows),
             )
         # A row the upsert inserts gets a rowid above every one before it; one it updates
         # (a call that moved, or that an earlier chunk of this batch wrote) keeps its own.
@@ -725,37 +733,16 @@ class _SqliteRowWriter(_RowWriter):
                 chunk,
             )
 
-    def _rows(
-        self, child: _ChildTable, records: Sequence[tuple[Any, ...]]
-    ) -> Iterator[tuple[Any, ...]]:
+    def _rows(self, child: _ChildTable, records: Records) -> Iterator[tuple[Any, ...]]:
         """Records as driver rows, one at a time: timestamps and JSON as the text SQLAlchemy
         reads back (a generator, so a batch's rows never exist twice in memory)."""
-        stamp = (_sqlite_timestamp(self.stamp[0]), self.stamp[1])
-        converters = [
-            (index, _sqlite_timestamp if _is_datetime(column) else json_dumps)
-            for index, column in enumerate(child.columns[: -len(stamp)])
-            if _is_datetime(column) or isinstance(column.type, JSON)
-        ]
-        for record in records:
-            if not converters:
-                yield record + stamp
-                continue
-            row = list(record)
-            for index, convert in converters:
-                value = row[index]
-                if value is not None:
-                    row[index] = convert(value)
-            yield (*row, *stamp)
-
-
-def _is_datetime(column: Column[Any]) -> bool:
-    return isinstance(getattr(column.type, "impl", column.type), DateTime)
-
-
-def _sqlite_timestamp(value: datetime) -> str:
-    """The text SQLAlchemy's SQLite DateTime reads back; values are UTC already."""
-    # isoformat is several times cheaper than strftime; [:26] drops the "+00:00".
-    return value.isoformat(" ", "microseconds")[:26]
+        stamp = (sqlite_timestamp(self.stamp[0]), self.stamp[1])
+        if isinstance(records, EncodedRows):  # converted by a parser process
+            rows: Iterable[tuple[Any, ...]] = records.sqlite_rows()
+        else:
+            rows = sqlite_values(records, child.columns[: -len(stamp)])
+        for row in rows:
+            yield row + stamp
 
 
 def purge_batches(

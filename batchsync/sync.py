@@ -39,6 +39,7 @@ from batchsync import runs
 from batchsync.bland.source import BatchSource, FetchedBatch, Parts, SpooledBody, Unchanged
 from batchsync.bland.v2 import carry_stored_details, v1_carried_columns
 from batchsync.db import DRIVER_ERRORS, describe, is_unavailable, reading, unavailable
+from batchsync.encoded import decoded
 from batchsync.errors import (
     ApiError,
     ApiUnavailable,
@@ -63,6 +64,7 @@ from batchsync.payload import (
 )
 from batchsync.privacy import (
     BatchScrub,
+    PhoneMode,
     PhonePolicy,
     apply_phone_policy,
     apply_phone_policy_to_calls,
@@ -74,6 +76,7 @@ from batchsync.runs import BatchOutcome
 from batchsync.store import (
     BatchWriter,
     Fingerprint,
+    has_call_details,
     lock_batch,
     read_stored_calls,
     stored_batches,
@@ -566,14 +569,18 @@ def _write(
             lock_batch(connection, batch_id)
             if _unchanged(stored_fingerprint(connection, batch_id), fingerprint, options):
                 parsed = _parsed(fetched, batch_id, sink if chunked else None)  # counted
-                calls = None if parsed.calls is None else len(parsed.calls) + sink.calls
-                outcome = BatchOutcome(batch_id, runs.UNCHANGED, calls=calls)
+                outcome = BatchOutcome(batch_id, runs.UNCHANGED, calls=_calls(parsed, sink))
             else:
                 sink.writer = BatchWriter(
                     connection, batch_id, run_id=ledger.run_id or 0, synced_at=ledger.clock()
                 )
                 parsed = _parsed(fetched, batch_id, sink if chunked else None)
-                calls = None if parsed.calls is None else len(parsed.calls) + sink.calls
+                if parsed.encoded is not None and not _as_encoded(connection, batch_id, sink):
+                    # Records are needed after all: parse the body again, here.
+                    parsed = decoded(parsed)
+                    if parsed.calls:
+                        parsed = parsed._replace(carried=v1_carried_columns(parsed.calls))
+                calls = _calls(parsed, sink)
                 if carried and parsed.calls:
                     parsed = parsed._replace(carried=v1_carried_columns(parsed.calls))
                 as_parsed = parsed
@@ -615,6 +622,24 @@ def _write(
     except Exception as exc:  # a fault of one batch must not end the run: record it
         return ledger.failure(batch_id, _internal_error(batch_id, "writing", exc))
     return outcome
+
+
+def _calls(parsed: ParsedBatch, sink: _CallsWriter) -> int | None:
+    """The batch's distinct calls: those in ``parsed`` and those written in chunks before;
+    None when the response had no calls."""
+    if parsed.encoded is not None:
+        return len(parsed.encoded.calls) + sink.calls
+    return None if parsed.calls is None else len(parsed.calls) + sink.calls
+
+
+def _as_encoded(connection: Connection, batch_id: str, sink: _CallsWriter) -> bool:
+    """Whether a batch whose calls a parser process encoded (``ParsedBatch.encoded``, v1
+    bodies only) can be written from those rows: nothing to mask, redact, or carry over
+    from a stored call's detail (see ``ParsedBatch.carried``)."""
+    policy = sink.options.phones
+    if policy.mode is not PhoneMode.KEEP or policy.redact_transcripts or sink.redacting:
+        return False
+    return not has_call_details(connection, batch_id)
 
 
 class _ParseFailed(Exception):

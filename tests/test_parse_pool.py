@@ -11,26 +11,28 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import orjson
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 
 from batchsync import runs
 from batchsync.bland.http import BlandHttp, RetryPolicy
-from batchsync.bland.v1 import V1Source
+from batchsync.bland.auto import build_source
 from batchsync.cli import cli
 from batchsync.config import load_api, load_database
 from batchsync.db import create_db_engine, upgrade
 from batchsync.emulator import Emulator, Fault
+from batchsync.encoded import Dialect, decoded
 from batchsync.errors import PayloadError
 from batchsync.models import SyncRunBatch
 from batchsync.parse_pool import ParsePool, default_parse_workers
 from batchsync.payload import parse_batch_body
 from batchsync.sync import SyncOptions, run_sync
 from tests.conftest import EMULATOR_URL
-from tests.test_sync import snapshot
+from tests.test_sync import call_id_of, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -96,15 +98,14 @@ def test_a_worker_killed_leaves_the_pool_parsing_inline(emulator: Emulator) -> N
     assert pooled == parse_batch_body(body, batch_id=batch_id)
 
 
-def sync_with(engine: Engine, emulator: Emulator, pool: ParsePool | None) -> None:
+def sync_with(engine: Engine, emulator: Emulator, pool: ParsePool | None, **options: Any) -> None:
     api = load_api(EMULATOR_URL, emulator.api_key)
     with BlandHttp(
         api, transport=emulator.transport(), retry=RetryPolicy(attempts=1), sleep=lambda _: None
     ) as http:
-        source = V1Source(http)
-        if pool is not None:
-            source.body_parser = pool.parse_batch_body
-        run_sync(engine, source, SyncOptions(discover=True, concurrency=2))
+        parser = parse_batch_body if pool is None else pool.parse_batch_body
+        source = build_source(http, "v1", body_parser=parser)  # as the command builds it
+        run_sync(engine, source, SyncOptions(discover=True, concurrency=2, **options))
 
 
 def test_sync_with_a_parse_pool_stores_the_rows_of_inline_parsing(
@@ -230,3 +231,149 @@ def test_a_killed_run_leaves_no_parser_process(database_url: str) -> None:
 def test_workers_parse_with_the_cyclic_collector_off(pool: ParsePool) -> None:
     """A worker's records hold no cycles: its collector stays off (see batchsync.gcpause)."""
     assert pool._executor.submit(gc.isenabled).result() is False
+
+
+# -- calls and lines encoded as driver rows in the parser process (batchsync.encoded) ---------
+
+
+@pytest.fixture(scope="module")
+def encoding_pools() -> Iterator[dict[str, ParsePool]]:
+    """One pool per database, started when first asked for."""
+    pools: dict[str, ParsePool] = {}
+    yield pools
+    for each in pools.values():
+        each.close()
+
+
+@pytest.fixture
+def encoding_pool(engine: Engine, encoding_pools: dict[str, ParsePool]) -> ParsePool:
+    """A pool that encodes calls and lines for the engine's database."""
+    dialect = engine.dialect.name
+    if dialect not in encoding_pools:
+        encoding_pools[dialect] = ParsePool(1, encode_for=cast(Dialect, dialect))
+    return encoding_pools[dialect]
+
+
+def sync_both(
+    engine: Engine, pool: ParsePool, inline: Engine, emulator: Emulator, **options: Any
+) -> None:
+    """The same run into ``engine`` through ``pool`` and into ``inline`` parsing inline."""
+    sync_with(engine, emulator, pool, **options)
+    sync_with(inline, emulator, None, **options)
+
+
+@pytest.fixture
+def inline(tmp_path: Path) -> Iterator[Engine]:
+    """A SQLite database written by parsing inline: what every other run must equal."""
+    engine = create_db_engine(load_database(f"sqlite:///{tmp_path / 'inline.db'}"))
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def test_encoding_pool_gives_rows_not_records(encoding_pool: ParsePool, emulator: Emulator) -> None:
+    """A pool asked to encode hands back the calls and lines as rows, the rest as records."""
+    batch_id = emulator.batch_ids()[0]
+    body = orjson.dumps(emulator.raw_batch(batch_id))
+    pooled = encoding_pool.parse_batch_body(body, batch_id=batch_id)
+    inline = parse_batch_body(body, batch_id=batch_id)
+    assert pooled.encoded is not None
+    assert pooled.calls is None
+    assert pooled.transcripts is None
+    assert inline.calls is not None
+    assert inline.transcripts is not None
+    assert len(pooled.encoded.calls) == len(inline.calls)
+    assert pooled.encoded.transcripts is not None
+    assert len(pooled.encoded.transcripts) == len(inline.transcripts)
+    assert (
+        pooled._replace(encoded=None, calls=inline.calls, transcripts=inline.transcripts) == inline
+    )
+    assert decoded(pooled) == inline
+
+
+def test_an_encoding_pool_stores_the_rows_of_inline_parsing(
+    engine: Engine, encoding_pool: ParsePool, inline: Engine, emulator: Emulator
+) -> None:
+    """First loads, the API's quirks, extreme numbers in JSON, then a re-sync with changed,
+    vanished and moved calls: a run whose rows a parser process encoded stores exactly what
+    a run parsing inline stores, on either database."""
+    first, second, third = emulator.batch_ids()[:3]
+    raw = orjson.loads(quirky_body(emulator))
+    raw["call_data"][1]["request_data"] = {"big": 2**63 - 1, "f": 1e300, "nested": [{"x": None}]}
+    raw["call_data"][2]["transcripts"] = []
+    emulator.put_batch(raw)
+    sync_both(engine, encoding_pool, inline, emulator)
+    assert snapshot(engine, bookkeeping=False) == snapshot(inline, bookkeeping=False)
+
+    changed = emulator.raw_batch(second)
+    changed["call_data"][0]["status"] = "changed"
+    del changed["call_data"][1]
+    moved = emulator.raw_batch(third)["call_data"][0]
+    changed["call_data"].append(moved)  # a call stored under another batch moves here
+    emulator.put_batch(changed)
+    fresh = emulator.raw_batch(first)
+    fresh["batch_params"]["id"] = fresh["batch_params"]["batch_id"] = "new-with-a-moved-call"
+    fresh["call_data"] = [emulator.raw_batch(third)["call_data"][1]]
+    emulator.put_batch(fresh)
+    sync_both(engine, encoding_pool, inline, emulator, refresh=True)
+    assert snapshot(engine, bookkeeping=False) == snapshot(inline, bookkeeping=False)
+
+
+def test_encoded_rows_are_stamped_with_the_write_of_their_batch(
+    engine: Engine, encoding_pool: ParsePool, emulator: Emulator
+) -> None:
+    """Every call and line row carries its batch's synced_at and the run's id, as the batch
+    row does: the placeholders the parser process wrote are all replaced."""
+    sync_with(engine, emulator, encoding_pool)
+    with engine.connect() as connection:
+        for table in ("calls", "call_transcripts"):
+            mismatched = connection.execute(
+                text(
+                    f"select count(*) from {table} t join batches b using (batch_id)"
+                    " where t.synced_at != b.synced_at or t.sync_run_id != b.sync_run_id"
+                )
+            ).scalar_one()
+            total = connection.execute(text(f"select count(*) from {table}")).scalar_one()
+            assert total > 0
+            assert mismatched == 0, table
+
+
+def test_an_encoded_batch_keeps_the_stored_details_of_its_calls(
+    engine: Engine, encoding_pool: ParsePool, inline: Engine, emulator: Emulator
+) -> None:
+    """Where a stored call has its detail (an earlier --call-details run), the batch is
+    written from records after all, so that the detail stays, as parsing inline keeps it."""
+    sync_both(engine, encoding_pool, inline, emulator)
+    batch_id = emulator.batch_ids()[0]
+    call_id = call_id_of(emulator.raw_batch(batch_id)["call_data"][0])
+    for each in (engine, inline):
+        with each.begin() as connection:
+            connection.execute(
+                text(
+                    "update calls set price = 1.25, summary = 'from the detail',"
+                    " details_synced_at = created_at where call_id = :c"
+                ),
+                {"c": call_id},
+            )
+    sync_both(engine, encoding_pool, inline, emulator, refresh=True)
+    with engine.connect() as connection:
+        kept = connection.execute(
+            text("select price, summary from calls where call_id = :c"), {"c": call_id}
+        ).one()
+    assert tuple(kept) == (1.25, "from the detail")
+    assert snapshot(engine, bookkeeping=False) == snapshot(inline, bookkeeping=False)
+
+
+def test_an_encoded_body_that_quotes_the_api_key_is_stored_redacted(
+    engine: Engine, encoding_pool: ParsePool, emulator: Emulator
+) -> None:
+    """A body echoing the API key is written from records after all, with the key masked."""
+    batch_id = emulator.batch_ids()[0]
+    raw = emulator.raw_batch(batch_id)
+    raw["call_data"][0]["request_data"] = {"echo": f"key={emulator.api_key}"}
+    raw["call_data"][0]["transcripts"] = [{"id": 1, "user": "user", "text": emulator.api_key}]
+    emulator.put_batch(raw)
+    sync_with(engine, emulator, encoding_pool)
+    stored = repr(snapshot(engine))
+    assert emulator.api_key not in stored
+    assert "***" in stored

@@ -34,6 +34,7 @@ from batchsync.bland.source import (
     page_through,
 )
 from batchsync.config import echoes_secret, redact
+from batchsync.encoded import decoded
 from batchsync.errors import BatchNotFound, HttpStatusError, PayloadError
 
 # The v1 parser's value coercions, so that a value means the same from either API.
@@ -801,7 +802,7 @@ class V2Source:
         fetched = source.fetch_batch(batch_id, parts)
         if fetched.body is not None:
             return self._spooled_with_details(fetched, batch_id, unchanged)
-        parsed = fetched.parsed
+        parsed = None if fetched.parsed is None else decoded(fetched.parsed)  # records needed
         if parsed is None or parsed.calls is None:
             return fetched
 
