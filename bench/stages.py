@@ -38,6 +38,18 @@ try:  # parser processes, in releases that have them
 except ImportError:
     parse_pool = None  # type: ignore[assignment]
 
+try:  # rows encoded in the parser processes, in releases that have them
+    from batchsync import encoded
+except ImportError:
+    encoded = None  # type: ignore[assignment]
+
+
+def copy_type(column: Any, dialect: Any) -> str:
+    """The binary COPY type of a column, wherever this release keeps the rule."""
+    if encoded is not None:
+        return encoded.copy_type(column)
+    return store._copy_type(column, dialect)  # type: ignore[attr-defined]
+
 # What the PostgreSQL writer sets for jsonb, when this release has one.
 JSONB_DUMPS: Callable[[Any], Any] | None = getattr(store, "jsonb_dumps", None)
 
@@ -86,7 +98,7 @@ def copy_rows(parsed: list[ParsedBatch], json_dumps: Callable[[Any], Any] | None
         if json_dumps is not None:
             set_json_dumps(json_dumps, context=adapters)
         transformer = psycopg.adapt.Transformer(adapters)
-        types = [store._copy_type(c, dialect) for c in child.columns]
+        types = [copy_type(c, dialect) for c in child.columns]
         transformer.set_dumper_types(
             [adapters.types[t].oid for t in types], psycopg.pq.Format.BINARY
         )
@@ -137,6 +149,39 @@ def main(batches: int, calls: int, transcript_ratio: float, repeat: int, collect
         ("format COPY rows, psycopg's json.dumps", lambda: copy_rows(parsed, None)),
         ("format COPY rows, batchsync's jsonb", lambda: copy_rows(parsed, JSONB_DUMPS)),
     ]  # fmt: skip
+    if encoded is not None and parse_pool is not None:
+        stamp = (datetime(2026, 1, 1, tzinfo=UTC), 1)
+        trips = {
+            dialect: [
+                pickle.dumps(parse_pool._packed(p, encoded.Encoder(dialect)), 5) for p in parsed
+            ]
+            for dialect in ("postgresql", "sqlite")
+        }
+
+        def encode(dialect: encoded.Dialect) -> None:
+            encoder = encoded.Encoder(dialect)
+            for p in parsed:
+                pickle.dumps(parse_pool._packed(p, encoder), pickle.HIGHEST_PROTOCOL)
+
+        def receive(dialect: encoded.Dialect) -> None:
+            for x in trips[dialect]:
+                batch = parse_pool._unpacked(pickle.loads(x))  # noqa: S301
+                assert batch.encoded is not None
+                for rows in (batch.encoded.calls, batch.encoded.transcripts):
+                    if rows is None:
+                        continue
+                    if dialect == "postgresql":
+                        rows.copy_data(encoded.copy_stamp(*stamp))
+                    else:
+                        for row in rows.sqlite_rows():
+                            row + stamp  # noqa: B018
+
+        stages += [
+            ("encoded COPY rows: encode + pickle", lambda: encode("postgresql")),
+            ("encoded COPY rows: unpickle + stamp", lambda: receive("postgresql")),
+            ("encoded SQLite rows: encode + pickle", lambda: encode("sqlite")),
+            ("encoded SQLite rows: unpickle + stamp", lambda: receive("sqlite")),
+        ]
     if parse_pool is not None:
         stages[4:4] = [
             ("pool: pack + pickle (worker)", lambda: [
