@@ -417,8 +417,9 @@ def db_downgrade(
 ) -> None:
     """Migrate the schema down to REVISION ("base" drops every batchsync table).
 
-    Every downgrade drops tables, views or columns, and their data with them: it asks
-    first on a terminal, and needs --yes anywhere else.
+    A downgrade that drops tables, views or columns drops their data with them: it asks
+    first on a terminal, and needs --yes anywhere else. One that drops nothing (0004 -> 0003
+    only restores a foreign key) runs without asking.
 
     \b
     Examples:
@@ -431,7 +432,7 @@ def db_downgrade(
     if dry_run or not plan.revisions:
         _print_downgrade_plan(where, plan, dry_run=dry_run)
         return
-    if not _confirm(_downgrade_question(where, plan), yes=yes):
+    if plan.destructive and not _confirm(_downgrade_question(where, plan), yes=yes):
         return
     downgrade(engine, revision)
     _echo(f"{where}: schema now at {current_revision(engine) or 'nothing'}")

@@ -60,12 +60,9 @@ def _render(table: Table, *, view: bool) -> str:
     if not view:
         keys = ", ".join(f"`{c.name}`" for c in table.primary_key.columns)
         lines += [f"Primary key: {keys}.", ""]
-        for fk in sorted(table.foreign_keys, key=lambda fk: fk.parent.name):
-            lines.append(
-                f"`{fk.parent.name}` references `{fk.column.table.name}.{fk.column.name}` "
-                "(deleting the parent deletes these rows)."
-            )
-        if table.foreign_keys:
+        references = _references(table)
+        lines += references
+        if references:
             lines.append("")
         indexed = sorted(", ".join(c.name for c in ix.columns) for ix in table.indexes)
         if indexed:
@@ -77,6 +74,26 @@ def _render(table: Table, *, view: bool) -> str:
             f"| {_nullable(column, view)} | {_escape(column.comment or '')} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _references(table: Table) -> list[str]:
+    """One sentence per column that refers to another table's key, in column order: the
+    database's foreign keys, and the references batchsync keeps itself (a column's
+    ``info["references"]``, "table.column")."""
+    lines = []
+    for column in table.columns:
+        for fk in sorted(column.foreign_keys, key=lambda fk: fk.target_fullname):
+            lines.append(
+                f"`{column.name}` references `{fk.target_fullname}` "
+                "(deleting the parent deletes these rows)."
+            )
+        kept = column.info.get("references")
+        if kept:
+            lines.append(
+                f"`{column.name}` references `{kept}`, kept by batchsync's writes, not a "
+                "database constraint (batchsync deletes these rows with their parent)."
+            )
+    return lines
 
 
 # Names PostgreSQL gives the types SQLAlchemy's DDL asks for: FLOAT without a precision is

@@ -364,8 +364,11 @@ class BatchWriter:
 
 
 def _ensure_batch_row(connection: Connection, batch_id: str, rows: _RowWriter) -> bool:
-    """Make sure the batch has a row before its calls are written (their foreign key);
-    returns whether it had one. A new row holds only the id until the batch is finished."""
+    """Make sure the batch has a row before its calls are written; returns whether it had one.
+
+    calls.batch_id is no database foreign key: this is what keeps every call's batch stored,
+    in the same transaction. A new row holds only the id until the batch is finished.
+    """
     c = BATCHES.c
     if connection.execute(select(c.batch_id).where(c.batch_id == batch_id)).first() is not None:
         return True
@@ -750,8 +753,10 @@ def purge_batches(
 ) -> dict[str, int]:
     """Delete the named batches, or those created before ``before``, with all their rows.
 
-    Runs in the caller's transaction; returns the rows deleted per table. The run ledger
-    (sync_run_batches) keeps its lines: they hold ids and outcomes, no call data.
+    Runs in the caller's transaction; returns the rows deleted per table. Every child table
+    is deleted from explicitly, children first: calls and call_transcripts have no foreign
+    key that would cascade. The run ledger (sync_run_batches) keeps its lines: they hold ids
+    and outcomes, no call data.
     """
     c = BATCHES.c
     chosen = select(c.batch_id)

@@ -469,8 +469,8 @@ class PostgresCopyLimit:
     """Binary COPY of records into empty tables shaped like batchsync's, one commit per batch.
 
     The tables are ``LIKE public.<table> INCLUDING ALL`` in a schema of their own: the same
-    columns, types, primary key and indexes as batchsync's, logged (not UNLOGGED), without
-    the foreign keys (which LIKE does not copy).
+    columns, types, primary key and indexes as batchsync's, logged (not UNLOGGED); neither
+    table has a foreign key in batchsync's schema either.
     """
 
     TABLES = ("calls", "call_transcripts")

@@ -935,7 +935,7 @@ def test_downgrade_dry_run_lists_revisions_and_what_they_drop_and_changes_nothin
     assert "0002" in to_0001.stdout
     assert "drops table or view batch_outcomes" in to_0001.stdout
     assert "drops table or view calls\n" not in to_0001.stdout
-    assert "would undo 3 revisions" in to_base.stdout
+    assert "would undo 4 revisions" in to_base.stdout
     assert "drops table or view calls\n" in to_base.stdout
     assert "drops table or view sync_runs\n" in to_base.stdout
     assert stored_batch_count(database_url) == 3
@@ -957,6 +957,18 @@ def test_downgrade_with_yes_drops_what_the_dry_run_listed(
     nothing_left = run("db", "downgrade", "0001", env=env)
     assert nothing_left.exit_code == EXIT_OK
     assert "nothing to undo" in nothing_left.stdout
+
+
+def test_downgrade_that_drops_nothing_runs_off_a_terminal_without_yes(
+    server: EmulatorServer, database_url: str
+) -> None:
+    """`db downgrade 0003` only restores a foreign key: it needs no --yes and keeps the rows."""
+    env = api_env(server, database_url)
+    run("sync", "--all", "--migrate", env=env)
+    result = run("db", "downgrade", "0003", env=env)
+    assert result.exit_code == EXIT_OK, result.output
+    assert "schema now at 0003" in result.stdout
+    assert stored_batch_count(database_url) == 3
 
 
 def run_on_terminal(args: list[str], answer: bytes, env: dict[str, str]) -> tuple[int, str]:

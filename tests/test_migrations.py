@@ -24,7 +24,7 @@ from batchsync.db import (
     head_revision,
     upgrade,
 )
-from batchsync.errors import SchemaOutdatedError
+from batchsync.errors import BadArgument, SchemaOutdatedError
 from batchsync.models import VIEWS, Base
 from batchsync.sync import SyncOptions, run_sync
 
@@ -293,3 +293,96 @@ def test_0003_round_trip_keeps_v1_rows_and_marks_them_v1(empty_engine: Engine) -
 
     upgrade(empty_engine)
     assert current_revision(empty_engine) == head_revision()
+
+
+def _insert_call(engine: Engine, call_id: str, batch_id: str) -> None:
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO calls (call_id, batch_id, synced_at, sync_run_id) "
+                "VALUES (:call_id, :batch_id, '2026-01-01 00:00:00+00:00', 1)"
+            ),
+            {"call_id": call_id, "batch_id": batch_id},
+        )
+
+
+def _every_row(engine: Engine) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of every table and view, in a stable order."""
+    inspector = inspect(engine)
+    present = {*inspector.get_table_names(), *inspector.get_view_names()}
+    names = [name for name in [*Base.metadata.tables, *VIEWS.tables] if name in present]
+    with engine.connect() as connection:
+        return {
+            name: sorted(
+                (tuple(row) for row in connection.execute(text(f"SELECT * FROM {name}"))),
+                key=repr,
+            )
+            for name in names
+        }
+
+
+def _calls_shape(engine: Engine) -> tuple[object, ...]:
+    """What the calls table keeps through a rebuild: columns, primary key, indexes."""
+    inspector = inspect(engine)
+    return (
+        [(c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns("calls")],
+        inspector.get_pk_constraint("calls"),
+        sorted((ix["name"], tuple(ix["column_names"])) for ix in inspector.get_indexes("calls")),
+    )
+
+
+def test_call_of_an_unknown_batch_is_accepted_by_the_database(engine: Engine) -> None:
+    """After upgrade, calls.batch_id has no foreign key: the database takes a call whose
+    batch has no row (SQLite runs with foreign_keys on); batchsync's writes keep it."""
+    assert inspect(engine).get_foreign_keys("calls") == []
+    _insert_call(engine, "lonely", "no-such-batch")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT batch_id FROM calls")).scalar_one() == (
+            "no-such-batch"
+        )
+
+
+def test_0004_upgrade_keeps_every_row_and_round_trips(
+    empty_engine: Engine, source: V1Source
+) -> None:
+    """Upgrading a synced 0003 database to 0004 keeps every row, the calls' primary key,
+    indexes and the views; downgrading restores the foreign key with the rows, and upgrading
+    again drops it."""
+    upgrade(empty_engine, "0003")
+    run_sync(empty_engine, source, SyncOptions(discover=True))
+    rows = _every_row(empty_engine)
+    shape = _calls_shape(empty_engine)
+    assert all(rows[name] for name in ("calls", "call_transcripts", "calls_with_batch"))
+    assert [fk["name"] for fk in inspect(empty_engine).get_foreign_keys("calls")] == [
+        "fk_calls_batch_id_batches"
+    ]
+
+    upgrade(empty_engine)
+    assert current_revision(empty_engine) == "0004"
+    assert inspect(empty_engine).get_foreign_keys("calls") == []
+    assert _every_row(empty_engine) == rows
+    assert _calls_shape(empty_engine) == shape
+
+    downgrade(empty_engine, "0003")
+    foreign_keys = inspect(empty_engine).get_foreign_keys("calls")
+    assert [(fk["name"], fk["referred_table"], fk["options"]) for fk in foreign_keys] == [
+        ("fk_calls_batch_id_batches", "batches", {"ondelete": "CASCADE"})
+    ]
+    assert _every_row(empty_engine) == rows
+    assert _calls_shape(empty_engine) == shape
+
+    upgrade(empty_engine)
+    assert inspect(empty_engine).get_foreign_keys("calls") == []
+    assert _every_row(empty_engine) == rows
+
+
+def test_0004_downgrade_refuses_while_a_call_has_no_batch(engine: Engine) -> None:
+    """Downgrading to 0003 with a call whose batch has no row fails, naming the count and
+    the way out, and changes nothing."""
+    _insert_call(engine, "lonely", "no-such-batch")
+    with pytest.raises(BadArgument, match=r"calls without a stored batch remain \(1\).*DELETE"):
+        downgrade(engine, "0003")
+    assert current_revision(engine) == head_revision()
+    assert inspect(engine).get_foreign_keys("calls") == []
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM calls")).scalar_one() == 1
