@@ -830,7 +830,7 @@ def sync(
             pool = stack.enter_context(
                 ParsePool(
                     min(parse_workers, concurrency),
-                    encode_for=cast(encoded.Dialect, dialect) if encode else None,
+                    encode_for=store.row_spec(cast(encoded.Dialect, dialect)) if encode else None,
                 )
             )
             body_parser = pool.parse_batch_body

@@ -13,88 +13,69 @@ written) and streams the rows.
 
 Only rows written exactly as parsed are encoded: under a phone-number policy other than
 ``keep``, with transcript redaction, or for a body that may quote the API key, the
-records are still needed and the pool hands them back instead. The stamp's two fields are
-fixed in size in binary ``COPY`` (8-byte timestamp, 8-byte integer), so each row is made
-with a placeholder stamp whose place is kept in :attr:`EncodedRows.stamp_offsets`.
+records are still needed (:func:`decoded`). The stamp's two fields are fixed in size in
+binary ``COPY`` (8-byte timestamp, 8-byte integer), so each row is made with a
+placeholder stamp whose place is kept in :attr:`EncodedRows.stamp_offsets`.
+
+This module imports neither SQLAlchemy nor, until it formats ``COPY`` rows, psycopg: a
+parser process starts with the parser alone. What the columns are comes from the writer
+(:func:`batchsync.store.row_spec`) as a :class:`RowSpec`.
 """
 
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
-import orjson
-from psycopg import adapt, postgres, pq
-from psycopg.types.json import set_json_dumps
-from sqlalchemy import Column
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.types import JSON, DateTime
-
-from batchsync.db import json_dumps
-from batchsync.models import Base
+from batchsync.jsontext import json_dumps, jsonb_dumps
 from batchsync.payload import parse_batch_body
 
 if TYPE_CHECKING:
     from batchsync.records import ParsedBatch
 
-try:  # psycopg's C row formatter, the one its Copy.write_row uses
-    from psycopg._copy_base import format_row_binary as _format_row_binary
-except ImportError:  # a psycopg that moved it: the writer formats the records itself
-    _format_row_binary = None
-
 Dialect = Literal["postgresql", "sqlite"]
 
-# The table each encoded list of records goes to, by ParsedBatch field.
-TABLES: Final = {
-    "calls": Base.metadata.tables["calls"],
-    "transcripts": Base.metadata.tables["call_transcripts"],
-}
+# The ParsedBatch fields encoded as rows: their calls and their transcript lines.
+FIELDS: Final = ("calls", "transcripts")
 
-# Columns every table carries after the record's own fields (store._BOOKKEEPING).
-STAMP_COLUMNS: Final = ("synced_at", "sync_run_id")
 _PLACEHOLDER: Final = (datetime(2000, 1, 1, tzinfo=UTC), 0)
-
-# PostgreSQL COPY type of each SQLAlchemy type, as compiled for PostgreSQL.
-COPY_TYPES: Final = {
-    "TEXT": "text",
-    "INTEGER": "int4",
-    "BIGINT": "int8",
-    "FLOAT": "float8",
-    "BOOLEAN": "bool",
-    "TIMESTAMP WITH TIME ZONE": "timestamptz",
-    "JSONB": "jsonb",
-}
+# Bytes of the stamp's two fields in a binary COPY row: (4 + 8) + (4 + 8).
+STAMP_BYTES: Final = 24
+STAMP_TYPES: Final = ("timestamptz", "int8")
 
 # Binary COPY framing (PostgreSQL's "COPY" reference, binary format).
 COPY_SIGNATURE: Final = b"PGCOPY\n\xff\r\n\0" + b"\0\0\0\0" + b"\0\0\0\0"
 COPY_TRAILER: Final = b"\xff\xff"
 
 
+@dataclass(frozen=True)
+class RowSpec:
+    """What an :class:`Encoder` needs to know of the tables: the database, and for each of
+    :data:`FIELDS` the binary COPY type name (``text``, ``int8``, ``timestamptz``,
+    ``jsonb``...) of each column, the stamp's two included, in the table's order."""
+
+    dialect: Dialect
+    types: Mapping[str, tuple[str, ...]]
+
+
+def _row_formatter() -> Callable[[Sequence[Any], Any, bytearray], None] | None:
+    """psycopg's C row formatter, the one its ``Copy.write_row`` uses (None if a psycopg
+    release moved it: the writer then formats the records itself)."""
+    try:
+        from psycopg._copy_base import format_row_binary
+    except ImportError:
+        return None
+    return format_row_binary  # type: ignore[no-any-return]
+
+
 def available(dialect: str) -> bool:
     """Whether rows for ``dialect`` can be encoded in a parser process."""
     if dialect == "postgresql":
-        return _format_row_binary is not None
+        return _row_formatter() is not None
     return dialect == "sqlite"
-
-
-def jsonb_dumps(value: Any) -> bytes:
-    """JSON column text for binary COPY: orjson (psycopg's default is the slower json
-    module), with every digit of integers beyond 64 bits, as :func:`json_dumps` writes."""
-    try:
-        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
-    except orjson.JSONEncodeError:
-        return json_dumps(value).encode()
-
-
-def copy_type(column: Column[Any]) -> str:
-    """The binary COPY type name of ``column`` on PostgreSQL (``text``, ``jsonb``...)."""
-    return COPY_TYPES[column.type.compile(dialect=_POSTGRESQL)]
-
-
-_POSTGRESQL: Final = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
 def sqlite_timestamp(value: datetime) -> str:
@@ -103,9 +84,26 @@ def sqlite_timestamp(value: datetime) -> str:
     return value.isoformat(" ", "microseconds")[:26]
 
 
-def is_datetime(column: Column[Any]) -> bool:
-    """Whether ``column`` holds timestamps."""
-    return isinstance(getattr(column.type, "impl", column.type), DateTime)
+def sqlite_values(
+    records: Iterable[tuple[Any, ...]], types: Sequence[str]
+) -> Iterator[tuple[Any, ...]]:
+    """``records`` (whose fields have the COPY type names ``types``) as SQLite parameters,
+    one at a time: timestamps and JSON as the text SQLAlchemy reads back, the rest as is."""
+    converters = [
+        (index, sqlite_timestamp if kind == "timestamptz" else json_dumps)
+        for index, kind in enumerate(types)
+        if kind in ("timestamptz", "jsonb")
+    ]
+    if not converters:
+        yield from records
+        return
+    for record in records:
+        row = list(record)
+        for index, convert in converters:
+            value = row[index]
+            if value is not None:
+                row[index] = convert(value)
+        yield tuple(row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,69 +175,46 @@ def decoded(parsed: ParsedBatch) -> ParsedBatch:
 
 
 class Encoder:
-    """Encodes records for one database; one per parser process (it caches psycopg's
-    transformers, which are not picklable)."""
+    """Encodes records as :class:`EncodedRows` for the tables ``spec`` describes; one per
+    parser process (it caches psycopg's transformers, which are not picklable)."""
 
-    def __init__(self, dialect: Dialect) -> None:
-        if not available(dialect):
-            raise ValueError(f"rows for {dialect} cannot be encoded here")
-        self.dialect = dialect
+    def __init__(self, spec: RowSpec) -> None:
+        if not available(spec.dialect):
+            raise ValueError(f"rows for {spec.dialect} cannot be encoded here")
+        self.spec = spec
         self._transformers: dict[str, Any] = {}
 
     def encode(self, field: str, records: Sequence[tuple[Any, ...]]) -> EncodedRows:
-        """``records`` of the ParsedBatch field ``field`` (``calls`` or ``transcripts``)."""
-        if self.dialect == "postgresql":
-            return self._copy_rows(field, records)
-        return self._sqlite_rows(field, records)
+        """``records`` of the ParsedBatch field ``field`` (one of :data:`FIELDS`)."""
+        types = self.spec.types[field]
+        if self.spec.dialect == "postgresql":
+            return self._copy_rows(field, types, records)
+        rows = list(sqlite_values(records, types[: -len(STAMP_TYPES)]))
+        return EncodedRows("sqlite", len(records), rows)
 
-    def _copy_rows(self, field: str, records: Sequence[tuple[Any, ...]]) -> EncodedRows:
-        assert _format_row_binary is not None
+    def _copy_rows(
+        self, field: str, types: Sequence[str], records: Sequence[tuple[Any, ...]]
+    ) -> EncodedRows:
+        format_row = _row_formatter()
+        assert format_row is not None
         transformer = self._transformers.get(field)
         if transformer is None:
-            transformer = self._transformers[field] = copy_transformer(
-                [copy_type(c) for c in TABLES[field].columns]
-            )
+            transformer = self._transformers[field] = copy_transformer(types)
         out = bytearray()
         offsets = array("q")
         placeholder = _PLACEHOLDER
-        format_row = _format_row_binary
         for record in records:
             format_row(record + placeholder, transformer, out)
             offsets.append(len(out) - STAMP_BYTES)
         return EncodedRows("postgresql", len(records), bytes(out), offsets)
 
-    @staticmethod
-    def _sqlite_rows(field: str, records: Sequence[tuple[Any, ...]]) -> EncodedRows:
-        columns = list(TABLES[field].columns)[: -len(STAMP_COLUMNS)]
-        rows = list(sqlite_values(records, columns))
-        return EncodedRows("sqlite", len(records), rows)
-
-
-def sqlite_values(
-    records: Iterable[tuple[Any, ...]], columns: Sequence[Column[Any]]
-) -> Iterator[tuple[Any, ...]]:
-    """``records`` (of ``columns``) as SQLite parameters, one at a time: timestamps and JSON
-    as the text SQLAlchemy reads back, every other value as it is."""
-    converters = [
-        (index, sqlite_timestamp if is_datetime(column) else json_dumps)
-        for index, column in enumerate(columns)
-        if is_datetime(column) or isinstance(column.type, JSON)
-    ]
-    if not converters:
-        yield from records
-        return
-    for record in records:
-        row = list(record)
-        for index, convert in converters:
-            value = row[index]
-            if value is not None:
-                row[index] = convert(value)
-        yield tuple(row)
-
 
 def copy_transformer(types: Sequence[str]) -> Any:
     """A psycopg transformer that dumps rows of ``types`` (COPY type names) in binary, JSON
-    through :func:`jsonb_dumps`, with no connection."""
+    through :func:`~batchsync.jsontext.jsonb_dumps`, with no connection."""
+    from psycopg import adapt, postgres, pq
+    from psycopg.types.json import set_json_dumps
+
     adapters = adapt.AdaptersMap(postgres.adapters)
     set_json_dumps(jsonb_dumps, context=adapters)
     transformer = adapt.Transformer(adapters)
@@ -249,20 +224,16 @@ def copy_transformer(types: Sequence[str]) -> Any:
 
 def copy_stamp(synced_at: datetime, run_id: int) -> bytes:
     """The two stamp fields of a binary COPY row (each a 4-byte length and its value)."""
-    assert _format_row_binary is not None
+    global _stamp_transformer
+    format_row = _row_formatter()
+    assert format_row is not None
+    if _stamp_transformer is None:
+        _stamp_transformer = copy_transformer(STAMP_TYPES)
     out = bytearray()
-    _format_row_binary((synced_at, run_id), _stamp_transformer(), out)
-    return bytes(out[2:])  # past the row's 2-byte field count
+    format_row((synced_at, run_id), _stamp_transformer, out)
+    stamp = bytes(out[2:])  # past the row's 2-byte field count
+    assert len(stamp) == STAMP_BYTES
+    return stamp
 
 
-def _stamp_transformer() -> Any:
-    global _stamp_tx
-    if _stamp_tx is None:
-        _stamp_tx = copy_transformer(["timestamptz", "int8"])
-    return _stamp_tx
-
-
-_stamp_tx: Any = None
-
-# Bytes of the stamp's two fields in a binary COPY row: (4 + 8) + (4 + 8).
-STAMP_BYTES: Final = 24
+_stamp_transformer: Any = None

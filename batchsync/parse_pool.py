@@ -35,13 +35,17 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from importlib.machinery import ModuleSpec
 from typing import Any
 
-from batchsync.encoded import Dialect, EncodedBatch, EncodedRows, Encoder
+from batchsync.encoded import FIELDS, EncodedBatch, EncodedRows, Encoder, RowSpec
 from batchsync.gcpause import paused
 from batchsync.payload import parse_batch_body
 from batchsync.records import (
@@ -76,8 +80,6 @@ _LIST_FIELDS: tuple[tuple[str, type[tuple[Any, ...]]], ...] = (
 )
 
 Packed = tuple[Any, ...]
-# The ParsedBatch fields a worker encodes as rows when asked to.
-_ENCODED_FIELDS = frozenset({"calls", "transcripts"})
 
 
 def default_parse_workers() -> int:
@@ -96,10 +98,10 @@ class ParsePool:
     The pool holds no queue of its own: at most one body per waiting caller is in it.
     """
 
-    def __init__(self, workers: int, *, encode_for: Dialect | None = None) -> None:
+    def __init__(self, workers: int, *, encode_for: RowSpec | None = None) -> None:
         if workers < 1:
             raise ValueError("a parse pool needs at least one worker")
-        self._encode_for = encode_for
+        self._encode = encode_for is not None
         context = multiprocessing.get_context("forkserver")
         # The fork server imports the parser once; each worker forked from it starts ready.
         context.set_forkserver_preload(["batchsync.parse_pool"])
@@ -107,12 +109,13 @@ class ParsePool:
             workers,
             mp_context=context,
             initializer=_start_worker,
-            initargs=(os.getpid(),),
+            initargs=(os.getpid(), encode_for),
         )
         self._broken = False
         # Start the workers now, while the sync plans its run, not when the first body waits.
-        for _ in range(workers):
-            self._executor.submit(_ready)
+        with _main_not_rerun():
+            for _ in range(workers):
+                self._executor.submit(_ready)
 
     def parse_batch_body(
         self, body: bytes, *, batch_id: str, transcripts_requested: bool = True
@@ -123,7 +126,7 @@ class ParsePool:
         if not self._broken:
             try:
                 future = self._executor.submit(
-                    _parse, body, batch_id, transcripts_requested, self._encode_for
+                    _parse, body, batch_id, transcripts_requested, self._encode
                 )
                 packed = future.result()
                 with paused():
@@ -158,7 +161,28 @@ class ParsePool:
         self.close()
 
 
-def _start_worker(parent_pid: int) -> None:
+@contextmanager
+def _main_not_rerun() -> Iterator[None]:
+    """Start processes without running the sync's ``__main__`` script in them again.
+
+    multiprocessing runs the parent's main script in the fork server and in each worker,
+    under another name, unless ``__main__`` was imported as a package's ``__main__``
+    (``python -m batchsync``). The ``batchsync`` console script is a file: run again, it
+    imports the whole CLI (SQLAlchemy, Alembic, httpx), 0.6 s of a run that has nothing to
+    parse. The workers need none of it: they run only this module's functions.
+    """
+    main = sys.modules["__main__"]
+    if getattr(main, "__spec__", None) is not None or not hasattr(main, "__file__"):
+        yield
+        return
+    main.__spec__ = ModuleSpec("batchsync.__main__", None)
+    try:
+        yield
+    finally:
+        main.__spec__ = None
+
+
+def _start_worker(parent_pid: int, encode_for: RowSpec | None = None) -> None:
     """Set up a parser process: Ctrl-C is the parent's, and the parent's end is its end.
 
     The cyclic garbage collector is off for the worker's life: the records it builds hold
@@ -166,8 +190,10 @@ def _start_worker(parent_pid: int) -> None:
     (:mod:`batchsync.gcpause`). A body that fails leaves an exception and its traceback,
     which do form cycles: :func:`_parse` collects when such objects have piled up.
     """
+    global _encoder
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     gc.disable()
+    _encoder = None if encode_for is None else Encoder(encode_for)
     watcher = threading.Thread(
         target=_exit_with, args=(parent_pid, os.getppid()), name="batchsync-parent", daemon=True
     )
@@ -198,20 +224,16 @@ def _ready() -> None:
     """Nothing: submitted once per worker to start it early."""
 
 
-_encoders: dict[str, Encoder] = {}
+# The worker's encoder, when its pool encodes (set by _start_worker).
+_encoder: Encoder | None = None
 
 
-def _parse(
-    body: bytes, batch_id: str, transcripts_requested: bool, encode: Dialect | None = None
-) -> Packed:
+def _parse(body: bytes, batch_id: str, transcripts_requested: bool, encode: bool = False) -> Packed:
     """The worker's side: parse, then pack the records (or their rows) for the trip back."""
     if gc.get_count()[0] > _UNCOLLECTED_LIMIT:
         gc.collect()  # what earlier tasks left in cycles (a failed body's traceback)
     parsed = parse_batch_body(body, batch_id=batch_id, transcripts_requested=transcripts_requested)
-    encoder = None
-    if encode is not None:
-        encoder = _encoders.get(encode) or _encoders.setdefault(encode, Encoder(encode))
-    return _packed(parsed, encoder)
+    return _packed(parsed, _encoder if encode else None)
 
 
 def _packed(parsed: ParsedBatch, encoder: Encoder | None = None) -> Packed:
@@ -224,7 +246,7 @@ def _packed(parsed: ParsedBatch, encoder: Encoder | None = None) -> Packed:
         records = getattr(parsed, name)
         if records is None:
             lists.append(None)
-        elif encode and name in _ENCODED_FIELDS:
+        elif encode and name in FIELDS:
             assert encoder is not None
             lists.append(encoder.encode(name, records))
         else:

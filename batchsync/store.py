@@ -31,18 +31,21 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg.types.json import set_json_dumps
 from sqlalchemy import Column, Connection, Engine, Table, and_, delete, func, or_, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from batchsync.db import reading
 from batchsync.encoded import (
+    FIELDS,
+    Dialect,
     EncodedRows,
+    RowSpec,
     copy_stamp,
-    copy_type,
-    jsonb_dumps,
     sqlite_timestamp,
     sqlite_values,
 )
+from batchsync.jsontext import jsonb_dumps
 from batchsync.models import (
     Base,
     Batch,
@@ -530,6 +533,31 @@ class _RowWriter:
         raise NotImplementedError
 
 
+# PostgreSQL COPY type of each column type, as compiled for PostgreSQL.
+_COPY_TYPES = {
+    "TEXT": "text",
+    "INTEGER": "int4",
+    "BIGINT": "int8",
+    "FLOAT": "float8",
+    "BOOLEAN": "bool",
+    "TIMESTAMP WITH TIME ZONE": "timestamptz",
+    "JSONB": "jsonb",
+}
+_POSTGRESQL = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+def copy_types(child: _ChildTable) -> tuple[str, ...]:
+    """The binary COPY type name of each of ``child``'s columns (``text``, ``jsonb``...)."""
+    return tuple(_COPY_TYPES[c.type.compile(dialect=_POSTGRESQL)] for c in child.columns)
+
+
+def row_spec(dialect: Dialect) -> RowSpec:
+    """The columns of calls and call_transcripts, for encoding their rows elsewhere (a
+    parser process: see :mod:`batchsync.encoded`)."""
+    tables = dict(zip(FIELDS, (CALLS, TRANSCRIPTS), strict=True))
+    return RowSpec(dialect, {field: copy_types(child) for field, child in tables.items()})
+
+
 class _PostgresRowWriter(_RowWriter):
     """COPY into a staging table, then one upsert per chunk and one delete per table.
 
@@ -615,7 +643,7 @@ class _PostgresRowWriter(_RowWriter):
                 if isinstance(records, EncodedRows):  # formatted by a parser process
                     copy.write(records.copy_data(copy_stamp(*stamp)))
                     return
-                copy.set_types([copy_type(c) for c in child.columns])
+                copy.set_types(list(copy_types(child)))
                 for record in records:
                     copy.write_row(record + stamp)
 
@@ -743,7 +771,7 @@ class _SqliteRowWriter(_RowWriter):
         if isinstance(records, EncodedRows):  # converted by a parser process
             rows: Iterable[tuple[Any, ...]] = records.sqlite_rows()
         else:
-            rows = sqlite_values(records, child.columns[: -len(stamp)])
+            rows = sqlite_values(records, copy_types(child)[: -len(stamp)])
         for row in rows:
             yield row + stamp
 

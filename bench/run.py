@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import platform
@@ -58,7 +59,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 
 import batchsync
-from batchsync.db import json_dumps
+from batchsync.jsontext import json_dumps
 from batchsync.models import Base
 from batchsync.payload import ParsedBatch, parse_batch
 
@@ -1056,6 +1057,9 @@ def main(
     if concurrency is None:
         concurrency = default_concurrency()
     workload = Workload(batches, calls, transcript_ratio, 0, changed_fraction)
+    # What `pip install` leaves: byte-compiled modules. Without them (an editable checkout
+    # under PYTHONDONTWRITEBYTECODE) every run compiles batchsync from source first.
+    compileall.compile_dir(Path(batchsync.__file__).parent, quiet=1)
     workdir = Path(tempfile.mkdtemp(prefix="batchsync-bench-"))
     sqlite_path = workdir / "batchsync.db"
     sqlite_url = f"sqlite:///{sqlite_path}"

@@ -44,11 +44,12 @@ except ImportError:
     encoded = None  # type: ignore[assignment]
 
 
-def copy_type(column: Any, dialect: Any) -> str:
-    """The binary COPY type of a column, wherever this release keeps the rule."""
-    if encoded is not None:
-        return encoded.copy_type(column)
-    return store._copy_type(column, dialect)  # type: ignore[attr-defined]
+def copy_types(child: Any, dialect: Any) -> list[str]:
+    """The binary COPY types of a table's columns, wherever this release keeps the rule."""
+    if hasattr(store, "copy_types"):
+        return list(store.copy_types(child))
+    return [store._copy_type(c, dialect) for c in child.columns]  # type: ignore[attr-defined]
+
 
 # What the PostgreSQL writer sets for jsonb, when this release has one.
 JSONB_DUMPS: Callable[[Any], Any] | None = getattr(store, "jsonb_dumps", None)
@@ -98,7 +99,7 @@ def copy_rows(parsed: list[ParsedBatch], json_dumps: Callable[[Any], Any] | None
         if json_dumps is not None:
             set_json_dumps(json_dumps, context=adapters)
         transformer = psycopg.adapt.Transformer(adapters)
-        types = [copy_type(c, dialect) for c in child.columns]
+        types = copy_types(child, dialect)
         transformer.set_dumper_types(
             [adapters.types[t].oid for t in types], psycopg.pq.Format.BINARY
         )
@@ -153,13 +154,14 @@ def main(batches: int, calls: int, transcript_ratio: float, repeat: int, collect
         stamp = (datetime(2026, 1, 1, tzinfo=UTC), 1)
         trips = {
             dialect: [
-                pickle.dumps(parse_pool._packed(p, encoded.Encoder(dialect)), 5) for p in parsed
+                pickle.dumps(parse_pool._packed(p, encoded.Encoder(store.row_spec(dialect))), 5)
+                for p in parsed
             ]
             for dialect in ("postgresql", "sqlite")
         }
 
         def encode(dialect: encoded.Dialect) -> None:
-            encoder = encoded.Encoder(dialect)
+            encoder = encoded.Encoder(store.row_spec(dialect))
             for p in parsed:
                 pickle.dumps(parse_pool._packed(p, encoder), pickle.HIGHEST_PROTOCOL)
 
@@ -174,7 +176,7 @@ def main(batches: int, calls: int, transcript_ratio: float, repeat: int, collect
                         rows.copy_data(encoded.copy_stamp(*stamp))
                     else:
                         for row in rows.sqlite_rows():
-                            row + stamp  # noqa: B018
+                            row + stamp
 
         stages += [
             ("encoded COPY rows: encode + pickle", lambda: encode("postgresql")),

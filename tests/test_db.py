@@ -15,7 +15,6 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from batchsync import runs
 from batchsync.config import load_database
 from batchsync.db import (
-    _json_text,
     check_schema,
     check_writable,
     create_db_engine,
@@ -23,7 +22,6 @@ from batchsync.db import (
     describe_location,
     downgrade,
     is_unavailable,
-    json_dumps,
     json_loads,
     reading,
     upgrade,
@@ -34,6 +32,7 @@ from batchsync.errors import (
     SchemaConflictError,
     SchemaOutdatedError,
 )
+from batchsync.jsontext import _json_text, json_dumps
 from batchsync.store import stored_batches
 
 

@@ -19,8 +19,8 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, select, text
 
 from batchsync import runs
-from batchsync.bland.http import BlandHttp, RetryPolicy
 from batchsync.bland.auto import build_source
+from batchsync.bland.http import BlandHttp, RetryPolicy
 from batchsync.cli import cli
 from batchsync.config import load_api, load_database
 from batchsync.db import create_db_engine, upgrade
@@ -30,6 +30,7 @@ from batchsync.errors import PayloadError
 from batchsync.models import SyncRunBatch
 from batchsync.parse_pool import ParsePool, default_parse_workers
 from batchsync.payload import parse_batch_body
+from batchsync.store import row_spec
 from batchsync.sync import SyncOptions, run_sync
 from tests.conftest import EMULATOR_URL
 from tests.test_sync import call_id_of, snapshot
@@ -250,7 +251,7 @@ def encoding_pool(engine: Engine, encoding_pools: dict[str, ParsePool]) -> Parse
     """A pool that encodes calls and lines for the engine's database."""
     dialect = engine.dialect.name
     if dialect not in encoding_pools:
-        encoding_pools[dialect] = ParsePool(1, encode_for=cast(Dialect, dialect))
+        encoding_pools[dialect] = ParsePool(1, encode_for=row_spec(cast(Dialect, dialect)))
     return encoding_pools[dialect]
 
 
