@@ -309,12 +309,17 @@ def test_an_encoding_pool_stores_the_rows_of_inline_parsing(
     changed = emulator.raw_batch(second)
     changed["call_data"][0]["status"] = "changed"
     del changed["call_data"][1]
-    moved = emulator.raw_batch(third)["call_data"][0]
-    changed["call_data"].append(moved)  # a call stored under another batch moves here
+    # Two calls stored under the third batch move: one to the second, one to a new batch.
+    # Each is in one response only, so the result does not hang on the order of writes.
+    left = emulator.raw_batch(third)
+    moved, moved_to_new = left["call_data"][:2]
+    del left["call_data"][:2]
+    emulator.put_batch(left)
+    changed["call_data"].append(moved)
     emulator.put_batch(changed)
     fresh = emulator.raw_batch(first)
     fresh["batch_params"]["id"] = fresh["batch_params"]["batch_id"] = "new-with-a-moved-call"
-    fresh["call_data"] = [emulator.raw_batch(third)["call_data"][1]]
+    fresh["call_data"] = [moved_to_new]
     emulator.put_batch(fresh)
     sync_both(engine, encoding_pool, inline, emulator, refresh=True)
     assert snapshot(engine, bookkeeping=False) == snapshot(inline, bookkeeping=False)
