@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from batchsync import runs
 from batchsync.config import load_database
 from batchsync.db import (
+    SQLITE_CHECKPOINT_PAGES,
     check_schema,
     check_writable,
     create_db_engine,
@@ -74,6 +75,8 @@ def test_sqlite_uses_wal_and_foreign_keys(sqlite_url: str) -> None:
     with engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
+        checkpoint = connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one()
+        assert checkpoint == SQLITE_CHECKPOINT_PAGES
     downgrade(engine, "base")
     assert current_revision(engine) is None
 
