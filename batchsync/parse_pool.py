@@ -240,17 +240,26 @@ def _packed(parsed: ParsedBatch, encoder: Encoder | None = None) -> Packed:
     """``parsed`` as plain tuples (records without their named-tuple class); with an
     ``encoder``, its calls and lines as rows (when it has calls)."""
     analysis = None if parsed.analysis is None else tuple(parsed.analysis)
-    encode = encoder is not None and parsed.calls is not None
+    rows: dict[str, EncodedRows] = {}
+    if encoder is not None and parsed.calls is not None:
+        try:
+            rows = {
+                name: encoder.encode(name, records)
+                for name in FIELDS
+                if (records := getattr(parsed, name)) is not None
+            }
+        except Exception:
+            # The records go back as they are, and the writer meets the value itself, with
+            # the message and outcome a batch written from records gets (a number out of
+            # range for its column fails the batch as "the database rejected it").
+            rows = {}
     lists: list[Any] = []
     for name, _ in _LIST_FIELDS:
         records = getattr(parsed, name)
-        if records is None:
-            lists.append(None)
-        elif encode and name in FIELDS:
-            assert encoder is not None
-            lists.append(encoder.encode(name, records))
+        if name in rows:
+            lists.append(rows[name])
         else:
-            lists.append([tuple(r) for r in records])
+            lists.append(None if records is None else [tuple(r) for r in records])
     return (tuple(parsed.batch), analysis, *lists)
 
 

@@ -18,14 +18,14 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, select, text
 
-from batchsync import runs
+from batchsync import parse_pool, runs
 from batchsync.bland.auto import build_source
 from batchsync.bland.http import BlandHttp, RetryPolicy
 from batchsync.cli import cli
 from batchsync.config import load_api, load_database
 from batchsync.db import create_db_engine, upgrade
 from batchsync.emulator import Emulator, Fault
-from batchsync.encoded import Dialect, decoded
+from batchsync.encoded import Dialect, Encoder, decoded
 from batchsync.errors import PayloadError
 from batchsync.models import SyncRunBatch
 from batchsync.parse_pool import ParsePool, default_parse_workers
@@ -383,3 +383,46 @@ def test_an_encoded_body_that_quotes_the_api_key_is_stored_redacted(
     stored = repr(snapshot(engine))
     assert emulator.api_key not in stored
     assert "***" in stored
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("corrected_duration", 2**40), ("status", "nul\u0000inside"), ("max_duration", 1e309)],
+    ids=["int4-overflow", "nul", "float-overflow"],
+)
+def test_a_value_the_driver_refuses_fails_as_it_does_without_encoding(
+    engine: Engine,
+    encoding_pool: ParsePool,
+    inline: Engine,
+    emulator: Emulator,
+    field: str,
+    value: Any,
+) -> None:
+    """A value no row can be made of reaches the writer as a record: the batch gets the
+    outcome and the words it gets when parsed inline, and the other batches are written."""
+    bad = emulator.batch_ids()[1]
+    raw = emulator.raw_batch(bad)
+    raw["call_data"][0][field] = value
+    emulator.put_batch(raw)
+    sync_both(engine, encoding_pool, inline, emulator)
+    assert failures(engine) == failures(inline)
+    assert snapshot(engine, bookkeeping=False) == snapshot(inline, bookkeeping=False)
+
+
+class _RefusingEncoder(Encoder):
+    """An encoder meeting a value it cannot format (the parser lets none through today)."""
+
+    def encode(self, field: str, records: Any) -> Any:
+        raise ValueError("int too large to convert")
+
+
+def test_rows_that_cannot_be_encoded_go_back_as_records(emulator: Emulator) -> None:
+    """Where encoding fails, the worker hands back the records, for the writer to meet the
+    value with the outcome and words of a batch written from records."""
+    batch_id = emulator.batch_ids()[0]
+    body = orjson.dumps(emulator.raw_batch(batch_id))
+    inline = parse_batch_body(body, batch_id=batch_id)
+    packed = parse_pool._packed(inline, _RefusingEncoder(row_spec("sqlite")))
+    back = parse_pool._unpacked(packed)
+    assert back.encoded is None
+    assert back == inline
