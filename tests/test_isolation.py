@@ -407,8 +407,13 @@ def test_a_not_found_batch_between_unreachable_ones_resets_the_count(
 def test_concurrent_fetching_also_stops_when_the_api_dies(
     engine: Engine, sleeps: list[float]
 ) -> None:
-    """With several fetches in flight, an API that dies still stops the run with exit 5."""
-    emulator = Emulator(seed=5, batches=12, calls_per_batch=2)
+    """With several fetches in flight, an API that dies still stops the run with exit 5.
+
+    The two batches fetched before it died may be written after failures (results come in
+    the order fetches finish), each starting the count again: at most 2 + 3 x 3 results
+    are read, and 3 more are in flight, 12 of the 20 batches at worst.
+    """
+    emulator = Emulator(seed=5, batches=20, calls_per_batch=2)
     emulator.inject("*", Fault("api_down", after=2))
     source = make_source(emulator.transport(), sleeps, attempts=2)
 
