@@ -118,3 +118,18 @@ def test_faults_reach_each_v2_route(
     params = {"batch_id": ids(emulator)[0]}
     assert http.get(url, params=params).status_code == 503
     assert http.get(url, params=params).status_code == 200
+
+
+def test_call_detail_follows_calls_changed_after_a_lookup(
+    http: httpx.Client, emulator: Emulator
+) -> None:
+    """A call looked up once is still found after the batch's calls change, and a call
+    taken out of its batch answers 404."""
+    calls = emulator.v2.batches[ids(emulator)[0]].calls
+    first, second = calls[0]["call_id"], calls[1]["call_id"]
+    assert http.get(f"/v1/calls/{second}").status_code == 200
+    calls.insert(0, {**calls[0], "call_id": "added", "summary": "new"})
+    assert http.get(f"/v1/calls/{second}").json()["call_id"] == second
+    assert http.get("/v1/calls/added").json()["summary"] == "new"
+    calls[:] = [c for c in calls if c["call_id"] != first]
+    assert http.get(f"/v1/calls/{first}").status_code == 404
