@@ -16,7 +16,11 @@ One run, on one machine, against the package's emulator served from a subprocess
 3. the peer: dlt merging the same batches' calls into the same PostgreSQL (``dlt_load.py``,
    in its own virtualenv), a first load and a re-run;
 4. peak RSS of a first load with a quarter of the batches, to show whether memory stays
-   flat as the number of batches grows.
+   flat as the number of batches grows;
+5. v2 (``--v2-batches`` x ``--v2-calls``): ``batchsync sync --all --api v2`` first loads of
+   the emulator's v2 batches into a fresh PostgreSQL database and a fresh SQLite file, once
+   with call details (one ``GET /v1/calls/{id}`` per call, v2's default) and once with
+   ``--no-call-details``; their rows add the HTTP requests the sync made, and per second.
 
 It prints a table of the figures and the ratios batchsync/limit and batchsync/dlt, with
 PASS/MISS beside the targets (informational: nothing here asserts on time), and writes
@@ -67,6 +71,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 DATABASE = "batchsync_bench"
 RSS_DATABASE = "batchsync_bench_rss"
+V2_DATABASE = "batchsync_bench_v2"
 LIMIT_SCHEMA = "bench_limit"
 DLT_DATASET = "dlt_bench"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -84,6 +89,10 @@ TARGET_RESYNC_FRACTION = 0.10  # re-sync with nothing changed < 10% of the first
 TARGET_EXECUTEMANY_RATIO = 0.5  # SQLite first load >= 0.5 x executemany of calls + lines
 TARGET_PEAK_RSS_MIB = 300.0  # peak RSS of the full-size sync
 TARGET_RSS_GROWTH = 1.2  # "flat": peak RSS at N batches <= 1.2 x peak RSS at N/4 batches
+# The v2 first loads: one detail request per call, so far fewer calls than v1 for the same
+# time; sized to take well under two minutes, all four of them, on a 2-core machine.
+DEFAULT_V2_BATCHES = 5
+DEFAULT_V2_CALLS = 1500
 
 
 class BenchError(Exception):
@@ -102,6 +111,7 @@ class Measurement:
     wall_seconds: float
     calls: int  # calls handled: fetched and written or compared
     rows: int  # rows written (inserted, updated or deleted), all tables
+    requests: int | None = None  # HTTP requests the sync sent (retries included), its count
     peak_rss_mib: float | None = None  # of the measured process, from wait4's ru_maxrss
     process_cpu_seconds: float | None = None  # user + system of the measured process
     emulator_cpu_seconds: float | None = None
@@ -121,11 +131,19 @@ class Measurement:
     def rows_per_second(self) -> float:
         return self.rows / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
+    @property
+    def requests_per_second(self) -> float | None:
+        if self.requests is None:
+            return None
+        return self.requests / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
     def as_json(self) -> dict[str, Any]:
+        per_second = self.requests_per_second
         return {
             **asdict(self),
             "calls_per_second": round(self.calls_per_second, 1),
             "rows_per_second": round(self.rows_per_second, 1),
+            "requests_per_second": None if per_second is None else round(per_second, 1),
         }
 
 
@@ -387,10 +405,20 @@ def measure_sync(
     concurrency: int,
     workdir: Path,
     refresh: bool = False,
+    v2_call_details: bool | None = None,
 ) -> Measurement:
-    """Time ``batchsync sync --all --migrate --json`` end to end, as a user runs it."""
+    """Time ``batchsync sync --all --migrate --json`` end to end, as a user runs it.
+
+    ``v2_call_details`` None syncs as the v1 steps do (``--api`` left at auto); True or
+    False syncs the v2 batches alone (``--api v2``) with ``--call-details`` or
+    ``--no-call-details``. Raises BenchError when batchsync fails.
+    """
     argv = [*BATCHSYNC, "sync", "--all", "--migrate", "--json"]
     argv += [f"--concurrency={concurrency}", *(["--refresh"] if refresh else [])]
+    calls_per_batch = emulator.workload.calls
+    if v2_call_details is not None:
+        argv += ["--api=v2", "--call-details" if v2_call_details else "--no-call-details"]
+        calls_per_batch = emulator.workload.v2_calls
     env = child_env(
         BLAND_BASE_URL=emulator.url,
         BLAND_API_KEY=emulator.api_key,
@@ -404,7 +432,7 @@ def measure_sync(
     summary = json.loads(child.stdout)
     tables = summary["tables"]
     rows = sum(c["inserted"] + c["updated"] + c["deleted"] for c in tables.values())
-    calls = ledger_calls(database_url, int(summary["run_id"]), emulator.workload.calls)
+    calls = ledger_calls(database_url, int(summary["run_id"]), calls_per_batch)
     click.echo(f" {child.wall_seconds:.1f}s", err=True)
     return Measurement(
         key=key,
@@ -412,6 +440,7 @@ def measure_sync(
         wall_seconds=round(child.wall_seconds, 3),
         calls=calls,
         rows=rows,
+        requests=int(summary["http"]["requests"]),
         peak_rss_mib=round(child.peak_rss_mib, 1),
         process_cpu_seconds=round(child.cpu_seconds, 2),
         emulator_cpu_seconds=cpu.emulator_seconds,
@@ -856,6 +885,27 @@ def checks(m: dict[str, Measurement]) -> list[Check]:
             f"<= {TARGET_RSS_GROWTH} (flat)",
             lambda v: v <= TARGET_RSS_GROWTH,
         )
+    for prefix, name in (("pg", "PG"), ("sqlite", "SQLite")):
+        detailed = m.get(f"{prefix}_v2_first")
+        if detailed is not None and detailed.requests is not None and detailed.calls:
+            add(
+                f"{name} v2 first load, call details: requests per call",
+                detailed.requests / detailed.calls,
+                "informational",
+                None,
+            )
+        add(
+            f"{name} v2 first load: call details / --no-call-details (calls/s)",
+            _ratio(rate(f"{prefix}_v2_first"), rate(f"{prefix}_v2_first_no_details")),
+            "informational",
+            None,
+        )
+        add(
+            f"{name} v2 first load, call details / v1 first load (calls/s)",
+            _ratio(rate(f"{prefix}_v2_first"), rate(f"{prefix}_first")),
+            "informational",
+            None,
+        )
     return [c for c in found if c.value is not None]
 
 
@@ -880,8 +930,16 @@ def render(meta: dict[str, Any], measurements: list[Measurement], found: list[Ch
         f"emulator: {meta['emulator_mode']} mode, a subprocess on 127.0.0.1 sharing the "
         f"machine's {meta['cpu_count']} cores with everything measured "
         f"(its CPU seconds are in the 'emu' column)",
+    ]
+    if w.get("v2_batches"):
+        lines.append(
+            f"v2 workload: {w['v2_batches']} batches x {w['v2_calls']:,} calls = "
+            f"{w['v2_batches'] * w['v2_calls']:,} calls (the newest batch in progress, a fifth "
+            "of its calls queued); synced with --api v2"
+        )
+    lines += [
         "",
-        f"{'':<46}{'wall s':>9}{'calls':>11}{'calls/s':>10}{'rows':>11}{'rows/s':>10}"
+        f"{'':<46}{'wall s':>9}{'calls':>11}{'calls/s':>10}{'req/s':>9}{'rows':>11}{'rows/s':>10}"
         f"{'RSS MiB':>9}  {'CPU s: proc/workers/pg/emu/others/all':>38}",
     ]
     for m in measurements:
@@ -898,6 +956,7 @@ def render(meta: dict[str, Any], measurements: list[Measurement], found: list[Ch
         )
         lines.append(
             f"{m.label:<46}{m.wall_seconds:>9.2f}{m.calls:>11,}{_number(m.calls_per_second):>10}"
+            f"{_number(m.requests_per_second):>9}"
             f"{m.rows:>11,}{_number(m.rows_per_second):>10}{_number(m.peak_rss_mib, 1):>9}"
             f"  {cpu:>38}"
         )
@@ -908,6 +967,9 @@ def render(meta: dict[str, Any], measurements: list[Measurement], found: list[Ch
         "the cores) / every process on the machine. Workers and PostgreSQL are sampled every",
         f"{SAMPLE_SECONDS:g} s (a process's last moments before it ends may be missed).",
         "Limits run inside the benchmark process: their CPU is not broken down.",
+        "req/s: the HTTP requests the sync sent (its own count, retries included) per second",
+        "of wall time; a v1 batch is one request, a v2 batch four or more plus one per call",
+        "with call details (bench/README.md).",
         "",
         f"{'ratio':<66}{'value':>9}  {'target':<15}",
     ]
@@ -986,6 +1048,20 @@ def code_under_test() -> str:
     help="Batches of the smaller first load that shows whether peak RSS stays flat "
     "[default: a quarter of --batches; 0 skips it]",
 )
+@click.option(
+    "--v2-batches",
+    type=click.IntRange(min=0),
+    default=DEFAULT_V2_BATCHES,
+    show_default=True,
+    help="v2 batches of the v2 first loads (with and without call details); 0 skips them.",
+)
+@click.option(
+    "--v2-calls",
+    type=click.IntRange(min=1),
+    default=DEFAULT_V2_CALLS,
+    show_default=True,
+    help="Calls per v2 batch (each one a detail request with call details).",
+)
 @click.option("--skip-sqlite", is_flag=True, help="No SQLite runs (nor their limit).")
 @click.option("--skip-dlt", is_flag=True, help="No dlt runs.")
 @click.option("--skip-limits", is_flag=True, help="No raw COPY / executemany limits.")
@@ -1005,7 +1081,7 @@ def code_under_test() -> str:
     envvar="BENCH_POSTGRES_URL",
     show_envvar=True,
     help="A superuser connection to a loopback server; the benchmark creates and drops "
-    f"the databases {DATABASE} and {RSS_DATABASE} there.",
+    f"the databases {DATABASE}, {RSS_DATABASE} and {V2_DATABASE} there.",
 )
 @click.option(
     "--dlt-python",
@@ -1029,6 +1105,8 @@ def main(
     changed_fraction: float,
     concurrency: int | None,
     quarter_batches: int | None,
+    v2_batches: int,
+    v2_calls: int,
     skip_sqlite: bool,
     skip_dlt: bool,
     skip_limits: bool,
@@ -1068,7 +1146,15 @@ def main(
     measured: list[Measurement] = []
     emulator_prepare: dict[str, float] = {}
 
-    def sync(key: str, label: str, url: str, emu: EmulatorProcess, *, refresh: bool) -> None:
+    def sync(
+        key: str,
+        label: str,
+        url: str,
+        emu: EmulatorProcess,
+        *,
+        refresh: bool,
+        v2_call_details: bool | None = None,
+    ) -> None:
         if url.startswith("postgresql"):
             postgres.checkpoint()
         measured.append(
@@ -1080,6 +1166,7 @@ def main(
                 concurrency=concurrency,
                 workdir=workdir,
                 refresh=refresh,
+                v2_call_details=v2_call_details,
             )
         )
 
@@ -1158,6 +1245,34 @@ def main(
                         emu,
                         refresh=False,
                     )
+        if v2_batches:
+            v2 = Workload(0, 0, transcript_ratio, 0, changed_fraction, v2_batches=v2_batches,
+                          v2_calls=v2_calls)  # fmt: skip
+            click.echo(f"emulator: v2, {v2_batches} x {v2_calls} calls ...", err=True)
+            with EmulatorProcess(v2, mode=emulator_mode) as emu:
+                emulator_prepare["v2"] = emu.ready["prepare_seconds"]
+                for details, suffix, flag in (
+                    (True, "", "call details"),
+                    (False, "_no_details", "--no-call-details"),
+                ):
+                    postgres.recreate(V2_DATABASE)
+                    sync(
+                        f"pg_v2_first{suffix}",
+                        f"PostgreSQL: v2 first load, {flag}",
+                        postgres.sqlalchemy_url(V2_DATABASE),
+                        emu,
+                        refresh=False,
+                        v2_call_details=details,
+                    )
+                    if not skip_sqlite:
+                        sync(
+                            f"sqlite_v2_first{suffix}",
+                            f"SQLite: v2 first load, {flag}",
+                            f"sqlite:///{workdir / f'batchsync-v2{suffix}.db'}",
+                            emu,
+                            refresh=False,
+                            v2_call_details=details,
+                        )
         if not skip_limits:
             # Last, and with the emulator at revision 0 again: the limits hold every parsed
             # batch in this process, and a process started after that would inherit its
@@ -1171,6 +1286,7 @@ def main(
         if not keep:
             postgres.drop(DATABASE)
             postgres.drop(RSS_DATABASE)
+            postgres.drop(V2_DATABASE)
             shutil.rmtree(workdir, ignore_errors=True)
 
     by_key = {m.key: m for m in measured}
@@ -1197,6 +1313,8 @@ def main(
             "transcript_ratio": transcript_ratio,
             "changed_fraction": changed_fraction,
             "quarter_batches": quarter_batches,
+            "v2_batches": v2_batches,
+            "v2_calls": v2_calls,
             "payload_mib": round(payload_bytes / MIB, 1),
         },
         "kept": str(workdir) if keep else None,

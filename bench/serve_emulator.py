@@ -10,7 +10,11 @@ Two modes:
   generated once before the server reports ready, and then served from memory. The bytes
   are exactly those the emulator would generate on each request (the emulator is a pure
   function of seed, batch and revision), but serving them costs next to no CPU, so the
-  measurement is of the client, not of the fake API.
+  measurement is of the client, not of the fake API. For v2 batches (``--v2-batches``),
+  every answer a first load asks for (the v2 list, each batch, its logs, its calls pages
+  and each call's detail) is recorded up front by running batchsync's own v2 source
+  against the emulator in this process, so the replayed requests are exactly those the
+  client sends; any other request is answered live.
 - ``live``: the emulator generates each payload on each request, as ``batchsync emulator``
   does (about 0.35 s of CPU per 10,000-call batch).
 
@@ -36,6 +40,10 @@ from typing import Any, Literal
 import click
 import httpx
 
+from batchsync.bland.http import BlandHttp
+from batchsync.bland.source import Parts
+from batchsync.bland.v2 import V2Source
+from batchsync.config import load_api
 from batchsync.emulator import Emulator
 
 API_KEY = "emulator-key"
@@ -46,11 +54,17 @@ FULL_DETAIL_QUERY = (
     ("include_calls", "true"),
     ("include_transcripts", "true"),
 )
+# A replayed answer's key: the URL path and the query's (name, value) pairs, sorted.
+ReplyKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
 @dataclass(frozen=True)
 class Workload:
-    """What the emulator serves: the arguments of :class:`~batchsync.emulator.Emulator`."""
+    """What the emulator serves: the arguments of :class:`~batchsync.emulator.Emulator`.
+
+    ``batches`` x ``calls`` v1 batches and ``v2_batches`` x ``v2_calls`` v2 batches (the
+    v2 revision does not change: revisions move v1 calls only).
+    """
 
     batches: int
     calls: int
@@ -58,17 +72,24 @@ class Workload:
     revision: int = 0
     changed_fraction: float = 0.1
     seed: int = 0
+    v2_batches: int = 0
+    v2_calls: int = 0
 
     def emulator(self) -> Emulator:
-        return Emulator(
-            seed=self.seed,
-            batches=self.batches,
-            calls_per_batch=self.calls,
-            api_key=API_KEY,
-            transcript_ratio=self.transcript_ratio,
-            revision=self.revision,
-            changed_fraction=self.changed_fraction,
-        )
+        return Emulator(**self._arguments())
+
+    def _arguments(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "batches": self.batches,
+            "calls_per_batch": self.calls,
+            "api_key": API_KEY,
+            "transcript_ratio": self.transcript_ratio,
+            "revision": self.revision,
+            "changed_fraction": self.changed_fraction,
+            "v2_batches": self.v2_batches,
+            "v2_calls_per_batch": self.v2_calls,
+        }
 
     def args(self) -> list[str]:
         return [
@@ -78,7 +99,14 @@ class Workload:
             f"--revision={self.revision}",
             f"--changed-fraction={self.changed_fraction}",
             f"--seed={self.seed}",
+            f"--v2-batches={self.v2_batches}",
+            f"--v2-calls={self.v2_calls}",
         ]
+
+
+def reply_key(request: httpx.Request) -> ReplyKey:
+    """The key a request's replayed answer is found under."""
+    return request.url.path, tuple(sorted(request.url.params.multi_items()))
 
 
 def _detail_request(batch_id: str) -> httpx.Request:
@@ -103,41 +131,58 @@ def _generate(workload: Workload, batch_ids: list[str]) -> list[tuple[str, bytes
 
 
 class ReplayEmulator(Emulator):
-    """An emulator that answers full batch requests from responses generated up front."""
+    """An emulator that answers the requests of a first load from responses made up front:
+    full v1 batch details, and everything batchsync's v2 source asks for."""
 
     def __init__(self, workload: Workload) -> None:
-        super().__init__(
-            seed=workload.seed,
-            batches=workload.batches,
-            calls_per_batch=workload.calls,
-            api_key=API_KEY,
-            transcript_ratio=workload.transcript_ratio,
-            revision=workload.revision,
-            changed_fraction=workload.changed_fraction,
-        )
+        super().__init__(**workload._arguments())
         self._workload = workload
-        self._replies: dict[str, httpx.Response] = {}
+        self._replies: dict[ReplyKey, httpx.Response] = {}
 
     def prepare(self, workers: int) -> int:
-        """Generate every batch's full response, on ``workers`` processes; return the bytes."""
+        """Generate every answer to replay (v1 details on ``workers`` processes, v2 answers
+        in this one); return their bytes."""
         ids = self.batch_ids()
         chunks = [ids[i::workers] for i in range(workers) if ids[i::workers]]
-        with ProcessPoolExecutor(max_workers=max(1, len(chunks))) as pool:
-            for replies in pool.map(_generate, [self._workload] * len(chunks), chunks):
-                for batch_id, body, content_type in replies:
-                    self._replies[f"/v1/batches/{batch_id}"] = httpx.Response(
-                        200, content=body, headers={"content-type": content_type}
-                    )
+        if chunks:
+            with ProcessPoolExecutor(max_workers=len(chunks)) as pool:
+                for replies in pool.map(_generate, [self._workload] * len(chunks), chunks):
+                    for batch_id, body, content_type in replies:
+                        key = (f"/v1/batches/{batch_id}", FULL_DETAIL_QUERY)
+                        self._replies[key] = httpx.Response(
+                            200, content=body, headers={"content-type": content_type}
+                        )
+        if self.v2.batches:
+            self._record_v2()
         return sum(len(r.content) for r in self._replies.values())
 
+    def _record_v2(self) -> None:
+        """Run a first load's fetches of every v2 batch, with call details, against this
+        emulator in-process, keeping each successful answer under its request's key."""
+
+        def record(request: httpx.Request) -> httpx.Response:
+            response = Emulator.handle(self, request)
+            if response.status_code == 200:
+                # A copy: the client that reads this answer rebinds its stream.
+                self._replies[reply_key(request)] = httpx.Response(
+                    200, content=response.content, headers=response.headers
+                )
+            return response
+
+        api = load_api("http://bland-emulator.local", API_KEY)
+        with BlandHttp(api, transport=httpx.MockTransport(record)) as http:
+            source = V2Source(http)
+            for summary in list(source.iter_batches()):
+                source.fetch_batch(summary.batch_id, Parts())
+
+    def replays(self, request: httpx.Request) -> bool:
+        """Whether a prepared answer is kept for this request's path and query."""
+        return reply_key(request) in self._replies
+
     def handle(self, request: httpx.Request) -> httpx.Response:
-        """Serve a prepared response when auth and query match; otherwise answer as usual."""
-        if (
-            request.method == "GET"
-            and request.headers.get("authorization") == self.api_key
-            and tuple(sorted(request.url.params.multi_items())) == FULL_DETAIL_QUERY
-        ):
-            reply = self._replies.get(request.url.path)
+        """Serve a prepared response when auth, path and query match; otherwise answer as usual."""
+        if request.method == "GET" and request.headers.get("authorization") == self.api_key:
+            reply = self._replies.get(reply_key(request))
             if reply is not None:
                 return reply
         return super().handle(request)
@@ -148,13 +193,17 @@ def _stop(_signum: int, _frame: FrameType | None) -> None:
 
 
 @click.command()
-@click.option("--batches", type=click.IntRange(min=1), required=True)
-@click.option("--calls", type=click.IntRange(min=1), required=True, help="Calls per batch.")
+@click.option("--batches", type=click.IntRange(min=0), required=True, help="v1 batches.")
+@click.option("--calls", type=click.IntRange(min=0), required=True, help="Calls per v1 batch.")
 @click.option("--transcript-ratio", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.option("--revision", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--changed-fraction", type=click.FloatRange(0, 1), default=0.1, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--mode", type=click.Choice(["replay", "live"]), default="replay", show_default=True)
+@click.option("--v2-batches", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--v2-calls", type=click.IntRange(min=0), default=0, show_default=True, help="Per v2 batch."
+)
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True)
 def main(
     batches: int,
@@ -164,6 +213,8 @@ def main(
     changed_fraction: float,
     seed: int,
     mode: Mode,
+    v2_batches: int,
+    v2_calls: int,
     port: int,
 ) -> None:
     """Serve the emulator on 127.0.0.1 until SIGTERM; print a JSON line when ready.
@@ -171,8 +222,11 @@ def main(
     \b
     Example:
       python bench/serve_emulator.py --batches 10 --calls 1000 --mode live
+      python bench/serve_emulator.py --batches 0 --calls 0 --v2-batches 4 --v2-calls 500
     """
-    workload = Workload(batches, calls, transcript_ratio, revision, changed_fraction, seed)
+    workload = Workload(
+        batches, calls, transcript_ratio, revision, changed_fraction, seed, v2_batches, v2_calls
+    )
     started = time.perf_counter()
     emu: Emulator
     if mode == "replay":

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 
 import httpx
 import orjson
 import pytest
 
+from batchsync.bland.http import BlandHttp
+from batchsync.bland.source import Parts
+from batchsync.bland.v2 import V2Source
+from batchsync.config import load_api
 from batchsync.emulator import Emulator, parse_fault
+
+SERVE_EMULATOR = Path(__file__).resolve().parents[1] / "bench" / "serve_emulator.py"
 
 
 @pytest.fixture
@@ -118,3 +128,58 @@ def test_faults_reach_each_v2_route(
     params = {"batch_id": ids(emulator)[0]}
     assert http.get(url, params=params).status_code == 503
     assert http.get(url, params=params).status_code == 200
+
+
+def test_call_detail_follows_calls_changed_after_a_lookup(
+    http: httpx.Client, emulator: Emulator
+) -> None:
+    """A call looked up once is still found after the batch's calls change, and a call
+    taken out of its batch answers 404."""
+    calls = emulator.v2.batches[ids(emulator)[0]].calls
+    first, second = calls[0]["call_id"], calls[1]["call_id"]
+    assert http.get(f"/v1/calls/{second}").status_code == 200
+    calls.insert(0, {**calls[0], "call_id": "added", "summary": "new"})
+    assert http.get(f"/v1/calls/{second}").json()["call_id"] == second
+    assert http.get("/v1/calls/added").json()["summary"] == "new"
+    calls[:] = [c for c in calls if c["call_id"] != first]
+    assert http.get(f"/v1/calls/{first}").status_code == 404
+
+
+def _serve_emulator_module() -> ModuleType:
+    """bench/serve_emulator.py, which is a script rather than a package module."""
+    spec = importlib.util.spec_from_file_location("serve_emulator", SERVE_EMULATOR)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("serve_emulator", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("call_details", [True, False])
+def test_benchmark_replay_answers_a_v2_first_load_as_the_emulator_would(
+    call_details: bool,
+) -> None:
+    """The benchmark's replay emulator has an answer ready for every request of a v2 first
+    load (with or without call details), byte for byte the live emulator's answer."""
+    bench = _serve_emulator_module()
+    workload = bench.Workload(0, 0, v2_batches=3, v2_calls=7)
+    replay = bench.ReplayEmulator(workload)
+    assert replay.prepare(workers=1) > 0
+    live = workload.emulator()
+    seen: list[str] = []
+
+    def compare(request: httpx.Request) -> httpx.Response:
+        assert replay.replays(request), request.url
+        replayed, expected = replay.handle(request), live.handle(request)
+        assert (replayed.status_code, replayed.content) == (expected.status_code, expected.content)
+        seen.append(request.url.path)
+        return expected
+
+    api = load_api("http://bland.test", bench.API_KEY)
+    with BlandHttp(api, transport=httpx.MockTransport(compare)) as http:
+        source = V2Source(http, call_details=call_details)
+        for summary in list(source.iter_batches()):
+            source.fetch_batch(summary.batch_id, Parts())
+    details = sum(1 for path in seen if path.startswith("/v1/calls/"))
+    assert details == (3 * 7 if call_details else 0)

@@ -106,13 +106,30 @@ class V2Account:
         for index in range(batches):
             v2 = _generate(seed, index, calls_per_batch, newest=index == batches - 1)
             self.batches[v2.batch_id] = v2
+        # Where each call was last seen: (batch id, position). A hint, checked on every use,
+        # since tests change ``batches`` by hand; without it each detail request would scan
+        # every call of the account (quadratic over a benchmark's thousands of details).
+        self._call_index: dict[str, tuple[str, int]] = {}
 
     def call(self, call_id: str) -> dict[str, Any] | None:
-        for v2 in self.batches.values():
-            for call in v2.calls:
-                if call["call_id"] == call_id:
-                    return call
-        return None
+        """The detail of a call of any v2 batch, as ``batches`` holds it now; None if none."""
+        found = self._indexed_call(call_id)
+        if found is None:
+            index: dict[str, tuple[str, int]] = {}
+            for batch_id, v2 in self.batches.items():
+                for position, call in enumerate(v2.calls):
+                    index.setdefault(str(call["call_id"]), (batch_id, position))  # first wins
+            self._call_index = index
+            found = self._indexed_call(call_id)
+        return found
+
+    def _indexed_call(self, call_id: str) -> dict[str, Any] | None:
+        batch_id, position = self._call_index.get(call_id, ("", -1))
+        v2 = self.batches.get(batch_id)
+        if v2 is None or not 0 <= position < len(v2.calls):
+            return None
+        call = v2.calls[position]
+        return call if call["call_id"] == call_id else None
 
     def targets(self, path: str, params: httpx.QueryParams) -> tuple[str, ...] | None:
         """The fault targets of a request to ``path``, or None when it is no v2 route."""
