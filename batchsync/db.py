@@ -157,7 +157,14 @@ def create_db_engine(
         json_serializer=json_dumps,
         json_deserializer=json_loads,
         pool_pre_ping=True,
-        connect_args={"connect_timeout": 10, "application_name": "batchsync"},
+        # UTF8 whatever PGCLIENTENCODING or the database's encoding say: JSON columns and the
+        # rows parser processes make are UTF-8, and the server converts to its own encoding
+        # (refusing, as a database error, a character that encoding cannot hold).
+        connect_args={
+            "connect_timeout": 10,
+            "application_name": "batchsync",
+            "client_encoding": "UTF8",
+        },
     )
     if settings.schema is not None:
         # insert=True: the path must be set before any other listener runs SQL.

@@ -426,3 +426,38 @@ def test_rows_that_cannot_be_encoded_go_back_as_records(emulator: Emulator) -> N
     back = parse_pool._unpacked(packed)
     assert back.encoded is None
     assert back == inline
+
+
+def test_text_is_stored_as_sent_whatever_the_client_encoding_says(
+    engine: Engine,
+    encoding_pool: ParsePool,
+    emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PGCLIENTENCODING=LATIN1 in the environment changes nothing: rows made in a parser
+    process and JSON columns are UTF-8, and so is every batchsync connection."""
+    monkeypatch.setenv("PGCLIENTENCODING", "LATIN1")
+    batch_id = emulator.batch_ids()[0]
+    raw = emulator.raw_batch(batch_id)
+    raw["call_data"][0]["error_message"] = "café crème"
+    raw["call_data"][0]["request_data"] = {"greeting": "naïve Grüße"}
+    raw["call_data"][0]["transcripts"] = [{"id": 7, "user": "user", "text": "Grüße, señor"}]
+    emulator.put_batch(raw)
+    call_id = call_id_of(raw["call_data"][0])
+    url = engine.url.render_as_string(hide_password=False)
+    fresh = create_db_engine(load_database(url))  # connections made under the variable
+    try:
+        sync_with(fresh, emulator, encoding_pool)
+        with fresh.connect() as connection:
+            error, request = connection.execute(
+                text("select error_message, request_data from calls where call_id = :c"),
+                {"c": call_id},
+            ).one()
+            line = connection.execute(
+                text("select text from call_transcripts where call_id = :c"), {"c": call_id}
+            ).scalar_one()
+    finally:
+        fresh.dispose()
+    if isinstance(request, str):  # SQLite gives JSON columns back as their text
+        request = orjson.loads(request)
+    assert (error, request, line) == ("café crème", {"greeting": "naïve Grüße"}, "Grüße, señor")
