@@ -37,6 +37,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from batchsync.db import reading
 from batchsync.encoded import (
+    COPY_SIGNATURE,
+    COPY_TRAILER,
     FIELDS,
     Dialect,
     EncodedRows,
@@ -243,18 +245,19 @@ def has_call_details(connection: Connection, batch_id: str) -> bool:
     return connection.execute(query.limit(1)).first() is not None
 
 
-def read_stored_calls(connection: Connection, batch_id: str, *, lines: bool = True) -> StoredCalls:
+def read_stored_calls(
+    connection: Connection, batch_id: str, *, lines: bool = True, detailed_only: bool = False
+) -> StoredCalls:
     """The batch's calls (and, with ``lines``, transcript lines) as stored, read in the
-    caller's transaction."""
+    caller's transaction; with ``detailed_only``, only the calls that have their detail
+    (``details_synced_at`` set): all a carried-over detail needs, and none for most batches."""
     calls_table, lines_table = CALLS.table, TRANSCRIPTS.table
     call_columns = [calls_table.c[name] for name in CallRecord._fields]
     line_columns = [lines_table.c[name] for name in TranscriptLineRecord._fields]
-    calls = {
-        str(row[0]): CallRecord(*row)
-        for row in connection.execute(
-            select(*call_columns).where(calls_table.c.batch_id == batch_id)
-        )
-    }
+    query = select(*call_columns).where(calls_table.c.batch_id == batch_id)
+    if detailed_only:
+        query = query.where(calls_table.c.details_synced_at.is_not(None))
+    calls = {str(row[0]): CallRecord(*row) for row in connection.execute(query)}
     by_call: dict[str, list[TranscriptLineRecord]] = {}
     if lines:
         for row in connection.execute(
@@ -641,7 +644,9 @@ class _PostgresRowWriter(_RowWriter):
             set_json_dumps(jsonb_dumps, context=cursor)
             with cursor.copy(f"COPY {target} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
                 if isinstance(records, EncodedRows):  # formatted by a parser process
-                    copy.write(records.copy_data(copy_stamp(*stamp)))
+                    copy.write(COPY_SIGNATURE)
+                    copy.write(records.stamped(copy_stamp(*stamp)))
+                    copy.write(COPY_TRAILER)
                     return
                 copy.set_types(list(copy_types(child)))
                 for record in records:

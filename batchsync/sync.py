@@ -695,11 +695,12 @@ class _CallsWriter:
         self.calls += len(calls) - len(again)
 
     def stored(self) -> StoredCalls:
-        """The batch's calls as stored before this write, read once in its transaction."""
+        """The batch's calls that have their detail, as stored before this write, read once
+        in its transaction (those whose detail a call written without one keeps)."""
         assert self.writer is not None
         if self._stored is None:
             self._stored = read_stored_calls(
-                self.writer.connection, self.writer.batch_id, lines=False
+                self.writer.connection, self.writer.batch_id, lines=False, detailed_only=True
             )
         return self._stored
 

@@ -173,7 +173,7 @@ def main(batches: int, calls: int, transcript_ratio: float, repeat: int, collect
                     if rows is None:
                         continue
                     if dialect == "postgresql":
-                        rows.copy_data(encoded.copy_stamp(*stamp))
+                        rows.stamped(encoded.copy_stamp(*stamp))
                     else:
                         for row in rows.sqlite_rows():
                             row + stamp

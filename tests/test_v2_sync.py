@@ -742,7 +742,7 @@ def test_cli_exits_5_when_every_v1_and_v2_batch_gets_a_502_while_the_lists_answe
 def spooling_client(account: Emulator, sleeps: list[float]) -> Iterator[BlandHttp]:
     """A client for which every v1 batch body is large: with ``spool_chunk_calls=3`` the v1
     source saves it unparsed, for the writer to parse 3 calls at a time (as it does bodies
-    above the 32 MB threshold)."""
+    above the 12 MB threshold)."""
     api = load_api(EMULATOR_URL, account.api_key)
     with BlandHttp(
         api,

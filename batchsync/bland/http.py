@@ -120,7 +120,7 @@ class BlandHttp:
     max_connections: int = 10
     # Bodies up to this size, decoded, are read whole (fastest); larger ones, or of unknown
     # length, are handed on as they stream in (bounded memory): see read_bounded.
-    stream_threshold: int = 32 * 1024 * 1024
+    stream_threshold: int = 12 * 1024 * 1024
     stats: ClientStats = field(default_factory=ClientStats)
 
     def __post_init__(self) -> None:
