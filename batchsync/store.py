@@ -26,6 +26,7 @@ import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any, NamedTuple
 
 import psycopg
@@ -549,6 +550,7 @@ _COPY_TYPES = {
 _POSTGRESQL = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
+@cache
 def copy_types(child: _ChildTable) -> tuple[str, ...]:
     """The binary COPY type name of each of ``child``'s columns (``text``, ``jsonb``...)."""
     return tuple(_COPY_TYPES[c.type.compile(dialect=_POSTGRESQL)] for c in child.columns)
@@ -705,7 +707,7 @@ class _SqliteRowWriter(_RowWriter):
             self._cursor.executemany(
                 f"INSERT INTO {child.name} ({', '.join(names)})"
                 f" VALUES ({', '.join('?' * len(names))})",
-                self._rows(child, records),
+                self._stamped(self._values(child, records)),
             )
         except sqlite3.IntegrityError:
             self._cursor.execute("ROLLBACK TO batchsync_insert")
@@ -722,13 +724,15 @@ class _SqliteRowWriter(_RowWriter):
         *,
         remember: bool,
     ) -> TableChanges:
+        values = self._values(child, records)
         if remember:
             positions = [[c.name for c in child.columns].index(k) for k in child.keys]
-            rows = records.sqlite_rows() if isinstance(records, EncodedRows) else records
+            # Keys are neither timestamps nor JSON: the same in records and in values.
+            keyed = values if isinstance(records, EncodedRows) else records
             self._cursor.executemany(
                 f"INSERT OR IGNORE INTO {self._keys_name(child)}"
                 f" VALUES ({', '.join('?' * len(child.keys))})",
-                (tuple(row[p] for p in positions) for row in rows),
+                (tuple(row[p] for p in positions) for row in keyed),
             )
         # A row the upsert inserts gets a rowid above every one before it; one it updates
         # (a call that moved, or that an earlier chunk of this batch wrote) keeps its own.
@@ -740,7 +744,7 @@ class _SqliteRowWriter(_RowWriter):
         self._cursor.executemany(
             f"INSERT INTO {child.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
             f" ON CONFLICT ({', '.join(child.keys)}) DO UPDATE SET {updates} WHERE {differs}",
-            self._rows(child, records),
+            self._stamped(values),
         )
         # sqlite3 counts inserted rows and the rows an upsert really updated, nothing else.
         written = max(self._cursor.rowcount, 0)
@@ -769,15 +773,19 @@ class _SqliteRowWriter(_RowWriter):
                 chunk,
             )
 
-    def _rows(self, child: _ChildTable, records: Records) -> Iterator[tuple[Any, ...]]:
-        """Records as driver rows, one at a time: timestamps and JSON as the text SQLAlchemy
-        reads back (a generator, so a batch's rows never exist twice in memory)."""
+    @staticmethod
+    def _values(child: _ChildTable, records: Records) -> Iterable[tuple[Any, ...]]:
+        """Records as driver values without the stamp: timestamps and JSON as the text
+        SQLAlchemy reads back. Converted one at a time (a generator, so a batch's rows never
+        exist twice in memory); rows a parser process converted are unpickled once."""
+        if isinstance(records, EncodedRows):
+            return records.sqlite_rows()
+        return sqlite_values(records, copy_types(child)[: -len(_BOOKKEEPING)])
+
+    def _stamped(self, values: Iterable[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+        """``values`` with this write's stamp (synced_at, sync_run_id) after each."""
         stamp = (sqlite_timestamp(self.stamp[0]), self.stamp[1])
-        if isinstance(records, EncodedRows):  # converted by a parser process
-            rows: Iterable[tuple[Any, ...]] = records.sqlite_rows()
-        else:
-            rows = sqlite_values(records, copy_types(child)[: -len(stamp)])
-        for row in rows:
+        for row in values:
             yield row + stamp
 
 

@@ -780,7 +780,10 @@ def checks(m: dict[str, Measurement]) -> list[Check]:
     found: list[Check] = []
 
     def add(
-        label: str, value: float | None, target: str, ok: Callable[[float], bool] | None
+        label: str,
+        value: float | None,
+        target: str = "informational",
+        ok: Callable[[float], bool] | None = None,
     ) -> None:
         found.append(
             Check(label, value, target, None if value is None or ok is None else ok(value))
@@ -806,8 +809,6 @@ def checks(m: dict[str, Measurement]) -> list[Check]:
     add(
         "PG first load / raw COPY of calls alone (calls/s)",
         _ratio(rate("pg_first"), rate("pg_copy_calls")),
-        "informational",
-        None,
     )
     add(
         "PG first load / dlt first load (calls/s)",
@@ -818,8 +819,6 @@ def checks(m: dict[str, Measurement]) -> list[Check]:
     add(
         "PG --refresh, nothing changed / dlt re-run (calls/s)",
         _ratio(rate("pg_refresh"), rate("dlt_rerun")),
-        "informational",
-        None,
     )
     for prefix, name in (("pg", "PG"), ("sqlite", "SQLite")):
         add(
@@ -831,14 +830,10 @@ def checks(m: dict[str, Measurement]) -> list[Check]:
         add(  # --refresh rewrites every batch whatever its hash: a first load's work
             f"{name} --refresh, nothing changed / first load (time)",
             _ratio(wall(f"{prefix}_refresh"), wall(f"{prefix}_first")),
-            "informational",
-            None,
         )
         add(
             f"{name} --refresh, 10% changed / first load (time)",
             _ratio(wall(f"{prefix}_changed"), wall(f"{prefix}_first")),
-            "informational",
-            None,
         )
     add(
         "SQLite first load / bare executemany of calls + lines (calls/s)",
@@ -849,8 +844,6 @@ def checks(m: dict[str, Measurement]) -> list[Check]:
     add(
         "SQLite first load / bare executemany of calls alone (calls/s)",
         _ratio(rate("sqlite_first"), rate("sqlite_executemany_calls")),
-        "informational",
-        None,
     )
     for prefix, name in (("pg", "PG"), ("sqlite", "SQLite")):
         first = m.get(f"{prefix}_first")
@@ -861,15 +854,11 @@ def checks(m: dict[str, Measurement]) -> list[Check]:
         add(
             f"{name} first load: batchsync CPU s per 100,000 calls",
             own * per,
-            "informational",
-            None,
         )
         if prefix == "pg" and first.postgres_cpu_seconds is not None:
             add(
                 "PG first load: PostgreSQL CPU s per 100,000 calls",
                 first.postgres_cpu_seconds * per,
-                "informational",
-                None,
             )
     for prefix, name in (("pg", "PG"), ("sqlite", "SQLite")):
         for step, what in (("first", "first load"), ("changed", "--refresh, 10% changed")):
@@ -891,20 +880,14 @@ def checks(m: dict[str, Measurement]) -> list[Check]:
             add(
                 f"{name} v2 first load, call details: requests per call",
                 detailed.requests / detailed.calls,
-                "informational",
-                None,
             )
         add(
             f"{name} v2 first load: call details / --no-call-details (calls/s)",
             _ratio(rate(f"{prefix}_v2_first"), rate(f"{prefix}_v2_first_no_details")),
-            "informational",
-            None,
         )
         add(
             f"{name} v2 first load, call details / v1 first load (calls/s)",
             _ratio(rate(f"{prefix}_v2_first"), rate(f"{prefix}_first")),
-            "informational",
-            None,
         )
     return [c for c in found if c.value is not None]
 

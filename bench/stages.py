@@ -81,10 +81,13 @@ def sqlite_rows(parsed: list[ParsedBatch]) -> None:
     writer = store._SqliteRowWriter.__new__(store._SqliteRowWriter)
     writer.stamp = (datetime(2026, 1, 1, tzinfo=UTC), 1)
     for batch in parsed:
-        for _ in writer._rows(store.CALLS, batch.calls or []):
-            pass
-        for _ in writer._rows(store.TRANSCRIPTS, batch.transcripts or []):
-            pass
+        for child, records in ((store.CALLS, batch.calls), (store.TRANSCRIPTS, batch.transcripts)):
+            if hasattr(writer, "_stamped"):
+                rows = writer._stamped(writer._values(child, records or []))
+            else:  # releases before driver rows came from the parser processes
+                rows = writer._rows(child, records or [])  # type: ignore[attr-defined]
+            for _ in rows:
+                pass
 
 
 def copy_rows(parsed: list[ParsedBatch], json_dumps: Callable[[Any], Any] | None) -> None:

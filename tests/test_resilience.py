@@ -307,6 +307,24 @@ def wait_for_batches(database_url: str, count: int, timeout: float = 60) -> None
     raise AssertionError(f"no {count} batch outcomes within {timeout}s")
 
 
+def stopped_run(database_url: str) -> tuple[str, str, int, int]:
+    """The one run's status and error, the batches stored, and those stored with every call."""
+    engine = create_db_engine(load_database(database_url))
+    try:
+        with engine.connect() as connection:
+            status, error = connection.execute(text("select status, error from sync_runs")).one()
+            synced = connection.execute(text("select count(*) from batches")).scalar_one()
+            whole = connection.execute(
+                text(
+                    "select count(*) from batches b where b.total_calls = "
+                    "(select count(*) from calls c where c.batch_id = b.batch_id)"
+                )
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    return status, error, synced, whole
+
+
 def test_sigterm_finishes_the_batch_in_hand_and_records_the_run(
     database_url: str, big_emulator: Emulator, served: EmulatorServer
 ) -> None:
@@ -322,21 +340,11 @@ def test_sigterm_finishes_the_batch_in_hand_and_records_the_run(
     stderr = process.stderr.read() if process.stderr else ""
 
     assert code == 130, stderr
-    engine = create_db_engine(load_database(database_url))
-    with engine.connect() as connection:
-        status, error = connection.execute(text("select status, error from sync_runs")).one()
-        synced = connection.execute(text("select count(*) from batches")).scalar_one()
-        whole = connection.execute(
-            text(
-                "select count(*) from batches b where b.total_calls = "
-                "(select count(*) from calls c where c.batch_id = b.batch_id)"
-            )
-        ).scalar_one()
+    status, error, synced, whole = stopped_run(database_url)
     assert status == "interrupted"
     assert "SIGTERM" in error
     assert 0 < synced < len(big_emulator.batch_ids())
     assert whole == synced
-    engine.dispose()
 
 
 def test_sigterm_while_waiting_for_a_slow_fetch_stops_without_waiting_it_out(
@@ -359,11 +367,7 @@ def test_sigterm_while_waiting_for_a_slow_fetch_stops_without_waiting_it_out(
     stderr = process.stderr.read() if process.stderr else ""
 
     assert code == 130, stderr
-    engine = create_db_engine(load_database(database_url))
-    with engine.connect() as connection:
-        status, error = connection.execute(text("select status, error from sync_runs")).one()
-        synced = connection.execute(text("select count(*) from batches")).scalar_one()
-    engine.dispose()
+    status, error, synced, _ = stopped_run(database_url)
     assert status == "interrupted"
     assert "waiting for the next batch" in error
     assert synced == 1
